@@ -1,0 +1,57 @@
+"""Importing Gemma 2 / Gemma 3 weights from a GGUF file, dequantized with the ``gguf`` package.
+
+llama.cpp stores Gemma's RMSNorm weights with the +1 folded in (it multiplies by w, HF by 1 + w), so we
+subtract 1 on import. Quantized tensors (Q4_K, Q5_0, Q6_K, Q8_0, ...) are dequantized to float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from swirl_jax.checkpoints.layout import entries
+from swirl_jax.models.config import ModelConfig, from_gguf_metadata
+
+_PLAIN = ("F32", "F16", "BF16", "F64")
+
+
+def gguf_metadata(reader) -> dict[str, Any]:
+  """GGUF key-values as Python values (arrays of strings as lists)."""
+  meta = {}
+  for key, field in reader.fields.items():
+    try:
+      meta[key] = field.contents()
+    except Exception:  # pylint: disable=broad-except  -- exotic field types we never need
+      continue
+  return meta
+
+
+def read_gguf(path: str, **overrides) -> tuple[ModelConfig, Callable[[str], np.ndarray], dict[str, Any]]:
+  """(config, fetch, metadata) for a GGUF file; ``fetch(our_path)`` returns float32 in our layout."""
+  import gguf
+
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # the reader raises bare ValueErrors/struct errors on corrupt files
+    raise ValueError(f"{path}: cannot read as GGUF ({type(e).__name__}: {e})") from None
+  meta = gguf_metadata(reader)
+  cfg = from_gguf_metadata(meta, **overrides)
+  tensors = {t.name: t for t in reader.tensors}
+  table = {e.path: e for e in entries(cfg)}
+  missing = [e.gguf for e in table.values() if e.gguf not in tensors]
+  if missing:
+    raise ValueError(f"{path}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+
+  def fetch(name: str) -> np.ndarray:
+    e = table[name]
+    t = tensors[e.gguf]
+    if t.tensor_type.name in _PLAIN:
+      arr = np.asarray(t.data, dtype=np.float32).reshape(tuple(int(s) for s in reversed(t.shape)))
+    else:
+      arr = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+    if e.is_norm:
+      arr = arr - 1.0
+    return e.to_ours(arr)
+
+  return cfg, fetch, meta

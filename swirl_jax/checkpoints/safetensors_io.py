@@ -1,0 +1,108 @@
+"""Reading and writing safetensors files with numpy, bfloat16 included.
+
+The safetensors format is an 8-byte little-endian header length, a JSON header of
+``{name: {dtype, shape, data_offsets}}`` and the raw bytes. Reading through ``np.memmap`` keeps a
+multi-GB shard out of memory until a tensor is asked for; numpy has no bfloat16, so ml_dtypes (a JAX
+dependency) provides it. The ``safetensors`` package is the reference for these files in our tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Iterable, Mapping
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+class SafetensorsFile:
+  """Lazy read access to one .safetensors file."""
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      raw = f.read(8)
+      if len(raw) != 8:
+        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+      (n,) = struct.unpack("<Q", raw)
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    self.metadata = header.pop("__metadata__", {}) or {}
+    self.header = header
+    self._offset = 8 + n
+    self._mm = np.memmap(path, dtype=np.uint8, mode="r")
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self.header:
+      raise KeyError(f"{self.path}: no tensor {name!r}")
+    info = self.header[name]
+    if info["dtype"] not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    buf = self._mm[self._offset + start:self._offset + end]
+    return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None) -> None:
+  """Writes ``tensors`` to ``path`` atomically (a temp file renamed into place)."""
+  header, offset, order = {}, 0, []
+  for name in sorted(tensors):
+    arr = np.ascontiguousarray(tensors[name])
+    if arr.dtype not in _NAMES:
+      raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
+    header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+                    "data_offsets": [offset, offset + arr.nbytes]}
+    offset += arr.nbytes
+    order.append(arr)
+  if metadata:
+    header["__metadata__"] = dict(metadata)
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes, as the reference writer does
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for arr in order:
+      f.write(arr.tobytes())
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class ShardedSafetensors:
+  """All tensors of a Hugging Face checkpoint directory (single file or index + shards)."""
+
+  def __init__(self, directory: str):
+    index = os.path.join(directory, "model.safetensors.index.json")
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(index):
+      with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+      files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in sorted(set(weight_map.values()))}
+      self._where = {name: files[fn] for name, fn in weight_map.items()}
+    elif os.path.exists(single):
+      f = SafetensorsFile(single)
+      self._where = {name: f for name in f.keys()}
+    else:
+      raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+  def keys(self) -> Iterable[str]:
+    return self._where.keys()
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self._where:
+      raise KeyError(name)
+    return self._where[name].get(name)

@@ -1,0 +1,219 @@
+"""Gemma 2 and Gemma 3 text decoders in Flax NNX.
+
+The architecture follows the published models (and transformers' Gemma2/Gemma3 modules, the reference of
+our parity tests): RMSNorm with (1 + scale), pre- and post-norms around attention and MLP, GeGLU with
+tanh-approximate GELU, grouped-query attention with RoPE, alternating local (sliding window) and global
+layers, Gemma 2's tanh soft-caps, Gemma 3's QK-norm, embeddings scaled by sqrt(d_model) and tied to the
+LM head.
+
+Shapes: B batch, T query length, S key length, D d_model, H query heads, K kv heads, G = H // K,
+Dh head dim, F mlp dim, V vocabulary.
+
+The model returns hidden states; ``Gemma.logits`` applies the LM head separately so that callers compute
+full-vocabulary logits only where they need them (the embedding table is most of a small Gemma).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from swirl_jax.models.config import ModelConfig
+from swirl_jax.models.sharding import ActivationSharding
+
+# Masked attention logits get a large finite negative rather than -inf, so that a row with no visible
+# key (a padding query) gives a finite, ignored result instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, std: float) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype), axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * (1 + scale), computed in float32 (scale is stored zero-centred, as in HF)."""
+
+  def __init__(self, dim: int, eps: float, axes: tuple[str, ...], dtype):
+    self.scale = nnx.Param(jnp.zeros((dim,), dtype), axes=axes)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float, scale: float) -> jax.Array:
+  """Rotary embedding, rotate-half layout. x: [B, T, N, Dh]; positions: [B, T]."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+  angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [B, T, half]
+  cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+  sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+  x1, x2 = x[..., :half], x[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attention_mask(q_pos: jax.Array, kv_pos: jax.Array, kv_valid: jax.Array, window: int | None) -> jax.Array:
+  """[B, T, S] bool: causal by position, valid keys only, and within ``window`` positions if given."""
+  delta = q_pos[:, :, None] - kv_pos[:, None, :]
+  mask = (delta >= 0) & kv_valid[:, None, :]
+  if window is not None:
+    mask &= delta < window
+  return mask
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, layer_type: str, shard: ActivationSharding, rngs: nnx.Rngs):
+    d, h, k, dh = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pd = cfg.jnp_param_dtype
+    self.q = _param(rngs, (d, h, dh), ("embed", "q_heads", "head_dim"), pd, d ** -0.5)
+    self.k = _param(rngs, (d, k, dh), ("embed", "kv_heads", "head_dim"), pd, d ** -0.5)
+    self.v = _param(rngs, (d, k, dh), ("embed", "kv_heads", "head_dim"), pd, d ** -0.5)
+    self.o = _param(rngs, (h, dh, d), ("q_heads", "head_dim", "embed"), pd, (h * dh) ** -0.5)
+    if cfg.use_qk_norm:
+      self.q_norm = RMSNorm(dh, cfg.rms_eps, ("head_dim",), pd)
+      self.k_norm = RMSNorm(dh, cfg.rms_eps, ("head_dim",), pd)
+    self.use_qk_norm = cfg.use_qk_norm
+    self.is_local = layer_type == "local"
+    self.window = cfg.sliding_window if self.is_local else None
+    self.rope_base = cfg.rope_base_local if self.is_local else cfg.rope_base_global
+    self.rope_scale = 1.0 if self.is_local else cfg.rope_scale_global
+    self.scaling = cfg.query_pre_attn_scalar ** -0.5
+    self.softcap = cfg.attn_logit_softcap
+    self.num_kv_heads = k
+    self.dtype = cfg.jnp_dtype
+    self.shard = shard
+
+  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
+    """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding)."""
+    dt = self.dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dnk->btnk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dnk->btnk", x, self.v[...].astype(dt))
+    q = self.shard(q, "batch", "seq", "act_heads", None)
+    k = self.shard(k, "batch", "seq", "act_kv_heads", None)
+    v = self.shard(v, "batch", "seq", "act_kv_heads", None)
+    if self.use_qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = rope(q, positions, self.rope_base, self.rope_scale)
+    k = rope(k, positions, self.rope_base, self.rope_scale)
+    mask = attention_mask(positions, positions, valid, self.window)
+    out = self.attend(q, k, v, mask)
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh]."""
+    b, t, h, dh = q.shape
+    g = h // self.num_kv_heads
+    qg = q.reshape(b, t, self.num_kv_heads, g, dh)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * self.scaling
+    if self.softcap is not None:
+      logits = jnp.tanh(logits / self.softcap) * self.softcap
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+class MLP(nnx.Module):
+  """GeGLU: down(gelu_tanh(x @ gate) * (x @ up))."""
+
+  def __init__(self, cfg: ModelConfig, shard: ActivationSharding, rngs: nnx.Rngs):
+    d, f, pd = cfg.d_model, cfg.mlp_dim, cfg.jnp_param_dtype
+    self.gate = _param(rngs, (d, f), ("embed", "mlp"), pd, d ** -0.5)
+    self.up = _param(rngs, (d, f), ("embed", "mlp"), pd, d ** -0.5)
+    self.down = _param(rngs, (f, d), ("mlp", "embed"), pd, f ** -0.5)
+    self.dtype = cfg.jnp_dtype
+    self.shard = shard
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = self.dtype
+    gate = jax.nn.gelu(x @ self.gate[...].astype(dt), approximate=True)
+    hidden = self.shard(gate * (x @ self.up[...].astype(dt)), "batch", "seq", "act_mlp")
+    return hidden @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm and post-norm around attention and around the MLP, each with a residual."""
+
+  def __init__(self, cfg: ModelConfig, layer_type: str, shard: ActivationSharding, rngs: nnx.Rngs):
+    pd, eps = cfg.jnp_param_dtype, cfg.rms_eps
+    self.pre_attn_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
+    self.attn = Attention(cfg, layer_type, shard, rngs)
+    self.post_attn_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
+    self.pre_mlp_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
+    self.mlp = MLP(cfg, shard, rngs)
+    self.post_mlp_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
+    self.shard = shard
+
+  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
+    x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid))
+    x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+    return self.shard(x, "batch", "seq", "act_embed")
+
+
+class Gemma(nnx.Module):
+  """A Gemma 2 / Gemma 3 decoder.
+
+  ``model(tokens, positions, valid)`` returns final-normed hidden states [B, T, D];
+  ``model.logits(hidden)`` applies the tied LM head (and Gemma 2's final soft-cap) -> [B, T, V] float32.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, shard: ActivationSharding = ActivationSharding()):
+    self.config = cfg
+    # std d^-1/2: after the sqrt(d) input scaling activations start at unit scale, and tied logits too.
+    self.embedding = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                            cfg.jnp_param_dtype, cfg.d_model ** -0.5)
+    self.layers = nnx.List([Block(cfg, t, shard, rngs) for t in cfg.layer_types])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.rms_eps, ("norm",), cfg.jnp_param_dtype)
+    self.shard = shard
+
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    cfg = self.config
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+    # HF multiplies by sqrt(d) rounded to the weights' dtype; do the same for bit-level parity.
+    return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.jnp_param_dtype).astype(cfg.jnp_dtype)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
+    """tokens, positions: [B, T] int32; valid: [B, T] bool. Returns hidden states [B, T, D]."""
+    x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
+    for block in self.layers:
+      if self.config.remat:
+        x = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, valid)
+      else:
+        x = block(x, positions, valid)
+    return self.final_norm(x)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden: [..., D] -> float32 logits [..., V]."""
+    emb = self.embedding[...].astype(self.config.jnp_dtype)
+    out = jnp.einsum("...d,vd->...v", hidden, emb, preferred_element_type=jnp.float32)
+    cap = self.config.final_logit_softcap
+    if cap is not None:
+      out = jnp.tanh(out / cap) * cap
+    return out
+
+
+class Batch(NamedTuple):
+  """A padded batch of token ids: tokens [B, T] int32, valid [B, T] bool, positions [B, T] int32."""
+
+  tokens: jax.Array
+  valid: jax.Array
+  positions: jax.Array
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+  """Positions counting valid tokens only, so left and right padding give the same positions."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def forward_logits(model: Gemma, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+  """Full logits [B, T, V] for a padded batch (positions count valid tokens only)."""
+  hidden = model(tokens, positions_from_valid(valid), valid)
+  return model.logits(hidden)
