@@ -67,6 +67,26 @@ def attention_mask(q_pos: jax.Array, kv_pos: jax.Array, kv_valid: jax.Array, win
   return mask
 
 
+class KVCache(NamedTuple):
+  """Keys and values of every layer, stored as ring buffers, and the tokens held per row.
+
+  layers[i] = (k, v), each [B, R_i, K, Dh]. Position p of row b lives in slot p % R_i. Global layers use
+  R_i = the cache length; local layers need only R_i >= window + the longest chunk written at once - 1,
+  so a short window keeps a short cache. ``lengths`` [B] counts the tokens of each row (positions
+  0..length-1), so every slot's position follows from it and nothing else is stored; lowering a length
+  rolls a row back, and setting it to 0 empties the row.
+  """
+
+  layers: tuple[tuple[jax.Array, jax.Array], ...]
+  lengths: jax.Array
+
+
+def slot_positions(lengths: jax.Array, size: int) -> jax.Array:
+  """[B, size]: the position held by each slot of a ring of ``size`` slots; negative = empty."""
+  last = lengths[:, None] - 1
+  return last - jnp.mod(last - jnp.arange(size)[None, :], size)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, layer_type: str, shard: ActivationSharding, rngs: nnx.Rngs):
@@ -90,8 +110,14 @@ class Attention(nnx.Module):
     self.dtype = cfg.jnp_dtype
     self.shard = shard
 
-  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-    """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding)."""
+  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array,
+               cache: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None):
+    """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding).
+
+    Without ``cache`` returns [B, T, D]. With ``cache`` = (k, v) ring buffers and ``lengths`` (the row
+    lengths after this chunk), writes the chunk's keys and values first, attends over the ring, and
+    returns ([B, T, D], (k, v)).
+    """
     dt = self.dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dnk->btnk", x, self.k[...].astype(dt))
@@ -103,9 +129,20 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = rope(q, positions, self.rope_base, self.rope_scale)
     k = rope(k, positions, self.rope_base, self.rope_scale)
-    mask = attention_mask(positions, positions, valid, self.window)
-    out = self.attend(q, k, v, mask)
-    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+    if cache is None:
+      mask = attention_mask(positions, positions, valid, self.window)
+      out = self.attend(q, k, v, mask)
+      return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
+    ck, cv = cache
+    size = ck.shape[1]
+    rows = jnp.arange(x.shape[0])[:, None]
+    slots = jnp.where(valid, positions % size, size)  # padding goes out of range and is dropped
+    ck = ck.at[rows, slots].set(k.astype(ck.dtype), mode="drop")
+    cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
+    kv_pos = slot_positions(lengths, size)
+    mask = attention_mask(positions, kv_pos, kv_pos >= 0, self.window)
+    out = self.attend(q, ck.astype(dt), cv.astype(dt), mask)
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), (ck, cv)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh]."""
@@ -152,10 +189,15 @@ class Block(nnx.Module):
     self.post_mlp_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
     self.shard = shard
 
-  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-    x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid))
+  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache=None, lengths=None):
+    if cache is None:
+      x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid))
+    else:
+      h, cache = self.attn(self.pre_attn_norm(x), positions, valid, cache, lengths)
+      x = x + self.post_attn_norm(h)
     x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
-    return self.shard(x, "batch", "seq", "act_embed")
+    x = self.shard(x, "batch", "seq", "act_embed")
+    return x if cache is None else (x, cache)
 
 
 class Gemma(nnx.Module):
@@ -189,6 +231,34 @@ class Gemma(nnx.Module):
       else:
         x = block(x, positions, valid)
     return self.final_norm(x)
+
+  def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Appends a chunk to each row of the cache; returns its hidden states [B, T, D] and the new cache.
+
+    tokens, valid: [B, T]; each row's valid tokens must be a prefix of the chunk (right padding), and a
+    row may have none. Positions continue from ``cache.lengths``.
+    """
+    n = valid.sum(axis=1).astype(jnp.int32)
+    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+    lengths = cache.lengths + n
+    x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
+    new_layers = []
+    for block, layer_cache in zip(self.layers, cache.layers):
+      x, layer_cache = block(x, positions, valid, layer_cache, lengths)
+      new_layers.append(layer_cache)
+    return self.final_norm(x), KVCache(tuple(new_layers), lengths)
+
+  def init_cache(self, batch: int, length: int, chunk: int, dtype=None) -> KVCache:
+    """An empty cache for ``batch`` rows of up to ``length`` tokens, written ``chunk`` tokens at a time
+    at most (local layers keep window + chunk - 1 slots: enough to write a chunk before attending)."""
+    cfg = self.config
+    dtype = dtype or cfg.jnp_dtype
+    layers = []
+    for block in self.layers:
+      size = length if block.attn.window is None else min(length, block.attn.window + chunk - 1)
+      shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+      layers.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
+    return KVCache(tuple(layers), jnp.zeros((batch,), jnp.int32))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden: [..., D] -> float32 logits [..., V]."""

@@ -1,0 +1,303 @@
+"""Jitted extend (prefill) and a ``lax.while_loop`` decode over a KV cache, with per-row stop rules.
+
+The static parts of the loop live in a frozen ``Sampler`` (shapes, sampling settings, stop tables); the
+mutable parts in ``DecodeState``, a small pytree that stays on device between calls. The host-side tool
+loop (rollout.py) calls ``extend`` to add prompts or tool results to chosen rows and ``decode`` to
+generate until rows stop; rows are independent, so a finished row can be refilled while others go on.
+
+Shapes are fixed per Sampler: batch B, cache length S, decode steps per call N, and extend chunks padded
+to one of ``chunk_buckets``; so a Sampler compiles one decode program and at most one extend program
+per bucket, however many calls are made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from swirl_jax.models.gemma import Gemma, KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How the next token is chosen.
+
+  Attributes:
+    temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+    top_k: keep the k most likely tokens (0 = no limit).
+    top_p: keep the smallest set of tokens whose probability reaches p (1.0 = no limit). Applied within
+      top_k when top_k > 0; with top_k = 0 it sorts the whole vocabulary (slower on big vocabularies).
+    max_new_tokens: tokens one model turn may have.
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 256
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0 or self.max_new_tokens < 1:
+      raise ValueError("sampling.top_k must be >= 0 and sampling.max_new_tokens >= 1")
+
+
+def sample_logits(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """logits [B, V] float32, keys [B] PRNG keys -> token ids [B] int32."""
+  if cfg.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / cfg.temperature
+  if cfg.top_k > 0:
+    vals, idx = jax.lax.top_k(logits, cfg.top_k)  # sorted, descending
+  elif cfg.top_p < 1:
+    idx = jnp.argsort(-logits, axis=-1)
+    vals = jnp.take_along_axis(logits, idx, axis=-1)
+  else:
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+  if cfg.top_p < 1:
+    probs = jax.nn.softmax(vals, axis=-1)
+    # keep a token if the mass before it is < p (the first token is always kept)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    vals = jnp.where(before < cfg.top_p, vals, -jnp.inf)
+  choice = jax.vmap(jax.random.categorical)(keys, vals)
+  return jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+class StopTable(NamedTuple):
+  """Device-side stop rules.
+
+  tokens: [n] ids that end a turn by themselves (EOS, end of turn).
+  tails: [m, L] token sequences (right-aligned, -1 padded on the left) that end a turn when the turn's
+    last tokens equal them, e.g. the tokens of ``math_exp>`` after ``</``.
+  heads: [m, V] bool: the token just before tail i must be one of these (tokens ending in ``</``), or
+    all-True when the tail needs no head.
+  """
+
+  tokens: np.ndarray
+  tails: np.ndarray
+  heads: np.ndarray
+
+
+def build_stop_table(tokenizer, stop_strings: Sequence[str], stop_token_ids: Sequence[int]) -> StopTable:
+  """Stop table for closing tags such as ``</math_exp>``.
+
+  SentencePiece merges the tag's first characters with what precedes them (``</``, ``▁</``, ``.</``,
+  ``)</`` ...), but the rest of the tag tokenizes the same in every context. So a stop string becomes
+  a fixed tail of tokens plus the set of vocabulary entries that end with the tag's first piece.
+  """
+  vocab = tokenizer.hf.convert_ids_to_tokens(list(range(len(tokenizer.hf))))
+  texts = [tokenizer.hf.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
+  tails, heads = [], []
+  for s in stop_strings:
+    ids = tokenizer.encode(s, add_bos=False)
+    first = tokenizer.decode(ids[:1])
+    tail = ids[1:]
+    head = np.array([t.endswith(first) for t in texts], bool)
+    if not tail:  # a single-token stop string: every token that ends with it stops
+      tail, head = ids, np.ones(len(texts), bool)
+    tails.append(tail)
+    heads.append(head)
+  width = max([len(t) for t in tails] + [1])
+  tail_arr = np.full((max(len(tails), 1), width), -1, np.int32)
+  for i, t in enumerate(tails):
+    tail_arr[i, width - len(t):] = t
+  head_arr = np.stack(heads) if heads else np.ones((1, len(texts)), bool)
+  if not tails:
+    tail_arr[:] = -2  # matches nothing
+  return StopTable(np.asarray(stop_token_ids, np.int32), tail_arr, head_arr)
+
+
+class DecodeState(NamedTuple):
+  """Per-row generation state that stays on device between calls (B rows, L = stop window).
+
+  cache: the KV cache (every token of the row except ``pending``).
+  pending: [B] the last sampled token, not yet in the cache.
+  active: [B] the row is generating (has a pending token and has not stopped).
+  turn_len: [B] tokens sampled in the current turn (including pending).
+  recent: [B, L] the turn's last L+1 tokens (for stop matching), most recent last.
+  keys: [B] per-row PRNG keys; token at position p of row b uses fold_in(keys[b], p), so a row's sample
+    does not depend on which other rows share the batch.
+  """
+
+  cache: KVCache
+  pending: jax.Array
+  active: jax.Array
+  turn_len: jax.Array
+  recent: jax.Array
+  keys: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sampler:
+  """The static half of the decode loop: model graph, shapes, sampling settings and stop table.
+
+  Attributes:
+    graphdef: the model's NNX graph definition (its parameters are passed to each call).
+    batch: rows B.
+    cache_len: tokens a row may hold (prompt + all turns + tool results).
+    chunk_buckets: lengths extend chunks are padded to (ascending); the last is the longest chunk and
+      bounds what a row may roll back.
+    steps_per_call: decode steps of one ``decode`` call at most.
+    sampling: SamplingConfig.
+    stops: StopTable.
+    exit_when_done: a ``decode`` call returns as soon as this many rows have stopped (1 = refill
+      eagerly; B = wait for the whole batch).
+  """
+
+  graphdef: nnx.GraphDef
+  batch: int
+  cache_len: int
+  chunk_buckets: tuple[int, ...]
+  steps_per_call: int
+  sampling: SamplingConfig
+  stops: StopTable
+  exit_when_done: int = 1
+  trace_counts: dict = dataclasses.field(default_factory=dict, repr=False)
+  device_stops: StopTable | None = dataclasses.field(default=None, repr=False)
+
+  def __post_init__(self):
+    if self.device_stops is None:
+      object.__setattr__(self, "device_stops", StopTable(*(jnp.asarray(a) for a in self.stops)))
+
+  @classmethod
+  def create(cls, model: Gemma, *, batch: int, cache_len: int, sampling: SamplingConfig,
+             stops: StopTable, steps_per_call: int = 64, min_chunk: int = 16, exit_when_done: int = 1,
+             max_chunk: int | None = None) -> "Sampler":
+    max_chunk = max_chunk or max(sampling.max_new_tokens, 256)
+    buckets, b = [], min_chunk
+    while b < max_chunk:
+      buckets.append(b)
+      b *= 2
+    buckets.append(max_chunk)
+    if max_chunk < sampling.max_new_tokens:
+      raise ValueError(f"max_chunk={max_chunk} must be >= sampling.max_new_tokens (rollback bound)")
+    return cls(nnx.graphdef(model), batch, cache_len, tuple(buckets), steps_per_call, sampling, stops,
+               exit_when_done)
+
+  @property
+  def max_chunk(self) -> int:
+    return self.chunk_buckets[-1]
+
+  def bucket(self, n: int) -> int:
+    for b in self.chunk_buckets:
+      if n <= b:
+        return b
+    raise ValueError(f"chunk of {n} tokens exceeds the largest bucket {self.max_chunk}; split it")
+
+  def init_state(self, params: nnx.State, seeds: Sequence[int] | np.ndarray) -> DecodeState:
+    """Empty rows with per-row seeds. Jitted so every buffer is distinct (the calls donate them)."""
+    return self._init_state(params, jnp.asarray(np.asarray(seeds, np.uint32)))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _init_state(self, params: nnx.State, seeds: jax.Array) -> DecodeState:
+    model = nnx.merge(self.graphdef, params)
+    cache = model.init_cache(self.batch, self.cache_len, self.max_chunk)
+    width = self.stops.tails.shape[1]
+    keys = jax.vmap(jax.random.key)(seeds)
+    z = jnp.zeros((self.batch,), jnp.int32)
+    return DecodeState(cache, z, jnp.zeros((self.batch,), bool), z,
+                       jnp.full((self.batch, width + 1), -1, jnp.int32), keys)
+
+  # -- the jitted programs -------------------------------------------------------------------------
+
+  def _count(self, name: str) -> None:
+    self.trace_counts[name] = self.trace_counts.get(name, 0) + 1  # runs at trace time only
+
+  def _stopped(self, stops: StopTable, recent: jax.Array, token: jax.Array, turn_len: jax.Array,
+               lengths: jax.Array):
+    # The table is an argument, not a constant: folding a [m, V] constant makes XLA compile slowly.
+    hit = jnp.isin(token, stops.tokens)
+    tails = stops.tails  # [m, L]
+    heads = stops.heads  # [m, V]
+    m, width = tails.shape
+    last = recent[:, -width:]  # [B, L]
+    tail_ok = jnp.all((tails[None] == last[:, None]) | (tails[None] == -1), axis=-1)  # [B, m]
+    # the head token sits just before each tail's first real token
+    tail_len = jnp.sum(tails != -1, axis=-1)  # [m]
+    head_tok = recent[:, recent.shape[1] - 1 - tail_len]  # [B, m]
+    head_ok = heads[jnp.arange(m)[None, :], jnp.maximum(head_tok, 0)]
+    head_ok &= (head_tok >= 0) | jnp.all(heads, axis=-1)[None, :]
+    hit |= jnp.any(tail_ok & head_ok, axis=-1)
+    hit |= turn_len >= self.sampling.max_new_tokens
+    hit |= lengths + 1 >= self.cache_len  # the pending token must still fit
+    return hit
+
+  def _sample(self, model: Gemma, hidden_last: jax.Array, keys: jax.Array, positions: jax.Array):
+    logits = model.logits(hidden_last)
+    step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
+    return sample_logits(logits, step_keys, self.sampling)
+
+  def extend(self, params: nnx.State, state: DecodeState, tokens: jax.Array, valid: jax.Array,
+             set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array) -> DecodeState:
+    """Appends chunks to rows and starts a new turn in each row that got one.
+
+    tokens, valid: [B, T] (each row's valid tokens a prefix; a row may have none). set_lengths: [B]
+    int32, -1 keeps a row's length, 0 empties the row, a smaller length rolls it back. seeds/reseed:
+    [B] new per-row seeds for rows where reseed is True (a refilled row). A row with a chunk gets a
+    pending token sampled from the chunk's last position.
+    """
+    return self._extend(params, state, tokens, valid, set_lengths, seeds, reseed, self.device_stops)
+
+  def decode(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, jax.Array]:
+    """Generates until ``exit_when_done`` rows stop, no row is active, or ``steps_per_call`` steps.
+
+    Returns the new state and out [B, steps_per_call] int32: the tokens sampled in this call (-1 after a
+    row's last). A stopped row's final token stays ``pending`` (not in the cache).
+    """
+    return self._decode(params, state, self.device_stops)
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+  def _extend(self, params: nnx.State, state: DecodeState, tokens: jax.Array, valid: jax.Array,
+              set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array, stops: StopTable) -> DecodeState:
+    self._count(f"extend/{tokens.shape[1]}")
+    model = nnx.merge(self.graphdef, params)
+    keys = jnp.where(reseed, jax.vmap(jax.random.key)(seeds), state.keys)
+    state = state._replace(keys=keys)
+    cache = state.cache._replace(lengths=jnp.where(set_lengths >= 0, set_lengths, state.cache.lengths))
+    hidden, cache = model.extend(tokens, valid, cache)
+    n = valid.sum(axis=1)
+    last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
+    token = self._sample(model, last, state.keys, cache.lengths)
+    started = n > 0
+    recent = jnp.where(started[:, None], jnp.full_like(state.recent, -1).at[:, -1].set(token), state.recent)
+    turn_len = jnp.where(started, 1, state.turn_len)
+    stopped = self._stopped(stops, recent, token, turn_len, cache.lengths)
+    return DecodeState(cache, jnp.where(started, token, state.pending),
+                       jnp.where(started, ~stopped, state.active), turn_len, recent, state.keys)
+
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+  def _decode(self, params: nnx.State, state: DecodeState, stops: StopTable) -> tuple[DecodeState, jax.Array]:
+    self._count("decode")
+    model = nnx.merge(self.graphdef, params)
+    out0 = jnp.full((self.batch, self.steps_per_call), -1, jnp.int32)
+    start_active = state.active
+
+    def cond(carry):
+      i, st, _ = carry
+      stopped_now = jnp.sum(start_active & ~st.active)
+      return (i < self.steps_per_call) & jnp.any(st.active) & (stopped_now < self.exit_when_done)
+
+    def body(carry):
+      i, st, out = carry
+      valid = st.active[:, None]
+      hidden, cache = model.extend(st.pending[:, None], valid, st.cache)
+      token = self._sample(model, hidden[:, 0], st.keys, cache.lengths)
+      token = jnp.where(st.active, token, -1)
+      recent = jnp.where(st.active[:, None], jnp.concatenate([st.recent[:, 1:], token[:, None]], 1), st.recent)
+      turn_len = st.turn_len + st.active
+      stopped = self._stopped(stops, recent, token, turn_len, cache.lengths)
+      out = out.at[:, i].set(token)
+      new = DecodeState(cache, jnp.where(st.active, token, st.pending), st.active & ~stopped, turn_len,
+                        recent, st.keys)
+      return i + 1, new, out
+
+    _, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out0))
+    return state, out

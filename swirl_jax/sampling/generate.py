@@ -1,0 +1,65 @@
+"""Plain batched generation (no tools): prompts in, completions out. Built on the decode loop."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from swirl_jax.sampling.decode import DecodeState, Sampler
+
+
+def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
+               chunks: dict[int, Sequence[int]], set_lengths: dict[int, int] | None = None,
+               seeds: dict[int, int] | None = None) -> DecodeState:
+  """Appends token lists to the given rows, splitting long ones into bucket-sized pieces.
+
+  set_lengths: row -> length to set before writing (0 empties a row, less than now rolls it back).
+  seeds: row -> new seed (for a row refilled with new work). Each written row starts a new turn.
+  """
+  todo = {r: list(t) for r, t in chunks.items() if len(t)}
+  lengths = dict(set_lengths or {})
+  new_seeds = dict(seeds or {})
+  while todo:
+    longest = max(len(t) for t in todo.values())
+    width = sampler.bucket(min(longest, sampler.max_chunk))
+    tokens = np.zeros((sampler.batch, width), np.int32)
+    valid = np.zeros((sampler.batch, width), bool)
+    set_len = np.full((sampler.batch,), -1, np.int32)
+    seed_arr = np.zeros((sampler.batch,), np.uint32)
+    reseed = np.zeros((sampler.batch,), bool)
+    for r, t in list(todo.items()):
+      piece, todo[r] = t[:width], t[width:]
+      tokens[r, :len(piece)] = piece
+      valid[r, :len(piece)] = True
+      if r in lengths:
+        set_len[r] = lengths.pop(r)
+      if r in new_seeds:
+        seed_arr[r], reseed[r] = new_seeds.pop(r), True
+      if not todo[r]:
+        del todo[r]
+    state = sampler.extend(params, state, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(set_len),
+                           jnp.asarray(seed_arr), jnp.asarray(reseed))
+  return state
+
+
+def generate(sampler: Sampler, params: nnx.State, prompts: Sequence[Sequence[int]],
+             seeds: Sequence[int] | None = None) -> list[list[int]]:
+  """Completions (token ids, including the token that stopped each row) for up to ``sampler.batch``
+  prompts. Rows beyond the prompts stay empty."""
+  if len(prompts) > sampler.batch:
+    raise ValueError(f"{len(prompts)} prompts for a sampler of batch {sampler.batch}")
+  seeds = list(seeds) if seeds is not None else list(range(sampler.batch))
+  seeds += [0] * (sampler.batch - len(seeds))
+  state = sampler.init_state(params, seeds)
+  state = write_rows(sampler, params, state, dict(enumerate(prompts)),
+                     set_lengths={i: 0 for i in range(len(prompts))})
+  outs: list[list[int]] = [[int(state.pending[i])] for i in range(len(prompts))]
+  while bool(np.any(np.asarray(state.active))):
+    state, out = sampler.decode(params, state)
+    out = np.asarray(out)
+    for i in range(len(prompts)):
+      outs[i].extend(int(t) for t in out[i] if t >= 0)
+  return outs
