@@ -1,0 +1,163 @@
+"""Answer normalisation and matching: what "the same answer" means for the rule judge and the metrics.
+
+Two layers:
+
+* ``normalize_text``: SQuAD's normalisation (lowercase, drop punctuation and the articles a/an/the,
+  collapse whitespace). Used for text answers, token F1 and search-query comparison.
+* ``parse_number``: an answer that is one number, optionally with a currency sign, thousands commas, a
+  sign, a simple fraction, a percent sign or one trailing unit word ("10", "10.00", "$10",
+  "10 dollars", "1,000", "-3", "3/4", "50%"). Such answers are compared numerically, so GSM8K-style
+  keys match however the model writes the number. The unit word is any single alphabetic word (a fixed
+  unit list would miss "18 eggs"); the price is that "1984 Olympics" parses as 1984. Two or more
+  trailing words are text, so "2014 FIFA World Cup" stays a text answer.
+
+``normalize_answer`` combines them: a number becomes its canonical form ("10.00" -> "10"), anything
+else is SQuAD-normalised. ``exact_match`` and ``token_f1`` accept one gold answer or several (key and
+aliases) and take the best.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import string
+from typing import Iterable, Sequence
+
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCT = frozenset(string.punctuation) | frozenset("‘’“”–—…")
+_CURRENCY = "$€£¥₹"
+# A number as written in an answer: strict thousands groups or plain digits, optional decimals.
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
+_NUMBER_ANSWER_RE = re.compile(
+    rf"""^\s*
+    (?P<sign1>[-+−])?\s*
+    (?:[{_CURRENCY}]|usd\b|us\$)?\s*
+    (?P<sign2>[-+−])?\s*
+    (?P<num>{_NUM})
+    (?:\s*/\s*(?P<den>{_NUM}))?
+    \s*(?:%|percent\b|[^\W\d_]+)?   # one unit word (dollars, eggs, cm) or a percent sign
+    \s*[.!]?\s*$""",
+    re.VERBOSE | re.IGNORECASE,
+)
+# Numbers inside free text (observations): thousands groups, decimals and a leading sign.
+_NUMBER_IN_TEXT_RE = re.compile(rf"(?<![\w.])[-−]?(?:{_NUM})(?![\d])")
+YES_NO = frozenset({"yes", "no"})
+
+
+def normalize_text(text: str) -> str:
+  """SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
+  text = "".join(" " if ch in _PUNCT else ch for ch in text.lower())
+  # SQuAD deletes punctuation outright; replacing it with a space instead keeps "jean-pierre" as two
+  # words that still match "jean pierre", and never glues two words together.
+  text = _ARTICLES_RE.sub(" ", text)
+  return " ".join(text.split())
+
+
+def _to_float(num: str) -> float:
+  return float(num.replace(",", ""))
+
+
+def parse_number(text: str) -> float | None:
+  """The value of an answer that is a single number (see the module docstring), else None."""
+  m = _NUMBER_ANSWER_RE.match(text)
+  if m is None:
+    return None
+  value = _to_float(m.group("num"))
+  if m.group("den") is not None:
+    den = _to_float(m.group("den"))
+    if den == 0:
+      return None
+    value /= den
+  negative = (m.group("sign1") in ("-", "−")) != (m.group("sign2") in ("-", "−"))
+  value = -value if negative else value
+  return value if math.isfinite(value) else None
+
+
+def format_number(value: float) -> str:
+  """Canonical text of a number: integers without a decimal point, others with up to 12 digits."""
+  if value == int(value) and abs(value) < 1e15:
+    return str(int(value))
+  return f"{value:.12g}"
+
+
+def numbers_equal(a: float | str, b: float | str, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+  """Whether two numbers (or numeric answers, parsed with ``parse_number``) are equal within tolerance.
+
+  Non-numeric strings are never equal to anything here.
+  """
+  x = parse_number(a) if isinstance(a, str) else float(a)
+  y = parse_number(b) if isinstance(b, str) else float(b)
+  if x is None or y is None:
+    return False
+  return math.isclose(x, y, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def normalize_answer(text: str) -> str:
+  """A numeric answer in canonical form ("$10.00" -> "10"), else the SQuAD-normalised text."""
+  value = parse_number(text)
+  return format_number(value) if value is not None else normalize_text(text)
+
+
+def _golds(gold: str | Iterable[str]) -> list[str]:
+  return [gold] if isinstance(gold, str) else [g for g in gold if g is not None]
+
+
+def exact_match(prediction: str, gold: str | Iterable[str]) -> bool:
+  """Whether the prediction equals any gold answer after normalisation (numbers numerically)."""
+  pred = normalize_answer(prediction)
+  for g in _golds(gold):
+    if numbers_equal(prediction, g) or (pred and pred == normalize_answer(g)):
+      return True
+  return False
+
+
+def _f1(pred_tokens: Sequence[str], gold_tokens: Sequence[str]) -> float:
+  common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+  same = sum(common.values())
+  if same == 0:
+    return 0.0
+  precision = same / len(pred_tokens)
+  recall = same / len(gold_tokens)
+  return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
+  """SQuAD/HotPotQA token F1 of the prediction against the best gold answer.
+
+  As in HotPotQA's official script, yes/no answers score 0 unless they match exactly; numbers are
+  canonicalised first, so "$10" against "10.00" scores 1.
+  """
+  pred = normalize_answer(prediction)
+  best = 0.0
+  for g in _golds(gold):
+    if numbers_equal(prediction, g):
+      return 1.0
+    gold_norm = normalize_answer(g)
+    if (pred in YES_NO or gold_norm in YES_NO) and pred != gold_norm:
+      continue
+    best = max(best, _f1(pred.split(), gold_norm.split()))
+  return best
+
+
+def numbers_in_text(text: str) -> list[float]:
+  """Every number written in ``text`` ("born 3 September 1953", "1,000.5 people", "-4")."""
+  out = []
+  for m in _NUMBER_IN_TEXT_RE.finditer(text):
+    s = m.group(0).replace("−", "-")
+    try:
+      out.append(_to_float(s))
+    except ValueError:  # a lone "." cannot match, but be safe
+      continue
+  return out
+
+
+def contains_answer(text: str, answer: str) -> bool:
+  """Whether ``answer`` occurs in ``text``: as whole normalised words, or numerically for a number."""
+  value = parse_number(answer)
+  if value is not None:
+    return any(numbers_equal(value, x) for x in numbers_in_text(text))
+  needle = normalize_text(answer)
+  if not needle:
+    return False
+  return f" {needle} " in f" {normalize_text(text)} "

@@ -1,0 +1,164 @@
+"""The judge prompts, defined once, and the parser of the judge's verdict.
+
+Three prompts (SWiRL's labels, DESIGN.md):
+
+* process, search steps: does the last message make sense given the conversation so far (a search
+  query likely to help; an answer that follows from the retrieved evidence, whether or not it is true)?
+* process, calculator steps: is the expression a sensible next step for the problem given the previous
+  results; is an answer supported by the calculations?
+* outcome: does the final answer match the answer key or one of its aliases ("10", "10.00", "$10" and
+  "10 dollars" are the same answer)?
+
+Each asks the judge to explain briefly and end with a line ``VERDICT: GOOD`` or ``VERDICT: BAD``;
+``parse_verdict`` reads it back. Every prompt is one user message: Gemma's chat template has no system
+role, and the judge may be a served Gemma.
+
+The conversation shown to the judge is the question's task prompt (without in-context demonstrations)
+followed by the earlier model turns and their tool results, written as plain text blocks. The step to
+judge is shown separately as the LAST MESSAGE; its own tool result is not shown (stage 2 judges sampled
+actions whose tools are never run, and the two stages must see the same thing).
+
+``PROMPT_VERSION`` goes into every judge identity and cache key: change it whenever any prompt text
+or the conversation rendering changes, so stale cached verdicts are never reused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from swirl_jax import prompts as task_prompts
+from swirl_jax.types import Label, Message, Step, Trajectory
+
+PROMPT_VERSION = "swirl-judge-v1"
+
+# Datasets whose questions are math word problems (calculator task); all others are search tasks.
+MATH_DATASETS = frozenset({"gsm8k", "synthetic_arith", "math", "svamp", "asdiv"})
+
+_INSTRUCTIONS_END = (
+    "First explain your reasoning briefly (a few sentences at most). Then end your reply with a line that "
+    'is exactly "VERDICT: GOOD" or "VERDICT: BAD".')
+
+PROCESS_SEARCH = """You are judging one step of an assistant that answers a multi-hop question step by step with the help of a search engine. In each turn the assistant either calls the search engine with <search_query>QUERY</search_query> (the top retrieved paragraph comes back as "QUERY -> RESULT") or gives its final answer with <answer>ANSWER</answer>.
+
+Judge only the LAST MESSAGE, given the conversation before it. Decide whether it makes sense given the conversation so far:
+- a search query is GOOD if it is likely to retrieve information that helps answer the question and does not merely repeat an earlier query;
+- a final answer is GOOD if it follows from the evidence retrieved so far, whether or not it is actually true;
+- a message without exactly one well-formed <search_query> or <answer> tag, or one that both searches and answers, is BAD.
+Anything else that does not make sense at this point is BAD.
+
+CONVERSATION SO FAR:
+{conversation}
+
+LAST MESSAGE (the one to judge):
+{action}
+
+{end}"""
+
+PROCESS_CALCULATOR = """You are judging one step of an assistant that solves a math word problem step by step with the help of a calculator. In each turn the assistant either calls the calculator with <math_exp>EXPRESSION</math_exp> (the result comes back as "EXPRESSION -> RESULT") or gives its final answer with <answer>ANSWER</answer>.
+
+Judge only the LAST MESSAGE, given the conversation before it. Decide whether it makes sense given the conversation so far:
+- an expression is GOOD if it is a sensible next step towards solving the problem, given the problem and the previous results;
+- a final answer is GOOD if it is supported by the calculations so far (it follows from the previous results);
+- a message without exactly one well-formed <math_exp> or <answer> tag, or one that both calculates and answers, is BAD.
+Anything else that does not make sense at this point is BAD.
+
+CONVERSATION SO FAR:
+{conversation}
+
+LAST MESSAGE (the one to judge):
+{action}
+
+{end}"""
+
+OUTCOME = """You are grading the final answer to a question against the answer key.
+
+QUESTION:
+{question}
+
+ANSWER KEY:
+{key}
+
+ACCEPTED ALIASES OF THE KEY:
+{aliases}
+
+FINAL ANSWER TO GRADE:
+{answer}
+
+The final answer is GOOD if it means the same as the answer key or one of its aliases, and BAD otherwise. Ignore differences of formatting, capitalisation, articles and units: "10", "10.00", "$10" and "10 dollars" are the same answer. Extra words are fine as long as the answer is unambiguous and does not contradict the key; an answer that hedges between several options, or is only partly right, is BAD.
+
+{end}"""
+
+_VERDICT_RE = re.compile(r"\bverdict\b", re.IGNORECASE)
+_LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(not|isn't|is not|never)\W*$", re.IGNORECASE)
+_WINDOW = 80  # characters after "VERDICT" in which the label must appear
+
+
+def parse_verdict(text: str) -> Label | None:
+  """The label of a judge reply: the GOOD/BAD right after its last usable "VERDICT", else None.
+
+  Case-insensitive and tolerant of markdown ("**Verdict:** **bad**") and of a line break after the
+  colon. Occurrences of "verdict" are tried from the last one back; for each, the first GOOD or BAD
+  within 80 characters (and before any later "verdict") counts. A negated label ("VERDICT: not good")
+  is unusable rather than guessed.
+  """
+  if not text:
+    return None
+  starts = [m.end() for m in _VERDICT_RE.finditer(text)]
+  for i in range(len(starts) - 1, -1, -1):
+    end = starts[i + 1] if i + 1 < len(starts) else len(text)
+    window = text[starts[i] : min(end, starts[i] + _WINDOW)]
+    m = _LABEL_RE.search(window)
+    if m is None:
+      continue
+    if _NEGATION_RE.search(window[: m.start()]):
+      continue
+    return "GOOD" if m.group(1).lower() == "good" else "BAD"
+  return None
+
+
+def infer_task(trajectory: Trajectory) -> task_prompts.Task:
+  """The task of a trajectory: provenance["task"], else the tool it called, else its dataset."""
+  task = trajectory.provenance.get("task")
+  if task in ("math", "search"):
+    return task
+  for step in trajectory.steps:
+    if step.call is not None:
+      return "math" if step.call.tool == "calculator" else "search"
+  return "math" if trajectory.question.dataset in MATH_DATASETS else "search"
+
+
+def history_messages(prompt: str, previous: Sequence[Step]) -> list[Message]:
+  """The conversation before a step: the task prompt, then each earlier turn and its tool result."""
+  msgs = [Message("user", prompt)]
+  for step in previous:
+    msgs.append(Message("model", step.text))
+    if step.observation is not None:
+      msgs.append(Message("user", step.observation))
+  return msgs
+
+
+def render_conversation(messages: Sequence[Message]) -> str:
+  """Plain-text blocks: the first user message is the task, later user messages are tool results."""
+  blocks = []
+  for i, m in enumerate(messages):
+    if m.role == "model":
+      title = "[ASSISTANT]"
+    else:
+      title = "[USER]" if i == 0 else "[TOOL RESULT]"
+    blocks.append(f"{title}\n{m.content}")
+  return "\n\n".join(blocks)
+
+
+def process_prompt(task: task_prompts.Task, prompt: str, previous: Sequence[Step], action: str) -> str:
+  """The process-judge prompt for ``action`` after the turns ``previous`` of a question."""
+  template = PROCESS_CALCULATOR if task == "math" else PROCESS_SEARCH
+  return template.format(conversation=render_conversation(history_messages(prompt, previous)),
+                         action=action, end=_INSTRUCTIONS_END)
+
+
+def outcome_prompt(question: str, key: str, aliases: Sequence[str], answer: str) -> str:
+  """The outcome-judge prompt: the final ``answer`` against the ``key`` and its ``aliases``."""
+  alias_text = "\n".join(f"- {a}" for a in aliases) if aliases else "(none)"
+  return OUTCOME.format(question=question, key=key, aliases=alias_text, answer=answer, end=_INSTRUCTIONS_END)

@@ -1,0 +1,389 @@
+"""Tests for swirl_jax.judges: verdict parsing, answer matching, the rule judge, the prompt judge, the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import pytest
+
+from swirl_jax import prompts as task_prompts
+from swirl_jax.judges import answers
+from swirl_jax.judges import prompts as judge_prompts
+from swirl_jax.judges.base import (
+    Completion,
+    JudgeBackend,
+    JudgeRequest,
+    PromptJudge,
+    context_from_state,
+    step_contexts,
+    verdict_from_completions,
+)
+from swirl_jax.judges.cache import CachedCompletion, JudgeCache, cache_key
+from swirl_jax.judges.rule import RuleJudge
+from swirl_jax.pipeline.decompose import decompose
+from swirl_jax.tools.parser import format_observation, parse_action
+from swirl_jax.types import Question, Step, Trajectory
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers: trajectories as the rollout would record them.
+
+
+def step(text: str, observation: str | None = None, error: str | None = None) -> Step:
+  a = parse_action(text)
+  return Step(text=text, kind=a.kind, call=a.call, answer=a.answer, error=a.error if a.error else error,
+              observation=observation)
+
+
+def call(text: str, result: str, error: str | None = None) -> Step:
+  s = step(text, error=error)
+  return dataclasses.replace(s, observation=format_observation(s.call.input, result))
+
+
+def traj(steps, answer="107", aliases=(), dataset="gsm8k", qid="q1", sample=0, text="How many trees?"):
+  final = steps[-1].answer if steps and steps[-1].kind == "answer" else None
+  return Trajectory(question=Question(id=qid, dataset=dataset, text=text, answer=answer, aliases=tuple(aliases)),
+                    sample_index=sample, steps=tuple(steps), final_answer=final)
+
+
+MATH_TRAJ = traj([
+    call("First I count all trees. <math_exp>15 * 8</math_exp>", "120.0"),
+    call("Remove the dead ones. <math_exp>120 - 13</math_exp>", "107.0"),
+    step("<answer>$107</answer>"),
+])
+
+SEARCH_Q = dict(answer="France", aliases=("French Republic",), dataset="hotpot_qa",
+                text="In which country was the director of Amélie born?")
+SEARCH_TRAJ = traj([
+    call("<search_query>Amélie film director</search_query>",
+         "Amélie: a 2001 film directed by Jean-Pierre Jeunet."),
+    call("<search_query>Jean-Pierre Jeunet born</search_query>",
+         "Jean-Pierre Jeunet: born 3 September 1953 in Roanne, France."),
+    step("<answer>France</answer>"),
+], **SEARCH_Q)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parse_verdict.
+
+VERDICT_TABLE = [
+    ("The query is useful.\nVERDICT: GOOD", "GOOD"),
+    ("The answer is unsupported.\nVERDICT: BAD", "BAD"),
+    ("verdict: good", "GOOD"),
+    ("**Verdict:** **Bad**", "BAD"),
+    ("VERDICT:\nGOOD", "GOOD"),
+    ("Verdict - the step is GOOD.", "GOOD"),
+    # The last usable VERDICT wins (a judge that restates the format first, then decides).
+    ('I must end with "VERDICT: GOOD" or "VERDICT: BAD".\nIt repeats a query.\nVERDICT: BAD', "BAD"),
+    ("VERDICT: BAD\n\nOn reflection, VERDICT: GOOD", "GOOD"),
+    ("A later verdict without a label does not hide an earlier one. VERDICT: GOOD. Final verdict", "GOOD"),
+    ("GOOD", None),  # no VERDICT
+    ("The step is good.", None),
+    ("VERDICT: UNSURE", None),
+    ("VERDICT: not good", None),  # negated: unusable rather than guessed
+    ("", None),
+    ("VERDICT: goodness", None),  # whole words only
+]
+
+
+@pytest.mark.parametrize("text,label", VERDICT_TABLE)
+def test_parse_verdict_table(text, label):
+  assert judge_prompts.parse_verdict(text) == label
+
+
+def test_prompts_ask_for_the_verdict_line_and_show_the_context():
+  task = "search"
+  ctx = step_contexts(SEARCH_TRAJ, task)
+  p = judge_prompts.process_prompt(task, ctx[1].prompt, ctx[1].previous, ctx[1].action.text)
+  assert 'VERDICT: GOOD" or "VERDICT: BAD"' in p
+  assert "search engine" in p and "whether or not it is actually true" in p
+  assert "Amélie film director ->" in p  # the earlier step and its result
+  assert p.index("[ASSISTANT]") < p.index("[TOOL RESULT]") < p.index("LAST MESSAGE (the one to judge)")
+  assert "Jean-Pierre Jeunet born</search_query>" in p.split("LAST MESSAGE (the one to judge)")[1]
+  assert "Roanne" not in p  # the judged step's own result is not shown
+  m = judge_prompts.process_prompt("math", "Problem: x", (), "<math_exp>1+1</math_exp>")
+  assert "calculator" in m and "supported by the calculations" in m
+  o = judge_prompts.outcome_prompt("Q?", "10", ("ten",), "$10.00")
+  assert '"10", "10.00", "$10" and "10 dollars"' in o and "- ten" in o and "$10.00" in o
+  assert judge_prompts.PROMPT_VERSION
+
+
+def test_infer_task():
+  assert judge_prompts.infer_task(MATH_TRAJ) == "math"
+  assert judge_prompts.infer_task(SEARCH_TRAJ) == "search"
+  only_answer = traj([step("<answer>1</answer>")], dataset="synthetic_arith")
+  assert judge_prompts.infer_task(only_answer) == "math"
+  assert judge_prompts.infer_task(dataclasses.replace(only_answer, provenance={"task": "search"})) == "search"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Answers.
+
+
+@pytest.mark.parametrize("a,b,equal", [
+    ("10", "10.00", True), ("$10", "10", True), ("10 dollars", "$10.00", True), ("1,000", "1000", True),
+    ("-3", "−3", True), ("3/4", "0.75", True), ("50%", "50", True), ("10.", "10", True),
+    ("10", "11", False), ("ten", "10", False), ("1,00", "100", False), ("1/0", "0", False),
+])
+def test_numbers_equal(a, b, equal):
+  assert answers.numbers_equal(a, b) is equal
+
+
+def test_normalize_and_match():
+  assert answers.normalize_answer("$10.00") == "10"
+  assert answers.normalize_answer("The Eiffel Tower!") == "eiffel tower"
+  assert answers.normalize_answer("2014 FIFA World Cup") == "2014 fifa world cup"  # text, not a number
+  assert answers.exact_match("the French Republic", ["France", "French Republic"])
+  assert not answers.exact_match("Germany", ["France", "French Republic"])
+  assert not answers.exact_match("the", "a")  # empty after normalisation never matches
+  assert answers.token_f1("Jean-Pierre Jeunet", "Jeunet") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+  assert answers.token_f1("$10", "10.00") == 1.0
+  assert answers.token_f1("yes it is", "yes") == 0.0  # yes/no must match exactly (HotPotQA)
+  assert answers.token_f1("Paris", ["London", "paris"]) == 1.0
+  assert answers.numbers_in_text("born 3 September 1953, 1,000.5 people, -4") == [3, 1953, 1000.5, -4]
+  assert answers.contains_answer("born in Roanne, France.", "france")
+  assert not answers.contains_answer("born in Franceville", "France")  # whole words only
+  assert answers.contains_answer("it cost 1,200 dollars", "$1200")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rule judge.
+
+
+def test_rule_judge_good_trajectories():
+  judge = RuleJudge()
+  for t in (MATH_TRAJ, SEARCH_TRAJ):
+    verdicts = judge.judge_steps(t)
+    assert [v.label for v in verdicts] == ["GOOD"] * 3, verdicts
+    assert all(v.judge == "rule/v1" and v.score == 1.0 for v in verdicts)
+    assert judge.judge_outcome(t).label == "GOOD"
+  assert "equals the calculator result of step 1" in judge.judge_steps(MATH_TRAJ)[2].explanation
+  assert "search result of step 1" in judge.judge_steps(SEARCH_TRAJ)[2].explanation
+
+
+@pytest.mark.parametrize("steps,bad_index,why", [
+    ([step("I think <math_exp>2+2")], 0, "malformed: unclosed_tag"),
+    ([step("<answer>4 <math_exp>2+2</math_exp>")], 0, "malformed: call_and_answer"),
+    ([call("<math_exp>5 / 0</math_exp>", "error: division by zero", error="division_by_zero: x")], 0,
+     "calculator input does not evaluate: division_by_zero"),
+    ([call("<math_exp>sqrt(4)</math_exp>", "error: names")], 0, "does not evaluate: names_not_allowed"),
+    ([call("<search_query>the ?!</search_query>", "error: empty")], 0, "empty search query"),
+    ([call("<search_query>Jeunet born</search_query>", "r1"), call("<search_query>born, JEUNET</search_query>", "r1")],
+     1, "repeats the query of step 0"),
+    ([call("<math_exp>15 * 8</math_exp>", "120.0"), step("<answer>121</answer>")], 1, "answer not supported"),
+    ([step("<answer>107</answer>")], 0, "no earlier tool result"),
+    ([call("<search_query>Jeunet</search_query>", "Jeunet: born in Roanne."), step("<answer>Paris</answer>")], 1,
+     "matches no calculator result or search result"),
+])
+def test_rule_judge_each_process_check(steps, bad_index, why):
+  verdicts = RuleJudge().judge_steps(traj(steps))
+  assert verdicts[bad_index].label == "BAD"
+  assert verdicts[bad_index].score == 0.0
+  assert why in verdicts[bad_index].explanation
+  # Step k is judged on steps < k only: everything before the bad step is GOOD.
+  assert all(v.label == "GOOD" for v in verdicts[:bad_index])
+
+
+def test_rule_judge_answer_support_variants():
+  judge = RuleJudge()
+  # A number found in a search result supports a numeric answer; a calculator result only via its value.
+  t = traj([call("<search_query>Jeunet birth year</search_query>", "Jeunet: born 3 September 1953."),
+            step("<answer>1953</answer>")])
+  assert judge.judge_steps(t)[1].label == "GOOD"
+  # Yes/no answers are accepted once evidence was retrieved.
+  t = traj([call("<search_query>Are both French</search_query>", "X: a French director."),
+            step("<answer>Yes</answer>")])
+  assert judge.judge_steps(t)[1].label == "GOOD"
+  # A failed search is no evidence.
+  t = traj([call("<search_query>zzz</search_query>", "error: no paragraph matches", error="no_results: x"),
+            step("<answer>yes</answer>")])
+  assert judge.judge_steps(t)[1].label == "BAD"
+  # The observation is what counts ("EXPR -> 24.0"); without one the expression is re-evaluated.
+  t = traj([dataclasses.replace(call("<math_exp>48 / 2</math_exp>", "24.0"), observation=None),
+            step("<answer>24</answer>")])
+  assert judge.judge_steps(t)[1].label == "GOOD"
+
+
+def test_rule_judge_outcome():
+  judge = RuleJudge()
+  for answer, key, aliases, label in [
+      ("$10.00", "10", (), "GOOD"), ("10 dollars", "10", (), "GOOD"), ("10", "$10", (), "GOOD"),
+      ("11", "10", (), "BAD"), ("The French Republic", "France", ("French Republic",), "GOOD"),
+      ("Germany", "France", ("French Republic",), "BAD")]:
+    t = traj([step(f"<answer>{answer}</answer>")], answer=key, aliases=aliases)
+    v = judge.judge_outcome(t)
+    assert v.label == label, (answer, key, v)
+  v = judge.judge_outcome(traj([call("<math_exp>1+1</math_exp>", "2.0")]))  # budget ran out
+  assert v.label == "BAD" and "no final answer" in v.explanation
+  v = judge.judge_outcome(traj([step("<answer>French Republic</answer>")], answer="France",
+                               aliases=("French Republic",)))
+  assert "alias" in v.explanation
+
+
+def test_label_returns_new_labelled_trajectories():
+  ts = [MATH_TRAJ, SEARCH_TRAJ, traj([step("oops")], qid="q3")]
+  labelled = RuleJudge().label(ts)
+  assert [t.key for t in labelled] == [t.key for t in ts]
+  assert all(s.verdict is None for t in ts for s in t.steps) and all(t.outcome is None for t in ts)  # unchanged
+  assert [[s.verdict.label for s in t.steps] for t in labelled] == [["GOOD"] * 3, ["GOOD"] * 3, ["BAD"]]
+  assert [t.outcome.label for t in labelled] == ["GOOD", "GOOD", "BAD"]
+  only_outcome = RuleJudge().label(ts, process=False)
+  assert all(s.verdict is None for t in only_outcome for s in t.steps)
+  assert only_outcome[0].outcome.label == "GOOD"
+  # Round-trips through JSON.
+  assert Trajectory.from_json(json.loads(json.dumps(labelled[0].to_json()))) == labelled[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The prompt judge over a fake backend.
+
+
+class FakeBackend:
+  """Answers by a function of (prompt, vote); counts every request it receives."""
+
+  identity = "fake/judge"
+  settings = "t=0"
+
+  def __init__(self, answer=lambda prompt, vote: "Fine.\nVERDICT: GOOD", p_good=None):
+    self.answer = answer
+    self.p_good = p_good
+    self.requests: list[JudgeRequest] = []
+    self.lock = threading.Lock()
+
+  def complete(self, requests, on_done=None):
+    out = []
+    for i, r in enumerate(requests):
+      with self.lock:
+        self.requests.append(r)
+      c = Completion(self.answer(r.messages[0].content, r.vote), self.p_good)
+      if on_done is not None:
+        on_done(i, c)
+      out.append(c)
+    return out
+
+
+def test_fake_backend_satisfies_the_protocol():
+  assert isinstance(FakeBackend(), JudgeBackend)
+
+
+def test_prompt_judge_labels_every_step_with_its_context():
+  backend = FakeBackend(lambda p, v: "VERDICT: BAD" if "LAST MESSAGE (the one to judge):\n<answer>" in p
+                        else "ok\nVERDICT: GOOD")
+  judge = PromptJudge(backend, task="search")
+  labelled = judge.label([SEARCH_TRAJ])[0]
+  assert [s.verdict.label for s in labelled.steps] == ["GOOD", "GOOD", "BAD"]
+  assert labelled.steps[0].verdict.judge == f"fake/judge|{judge_prompts.PROMPT_VERSION}"
+  assert labelled.outcome.label == "GOOD"
+  prompts_sent = [r.messages[0].content for r in backend.requests]
+  assert len(prompts_sent) == 4  # 3 steps + 1 outcome
+  # Step 0 sees no earlier turn; step 2 sees both earlier turns and their results.
+  assert "[ASSISTANT]" not in prompts_sent[0] and "Roanne" in prompts_sent[2]
+  assert "ANSWER KEY:\nFrance" in prompts_sent[3]
+
+
+def test_prompt_judge_no_final_answer_needs_no_call():
+  backend = FakeBackend()
+  v = PromptJudge(backend).judge_outcome(traj([call("<math_exp>1+1</math_exp>", "2.0")]))
+  assert v.label == "BAD" and backend.requests == []
+
+
+def test_cache_hit_avoids_a_second_backend_call(tmp_path):
+  path = str(tmp_path / "judge_cache.jsonl")
+  first = FakeBackend()
+  with JudgeCache(path) as cache:
+    labelled = PromptJudge(first, cache=cache).label([MATH_TRAJ, SEARCH_TRAJ])
+  assert len(first.requests) == 8
+  second = FakeBackend(lambda p, v: pytest.fail("the backend was called on a cache hit"))
+  with JudgeCache(path) as cache:
+    again = PromptJudge(second, cache=cache).label([MATH_TRAJ, SEARCH_TRAJ])
+    assert cache.hits == 8 and cache.misses == 0
+  assert second.requests == []
+  assert again == labelled
+  # Identical requests within one batch are sent once.
+  dup = FakeBackend()
+  PromptJudge(dup).label([MATH_TRAJ, MATH_TRAJ])
+  assert len(dup.requests) == 4
+
+
+def test_cache_key_covers_identity_settings_version_text_and_vote():
+  base = cache_key("a", "s", "v1", "text", 0)
+  assert len(base) == 64
+  assert len({base, cache_key("b", "s", "v1", "text", 0), cache_key("a", "t", "v1", "text", 0),
+              cache_key("a", "s", "v2", "text", 0), cache_key("a", "s", "v1", "text!", 0),
+              cache_key("a", "s", "v1", "text", 1)}) == 6
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+  path = tmp_path / "cache.jsonl"
+  with JudgeCache(str(path)) as cache:
+    cache.put("k1", CachedCompletion("VERDICT: GOOD"), vote=0)
+    cache.put("k2", CachedCompletion("VERDICT: BAD", p_good=0.25), vote=0)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"key": "k3", "text": "VERDICT: GO')  # a crash mid-write
+  with JudgeCache(str(path)) as cache:
+    assert len(cache) == 2 and "k3" not in cache
+    assert cache.get("k2") == CachedCompletion("VERDICT: BAD", 0.25)
+    cache.put("k4", CachedCompletion("VERDICT: GOOD"))
+  lines = path.read_text(encoding="utf-8").splitlines()
+  assert [json.loads(l)["key"] for l in lines] == ["k1", "k2", "k4"]  # the torn line never glued on
+  # A corrupt line in the middle is skipped, not fatal.
+  with open(path, "a", encoding="utf-8") as f:
+    f.write("not json\n" + json.dumps({"key": "k5", "text": "VERDICT: BAD", "p_good": None}) + "\n")
+  cache = JudgeCache(str(path))
+  assert len(cache) == 4 and cache.skipped_lines == 1
+
+
+def test_cache_is_thread_safe(tmp_path):
+  path = str(tmp_path / "cache.jsonl")
+  with JudgeCache(path) as cache:
+    def work(t):
+      for i in range(50):
+        cache.put(f"{t}-{i}", CachedCompletion(f"VERDICT: GOOD {t} {i}"))
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+      th.start()
+    for th in threads:
+      th.join()
+  reloaded = JudgeCache(path)
+  assert len(reloaded) == 400 and reloaded.skipped_lines == 0
+
+
+def test_majority_vote():
+  labels = {0: "GOOD", 1: "BAD", 2: "GOOD"}
+  backend = FakeBackend(lambda p, v: f"vote {v} says\nVERDICT: {labels[v]}")
+  judge = PromptJudge(backend, n_votes=3)
+  verdicts = judge.judge_steps(MATH_TRAJ)
+  assert len(backend.requests) == 9 and sorted({r.vote for r in backend.requests}) == [0, 1, 2]
+  v = verdicts[0]
+  assert v.label == "GOOD" and v.score == pytest.approx(2 / 3)
+  assert "[vote 1/3: GOOD] vote 0 says" in v.explanation and "[vote 2/3: BAD] vote 1 says" in v.explanation
+  assert "[vote 3/3: GOOD]" in v.explanation
+  assert v.judge.endswith("|votes=3")
+  # A tie is BAD.
+  tie = verdict_from_completions([Completion("VERDICT: GOOD"), Completion("VERDICT: BAD")], "j")
+  assert tie.label == "BAD" and tie.score == 0.5
+
+
+def test_p_good_and_unparseable_replies():
+  v = verdict_from_completions([Completion("GOOD", p_good=0.8)], "j")
+  assert v.label == "GOOD" and v.score == 0.8
+  v = verdict_from_completions([Completion("VERDICT: BAD", p_good=0.3)], "j")
+  assert v.label == "BAD" and v.score == 0.3
+  backend = FakeBackend(lambda p, v: "I cannot decide.")
+  cache = JudgeCache()
+  verdict = PromptJudge(backend, cache=cache).judge_steps(traj([step("<answer>1</answer>")]))[0]
+  assert verdict.label == "BAD" and verdict.explanation.startswith("UNPARSEABLE")
+  assert len(cache) == 0  # not cached: a rerun asks again
+
+
+def test_stage_two_context_matches_stage_one():
+  """A decomposed state plus its recorded action gives the judge the same prompt as the trajectory."""
+  for t, task in ((MATH_TRAJ, "math"), (SEARCH_TRAJ, "search")):
+    examples = decompose(t, task, demos=task_prompts.DEFAULT_DEMOS[task])
+    for ex, ctx in zip(examples, step_contexts(t, task)):
+      again = context_from_state(task, ex.state, ex.step_index, ex.action)
+      assert again.prompt == ctx.prompt
+      assert judge_prompts.process_prompt(task, again.prompt, again.previous, again.action.text) == \
+          judge_prompts.process_prompt(task, ctx.prompt, ctx.previous, ctx.action.text)
+      assert RuleJudge().judge_contexts([again]) == RuleJudge().judge_contexts([ctx])

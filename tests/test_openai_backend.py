@@ -1,0 +1,267 @@
+"""Tests for the OpenAI-compatible judge backend against a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from swirl_jax.judges.base import JudgeRequest, PromptJudge
+from swirl_jax.judges.cache import JudgeCache
+from swirl_jax.judges.openai_backend import JudgeBackendError, OpenAIBackend, OpenAIJudgeConfig
+from swirl_jax.types import Message, Question, Step, ToolCall, Trajectory
+
+SECRET = "sk-SWIRL-TEST-7f3a9c1e-DO-NOT-LEAK"
+KEY_ENV = "SWIRL_TEST_JUDGE_API_KEY"
+
+
+def chat_completion(content: str) -> dict:
+  return {"id": "x", "object": "chat.completion", "model": "judge",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+
+
+class Server:
+  """A threaded HTTP server on 127.0.0.1 that answers POSTs from a script.
+
+  ``script(n, body, headers)`` returns (status, headers, body bytes) for the n-th request (0-based).
+  """
+
+  def __init__(self, script, delay_s: float = 0.0):
+    self.script = script
+    self.delay_s = delay_s
+    self.lock = threading.Lock()
+    self.count = 0
+    self.in_flight = 0
+    self.max_in_flight = 0
+    self.bodies: list[dict] = []
+    self.auth: list[str | None] = []
+    server = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+      def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with server.lock:
+          n = server.count
+          server.count += 1
+          server.in_flight += 1
+          server.max_in_flight = max(server.max_in_flight, server.in_flight)
+          server.bodies.append(body)
+          server.auth.append(self.headers.get("Authorization"))
+        try:
+          if server.delay_s:
+            time.sleep(server.delay_s)
+          status, headers, payload = server.script(n, body, self.headers)
+        finally:
+          with server.lock:
+            server.in_flight -= 1
+        self.send_response(status)
+        for k, v in headers.items():
+          self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+      def log_message(self, *args):  # keep test output quiet
+        pass
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+
+  @property
+  def base_url(self) -> str:
+    return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+  def __enter__(self):
+    self.thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+def ok(content: str):
+  return 200, {"Content-Type": "application/json"}, json.dumps(chat_completion(content)).encode()
+
+
+def config(server: Server, **kw) -> OpenAIJudgeConfig:
+  defaults = dict(base_url=server.base_url, model="judge-model", max_retries=3, backoff_initial_s=0.001,
+                  backoff_max_s=0.01, timeout_s=5.0)
+  defaults.update(kw)
+  return OpenAIJudgeConfig(**defaults)
+
+
+REQUEST = JudgeRequest((Message("user", "Is 2+2 a sensible step?"),))
+
+
+def test_retries_429_500_unparseable_then_succeeds():
+  def script(n, body, headers):
+    if n == 0:
+      return 429, {"Retry-After": "0"}, b"rate limited"
+    if n == 1:
+      return 500, {}, b"internal error"
+    if n == 2:
+      return ok("I am not sure what to say.")  # no verdict: retried
+    return ok("It helps.\nVERDICT: GOOD")
+
+  with Server(script) as server:
+    backend = OpenAIBackend(config(server))
+    [completion] = backend.complete([REQUEST])
+  assert completion.text == "It helps.\nVERDICT: GOOD" and completion.p_good is None
+  assert server.count == 4
+  body = server.bodies[0]
+  assert body["model"] == "judge-model" and body["messages"] == [{"role": "user", "content": "Is 2+2 a sensible step?"}]
+  assert body["temperature"] == 0.0 and body["max_tokens"] == 512 and "seed" not in body
+  assert server.auth == [None] * 4  # no api_key_env: no Authorization header
+
+
+def test_retry_after_is_honoured_and_backoff_is_bounded():
+  sleeps: list[float] = []
+
+  def script(n, body, headers):
+    if n == 0:
+      return 429, {"Retry-After": "2"}, b"slow down"
+    if n == 1:
+      return 503, {}, b"busy"
+    return ok("VERDICT: BAD")
+
+  with Server(script) as server:
+    backend = OpenAIBackend(config(server, backoff_initial_s=0.5, backoff_max_s=60.0), sleep=sleeps.append)
+    assert backend.complete([REQUEST])[0].text == "VERDICT: BAD"
+  assert sleeps[0] == 2.0  # Retry-After
+  assert 0.0 <= sleeps[1] <= 1.0  # full jitter: uniform(0, initial * 2**1)
+  with Server(lambda n, b, h: (429, {"Retry-After": "3600"}, b"") if n == 0 else ok("VERDICT: GOOD")) as server:
+    sleeps.clear()
+    OpenAIBackend(config(server, backoff_max_s=5.0), sleep=sleeps.append).complete([REQUEST])
+  assert sleeps == [5.0]  # capped at backoff_max_s
+
+
+def test_always_failing_gives_a_clear_error_after_the_last_retry():
+  with Server(lambda n, b, h: (503, {}, b"service temporarily down")) as server:
+    backend = OpenAIBackend(config(server, max_retries=2))
+    with pytest.raises(JudgeBackendError) as e:
+      backend.complete([REQUEST])
+  msg = str(e.value)
+  assert server.count == 3
+  assert f"{server.base_url}/chat/completions" in msg
+  assert "after 3 attempts" in msg and "503" in msg and "service temporarily down" in msg
+
+
+def test_unparseable_until_the_end_is_an_error():
+  with Server(lambda n, b, h: ok("Hmm, hard to say.")) as server:
+    with pytest.raises(JudgeBackendError, match="no parseable verdict: Hmm, hard to say"):
+      OpenAIBackend(config(server, max_retries=1)).complete([REQUEST])
+    assert server.count == 2
+
+
+def test_non_retryable_status_fails_at_once():
+  with Server(lambda n, b, h: (400, {}, b'{"error": "bad model name"}')) as server:
+    with pytest.raises(JudgeBackendError, match="HTTP 400 .not retryable.*bad model name"):
+      OpenAIBackend(config(server)).complete([REQUEST])
+    assert server.count == 1
+
+
+def test_connection_errors_are_retried():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+  backend = OpenAIBackend(OpenAIJudgeConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=2,
+                                            backoff_initial_s=0.0, timeout_s=2.0))
+  with pytest.raises(JudgeBackendError, match="after 3 attempts; last status: none .connection error."):
+    backend.complete([REQUEST])
+
+
+def test_concurrency_limit_is_respected():
+  with Server(lambda n, b, h: ok(f"request {n}\nVERDICT: GOOD"), delay_s=0.05) as server:
+    backend = OpenAIBackend(config(server, max_concurrency=3))
+    requests = [JudgeRequest((Message("user", f"q{i}"),)) for i in range(12)]
+    done: list[int] = []
+    out = backend.complete(requests, on_done=lambda i, c: done.append(i))
+  assert len(out) == 12 and all(c.text.endswith("VERDICT: GOOD") for c in out)
+  assert sorted(done) == list(range(12))
+  assert server.max_in_flight <= 3
+  assert server.max_in_flight >= 2  # it did run requests in parallel
+  # Results come back in request order whatever the completion order.
+  prompts = [b["messages"][0]["content"] for b in server.bodies]
+  assert len(set(prompts)) == 12
+
+
+def test_the_limit_holds_across_concurrent_complete_calls():
+  with Server(lambda n, b, h: ok("VERDICT: GOOD"), delay_s=0.03) as server:
+    backend = OpenAIBackend(config(server, max_concurrency=2))
+    threads = [threading.Thread(target=backend.complete, args=([REQUEST] * 4,)) for _ in range(3)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  assert server.count == 12 and server.max_in_flight <= 2
+
+
+def _trajectory() -> Trajectory:
+  q = Question(id="q1", dataset="gsm8k", text="What is 2 + 2?", answer="4")
+  steps = (Step(text="<math_exp>2 + 2</math_exp>", kind="tool_call", call=ToolCall("calculator", "2 + 2"),
+                observation="2 + 2 -> 4.0"),
+           Step(text="<answer>4</answer>", kind="answer", answer="4"))
+  return Trajectory(question=q, sample_index=0, steps=steps, final_answer="4")
+
+
+def test_api_key_never_leaks(tmp_path, monkeypatch, caplog):
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  caplog.set_level(logging.DEBUG)
+
+  def echo_key(n, body, headers):
+    auth = headers.get("Authorization", "")
+    if body["messages"][0]["content"] == "fail":
+      return 500, {}, f"invalid token {auth}".encode()  # a server that echoes the key back
+    if n % 2 == 0:
+      return 502, {}, f"upstream rejected {auth}".encode()
+    return ok(f"Your key is {auth}.\nVERDICT: GOOD")
+
+  cache_path = tmp_path / "cache.jsonl"
+  with Server(echo_key) as server:
+    cfg = config(server, api_key_env=KEY_ENV, max_retries=2)
+    backend = OpenAIBackend(cfg)
+    with JudgeCache(str(cache_path)) as cache:
+      labelled = PromptJudge(backend, cache=cache, task="math").label([_trajectory()])
+    with pytest.raises(JudgeBackendError) as e:
+      backend.complete([JudgeRequest((Message("user", "fail"),))])
+  assert all(a == f"Bearer {SECRET}" for a in server.auth)  # the key was sent...
+  texts = {
+      "exception": str(e.value) + repr(e.value),
+      "logs": caplog.text + "".join(str(r.args) for r in caplog.records),
+      "cache": cache_path.read_text(encoding="utf-8"),
+      "outputs": json.dumps(labelled[0].to_json()),
+      "repr": repr(cfg) + repr(backend) + str(vars(backend)) + repr(PromptJudge(backend)),
+  }
+  for where, text in texts.items():
+    assert SECRET not in text, f"the API key leaked into the {where}"
+  assert "[REDACTED]" in texts["exception"] and "[REDACTED]" in texts["cache"]
+  assert "retry" in caplog.text  # the retries were logged, without the key
+  assert labelled[0].steps[0].verdict.judge.startswith(f"openai/judge-model@{server.base_url}|")
+
+
+def test_missing_key_variable_is_a_clear_error(monkeypatch):
+  monkeypatch.delenv(KEY_ENV, raising=False)
+  with pytest.raises(JudgeBackendError, match=f"{KEY_ENV} .api_key_env. is not set"):
+    OpenAIBackend(OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m", api_key_env=KEY_ENV))
+
+
+def test_identity_and_url_handling():
+  b = OpenAIBackend(OpenAIJudgeConfig(base_url="https://user:pw@judge.example.com:8443/v1/?token=abc", model="g"))
+  assert b.identity == "openai/g@https://judge.example.com:8443/v1"
+  assert b.url == "https://user:pw@judge.example.com:8443/v1/chat/completions?token=abc"
+  assert "pw" not in repr(b) and "abc" not in repr(b)
+  b = OpenAIBackend(OpenAIJudgeConfig(base_url="http://h:1/v1/chat/completions", model="g", send_seed=True))
+  assert b.url == "http://h:1/v1/chat/completions"
+  assert json.loads(b._body(JudgeRequest((Message("user", "x"), Message("model", "y")), vote=2))) == {
+      "model": "g", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+      "temperature": 0.0, "max_tokens": 512, "stream": False, "seed": 2}
+  with pytest.raises(ValueError):
+    OpenAIJudgeConfig(base_url="judge:8000", model="g")
