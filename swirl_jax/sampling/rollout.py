@@ -98,7 +98,13 @@ class Rollout:
   def run(self, questions: Iterable[Question],
           on_trajectory: Callable[[Trajectory], None] | None = None) -> Iterator[Trajectory]:
     """Yields each finished Trajectory (in completion order) for every (question, sample)."""
-    jobs = ((q, k) for q in questions for k in range(self.cfg.samples_per_question))
+    return self.run_jobs(((q, k) for q in questions for k in range(self.cfg.samples_per_question)),
+                         on_trajectory)
+
+  def run_jobs(self, jobs: Iterable[tuple[Question, int]],
+               on_trajectory: Callable[[Trajectory], None] | None = None) -> Iterator[Trajectory]:
+    """Yields the finished Trajectory of each (question, sample index) job, in completion order."""
+    jobs = iter(jobs)
     s = self.sampler
     state = s.init_state(self.params, np.zeros(s.batch, np.uint32))
     rows: dict[int, _Row] = {}
@@ -192,8 +198,8 @@ class Rollout:
     return None
 
   def _finish(self, row: _Row, answer: str | None, reason: str | None = None) -> Trajectory:
-    prov = dict(self.provenance, task=self.cfg.task, seed=trajectory_seed(self.cfg.seed, row.question.id,
-                                                                          row.sample_index),
+    prov = dict(self.provenance, task=self.cfg.task, budget=self.cfg.budget, num_demos=self.cfg.num_demos,
+                seed=trajectory_seed(self.cfg.seed, row.question.id, row.sample_index),
                 sampling=dataclasses.asdict(self.sampler.sampling))
     if reason:
       prov["end_reason"] = reason

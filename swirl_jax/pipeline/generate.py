@@ -1,0 +1,42 @@
+"""Stage 1, generate: K trajectories per question, appended to a JSON Lines file, resumable.
+
+Each finished trajectory is written as one line, flushed and fsynced; a rerun after a crash or Ctrl-C
+reads the complete records, skips their (question id, sample index) keys and continues, so nothing is
+duplicated or lost. With several JAX processes each takes every n-th question and writes its own
+shard file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+from swirl_jax.pipeline.jsonl import JsonlAppender, read_records
+from swirl_jax.sampling.rollout import Rollout
+from swirl_jax.types import Question, Trajectory, dumps
+
+
+def shard_path(path: str, process_index: int, process_count: int) -> str:
+  if process_count == 1:
+    return path
+  root, ext = os.path.splitext(path)
+  return f"{root}-{process_index:05d}-of-{process_count:05d}{ext}"
+
+
+def done_keys(path: str) -> set[tuple[str, int]]:
+  return {(r["question"]["id"], r["sample_index"]) for r in read_records(path)}
+
+
+def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, process_index: int = 0,
+             process_count: int = 1, on_trajectory: Callable[[Trajectory], None] | None = None) -> str:
+  """Writes every missing (question, sample) trajectory to ``out_path`` (or this process's shard)."""
+  path = shard_path(out_path, process_index, process_count)
+  done = done_keys(path)
+  mine = questions[process_index::process_count]
+  jobs = [(q, k) for q in mine for k in range(rollout.cfg.samples_per_question) if (q.id, k) not in done]
+  with JsonlAppender(path) as out:
+    for traj in rollout.run_jobs(jobs):
+      out.write(dumps(traj))
+      if on_trajectory:
+        on_trajectory(traj)
+  return path
