@@ -35,7 +35,8 @@ def test_config_is_the_270m_preset(ours):
   assert ours.config == preset("gemma3-270m")
 
 
-def test_logits_match_transformers_on_the_same_gguf(ours):
+@pytest.fixture(scope="module")
+def reference():
   torch = pytest.importorskip("torch")
   pytest.importorskip("accelerate")
   from transformers import AutoModelForCausalLM
@@ -43,16 +44,76 @@ def test_logits_match_transformers_on_the_same_gguf(ours):
   from swirl_jax.checkpoints.packaged import packaged_gguf
 
   path = packaged_gguf("gemma3-270m")
-  hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def test_logits_match_transformers_on_the_same_gguf(ours, reference):
+  import torch
+
   seqs = [ours.tokenizer.encode(p) for p in PROMPTS]
   tokens, valid = pad_batch(seqs, ours.tokenizer.pad_id)
   with torch.no_grad():
-    ref = [hf(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in seqs]
+    ref = [reference(input_ids=torch.tensor([s])).logits[0].float().numpy() for s in seqs]
   got = ours.logits(tokens, valid)
   for i, s in enumerate(seqs):
     diff = np.abs(got[i, :len(s)] - ref[i]).max()
     assert diff <= 2e-3, (PROMPTS[i], diff)
     np.testing.assert_array_equal(got[i, :len(s)].argmax(-1), ref[i].argmax(-1))
+
+
+def test_greedy_decode_equals_transformers_generate(ours, reference):
+  """A batch of prompts of different lengths, 40 new tokens each, token for token."""
+  import torch
+  from flax import nnx
+
+  from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
+  from swirl_jax.sampling.generate import generate
+
+  n_new = 40
+  sampler = Sampler.create(ours.model, batch=len(PROMPTS), cache_len=256,
+                           sampling=SamplingConfig(temperature=0, max_new_tokens=n_new),
+                           stops=build_stop_table(ours.tokenizer, [], []), steps_per_call=16, max_chunk=64,
+                           exit_when_done=len(PROMPTS))
+  seqs = [ours.tokenizer.encode(p) for p in PROMPTS]
+  outs = generate(sampler, nnx.state(ours.model), seqs)
+  for s, out in zip(seqs, outs):
+    with torch.no_grad():
+      ref = reference.generate(torch.tensor([s]), max_new_tokens=n_new, min_new_tokens=n_new,
+                               do_sample=False)[0, len(s):].tolist()
+    assert out == ref
+
+
+def test_closing_tags_stop_generation_in_every_context(ours):
+  """The stop table built from the real tokenizer fires right after each closing tag however the tag's
+  first characters merge with the text before it."""
+  from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
+  from swirl_jax.tools import STOP_STRINGS
+  import jax.numpy as jnp
+
+  tok = ours.tokenizer
+  table = build_stop_table(tok, STOP_STRINGS, [tok.eos_id, tok.end_of_turn_id])
+  sampler = Sampler.create(ours.model, batch=1, cache_len=64, sampling=SamplingConfig(max_new_tokens=500),  # no budget stop here
+                           stops=table, max_chunk=512)
+  cases = ["I add them. <math_exp>15 * 8</math_exp> and more", "<search_query>Paris (city)</search_query>x",
+           "so:<answer>42</answer>!", "(<math_exp>1+2)</math_exp>", "done.<answer>yes.</answer>\n",
+           "no tag here, just </b> text <end_of_turn>"]
+  for text in cases:
+    ids = tok.encode(text, add_bos=False)
+    width = table.tails.shape[1] + 1
+    fired = []
+    for i in range(len(ids)):
+      recent = ([-1] * width + ids[:i + 1])[-width:]
+      hit = sampler._stopped(sampler.device_stops, jnp.asarray([recent]), jnp.asarray([ids[i]]),
+                             jnp.asarray([i + 1]), jnp.asarray([10]))
+      if bool(hit[0]):
+        fired.append(i)
+    first = fired[0] if fired else None
+    kept = tok.decode(ids[:first + 1]) if first is not None else None
+    if "<end_of_turn>" in text:
+      assert kept == text
+    else:
+      assert kept is not None and kept.endswith(("</math_exp>", "</search_query>", "</answer>")), (text, kept)
+      assert text.startswith(kept)
 
 
 def test_second_load_is_fast():

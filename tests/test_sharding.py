@@ -72,3 +72,34 @@ def test_mesh_config_errors():
     MeshConfig(2, 3, 1).shape(8)
   with pytest.raises(ShardingError, match="at most one axis may be -1"):
     MeshConfig(-1, -1, 1).shape(8)
+
+
+def test_sharded_greedy_decode_matches_single_device():
+  out = run_with_devices("""
+    import numpy as np
+    from flax import nnx
+    from swirl_jax.checkpoints.build import build_model, model_weights
+    from swirl_jax.loading import load_model
+    from swirl_jax.models.sharding import MeshConfig, Rules, make_mesh
+    from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable
+    from swirl_jax.sampling.generate import generate
+    stops = StopTable(np.zeros((0,), np.int32), np.full((1, 1), -2, np.int32), np.ones((1, 512), bool))
+    single = load_model("random:tiny-gemma3", seed=7)
+    prompts = [[3 + i] * (2 + 3 * i) for i in range(8)]
+    def run(model):
+      s = Sampler.create(model, batch=8, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12),
+                         stops=stops, steps_per_call=6, max_chunk=32, exit_when_done=8)
+      state = s.init_state(nnx.state(model), np.zeros(8))
+      return generate(s, nnx.state(model), prompts), state
+    ref, _ = run(single.model)
+    for shape in [(2, 2, 2), (1, 2, 4)]:
+      mesh = make_mesh(MeshConfig(*shape))
+      model = build_model(single.config, model_weights(single.model).__getitem__, mesh, Rules())
+      got, state = run(model)
+      assert got == ref, (shape, got, ref)
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      got_sh = state.cache.layers[0][0].sharding
+      assert got_sh.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None)), 4), got_sh
+      print("ok", shape)
+  """)
+  assert out.count("ok") == 2

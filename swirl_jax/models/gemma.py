@@ -257,7 +257,9 @@ class Gemma(nnx.Module):
     for block in self.layers:
       size = length if block.attn.window is None else min(length, block.attn.window + chunk - 1)
       shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
-      layers.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
+      # batch over (data, fsdp) and kv heads over tensor, like the activations that fill it
+      layers.append(tuple(self.shard(jnp.zeros(shape, dtype), "batch", None, "act_kv_heads", None)
+                          for _ in range(2)))
     return KVCache(tuple(layers), jnp.zeros((batch,), jnp.int32))
 
   def logits(self, hidden: jax.Array) -> jax.Array:

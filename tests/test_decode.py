@@ -1,0 +1,154 @@
+"""The KV cache, the jitted decode loop, sampling and stop rules (tiny random models)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from swirl_jax.loading import load_model, pad_batch
+from swirl_jax.models.gemma import forward_logits
+from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, sample_logits
+from swirl_jax.sampling.generate import generate
+
+
+def _no_stops(vocab=512):
+  return StopTable(np.zeros((0,), np.int32), np.full((1, 1), -2, np.int32), np.ones((1, vocab), bool))
+
+
+def _reencode(model, seqs):
+  tokens, valid = pad_batch(seqs, 0)
+  return np.asarray(forward_logits(model, jnp.asarray(tokens), jnp.asarray(valid)))
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])
+def test_cache_extend_and_rollback_equal_reencoding(preset):
+  """Chunks appended to ring-buffer caches (local rings wrap: window 8, chunk 16 -> 23 slots) give the
+  logits of re-encoding the whole conversation; rolling a row back by its length does too."""
+  model = load_model(f"random:{preset}", seed=1).model
+  rng = np.random.default_rng(0)
+  cache = model.init_cache(3, 96, 16)
+  assert cache.layers[0][0].shape[1] == 8 + 16 - 1  # a local layer keeps window + chunk - 1 slots
+  history = [[], [], []]
+  extend = jax.jit(lambda m, t, v, c: m.extend(t, v, c))
+
+  def append(chunks):
+    nonlocal cache
+    tokens, valid = pad_batch(chunks, 0, length=16)
+    hidden, cache = extend(model, jnp.asarray(tokens), jnp.asarray(valid), cache)
+    got = np.asarray(model.logits(hidden))
+    for b, c in enumerate(chunks):
+      history[b] += c
+    want = _reencode(model, history)
+    for b, c in enumerate(chunks):
+      n, total = len(c), len(history[b])
+      np.testing.assert_allclose(got[b, :n], want[b, total - n:total], atol=1e-5, rtol=0)
+
+  for lengths in [(13, 5, 16), (7, 16, 1), (1, 1, 1), (16, 9, 12), (3, 0, 16)]:
+    append([list(rng.integers(3, 512, n)) for n in lengths])
+  assert [len(h) for h in history] == [40, 31, 46]
+  # Roll row 0 back by 10 tokens and row 2 by 16 (<= the chunk length), then continue.
+  cache = cache._replace(lengths=cache.lengths - jnp.array([10, 0, 16]))
+  history[0], history[2] = history[0][:-10], history[2][:-16]
+  append([list(rng.integers(3, 512, n)) for n in (5, 2, 11)])
+
+
+def test_greedy_generate_matches_argmax_of_reencoding():
+  lm = load_model("random:tiny-gemma3", seed=2)
+  s = Sampler.create(lm.model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=20),
+                     stops=_no_stops(), steps_per_call=8, max_chunk=32, exit_when_done=2)
+  prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41]]
+  outs = generate(s, nnx.state(lm.model), prompts)
+  assert [len(o) for o in outs] == [20, 20]
+  for p, o in zip(prompts, outs):
+    seq = p + o
+    logits = _reencode(lm.model, [seq])[0]
+    np.testing.assert_array_equal(logits[len(p) - 1:len(seq) - 1].argmax(-1), o)
+
+
+def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
+  lm = load_model("random:tiny-gemma3", seed=0)
+  s = Sampler.create(lm.model, batch=3, cache_len=96, sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+                     stops=_no_stops(), steps_per_call=4, min_chunk=16, max_chunk=32)
+  assert s.chunk_buckets == (16, 32)
+  params = nnx.state(lm.model)
+  for lengths in [(5, 9, 14), (16, 1, 3), (2, 2, 2)]:
+    generate(s, params, [[7] * n for n in lengths])
+  assert s.trace_counts == {"extend/16": 1, "decode": 1}
+  generate(s, params, [[7] * 20, [8] * 3])
+  generate(s, params, [[7] * 40])  # split into a 32 and a 16 chunk: no new program
+  assert s.trace_counts == {"extend/16": 1, "extend/32": 1, "decode": 1}
+
+
+def _expected_stop(seq, table: StopTable, max_new):
+  """Host reference of the stop rule: first index whose token, or whose tail + head, matches."""
+  for i, t in enumerate(seq):
+    if t in set(table.tokens.tolist()) or i + 1 >= max_new:
+      return i
+    for tail, head in zip(table.tails, table.heads):
+      tail = [x for x in tail.tolist() if x != -1]
+      n = len(tail)
+      if i + 1 >= n and seq[i + 1 - n:i + 1] == tail:
+        h = i - n
+        if head.all() or (h >= 0 and head[seq[h]]):
+          return i
+  return None
+
+
+def test_stop_tokens_and_tag_tails():
+  lm = load_model("random:tiny-gemma3", seed=4)
+  params = nnx.state(lm.model)
+  free = Sampler.create(lm.model, batch=1, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=30),
+                        stops=_no_stops(), max_chunk=32)
+  g = generate(free, params, [[3, 4, 5]])[0]
+  assert len(g) == 30
+  heads = np.zeros((1, 512), bool)
+  heads[0, g[9]] = True
+  tables = [
+      StopTable(np.array([g[6]], np.int32), np.full((1, 1), -2, np.int32), np.ones((1, 512), bool)),
+      StopTable(np.zeros((0,), np.int32), np.array([[g[10], g[11]]], np.int32), heads),
+      # the same tail but a head that never occurs: no stop from the tail
+      StopTable(np.zeros((0,), np.int32), np.array([[g[10], g[11]]], np.int32), np.zeros((1, 512), bool)),
+  ]
+  for table in tables:
+    s = Sampler.create(lm.model, batch=1, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=30),
+                       stops=table, max_chunk=32)
+    out = generate(s, params, [[3, 4, 5]])[0]
+    stop = _expected_stop(g, table, 30)
+    assert out == g[:stop + 1]
+  assert len(generate(Sampler.create(lm.model, batch=1, cache_len=64, sampling=SamplingConfig(
+      temperature=0, max_new_tokens=30), stops=tables[2], max_chunk=32), params, [[3, 4, 5]])[0]) == 30
+
+
+def test_sampling_rules():
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)
+  keys = jax.vmap(jax.random.key)(jnp.arange(4))
+  greedy = np.asarray(logits.argmax(-1))
+  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=0)), greedy)
+  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=1, top_k=1)), greedy)
+  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=1, top_p=1e-6)), greedy)
+  # Frequencies follow softmax(logits / T) restricted to the top k.
+  row = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0]])
+  n = 20000
+  keys = jax.vmap(jax.random.key)(jnp.arange(n))
+  for cfg, probs in [
+      (SamplingConfig(temperature=1.0), jax.nn.softmax(row[0])),
+      (SamplingConfig(temperature=2.0, top_k=3), jax.nn.softmax(row[0, :3] / 2.0)),
+      (SamplingConfig(temperature=1.0, top_p=0.8), jax.nn.softmax(row[0, :3])),  # mass of top-2 < 0.8
+  ]:
+    toks = np.asarray(sample_logits(jnp.repeat(row, n, 0), keys, cfg))
+    freq = np.bincount(toks, minlength=5)[:len(probs)] / n
+    np.testing.assert_allclose(freq, np.asarray(probs), atol=0.015)
+    assert (toks < len(probs)).all()
+
+
+def test_a_row_samples_the_same_whatever_shares_its_batch():
+  lm = load_model("random:tiny-gemma3", seed=5)
+  s = Sampler.create(lm.model, batch=3, cache_len=64, sampling=SamplingConfig(temperature=1.5, max_new_tokens=12),
+                     stops=_no_stops(), steps_per_call=5, max_chunk=16, exit_when_done=3)
+  params = nnx.state(lm.model)
+  a = [9, 8, 7, 6]
+  first = generate(s, params, [a, [1, 2]], seeds=[11, 12, 0])
+  second = generate(s, params, [[5] * 9, [3], a], seeds=[13, 14, 11])
+  assert first[0] == second[2]
+  assert first[0] != generate(s, params, [a], seeds=[12, 0, 0])[0]

@@ -1,0 +1,206 @@
+"""The host-side tool loop over a mixed batch that exercises every branch, including refilling.
+
+The decode loop itself is tested in test_decode.py; here a scripted sampler (same interface, plays
+fixed model turns) makes each branch of the host loop happen on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from swirl_jax.sampling.decode import SamplingConfig
+from swirl_jax.sampling.rollout import Rollout, RolloutConfig
+from swirl_jax.tools import Calculator
+from swirl_jax.types import Question
+from tiny_tokenizer import tiny_tokenizer
+
+
+class _Cache(NamedTuple):
+  lengths: np.ndarray
+
+
+class _State(NamedTuple):
+  cache: _Cache
+  pending: np.ndarray
+  active: np.ndarray
+
+
+@dataclasses.dataclass
+class ScriptedSampler:
+  """Plays ``scripts[question text][turn]`` as the model's turns, token by token.
+
+  A turn ending in a closing tag stops there (as the device stop rule does); a turn ending in "!" is
+  followed by <end_of_turn>; any other turn runs to max_new_tokens.
+  """
+
+  tok: object
+  scripts: dict
+  batch: int = 2
+  cache_len: int = 4096
+  steps_per_call: int = 3
+  sampling: SamplingConfig = SamplingConfig(temperature=0, max_new_tokens=40)
+  chunk_buckets: tuple = (16, 64, 256)
+  exit_when_done: int = 1
+
+  def __post_init__(self):
+    self.rows = [dict(question=None, turn=0, queue=[]) for _ in range(self.batch)]
+    self.resets, self.rollbacks, self.max_busy = [], [], 0
+
+  @property
+  def max_chunk(self):
+    return self.chunk_buckets[-1]
+
+  def bucket(self, n):
+    return next(b for b in self.chunk_buckets if n <= b)
+
+  def init_state(self, params, seeds):
+    z = np.zeros(self.batch, np.int64)
+    return _State(_Cache(z.copy()), z.copy(), np.zeros(self.batch, bool))
+
+  def _turn_tokens(self, row):
+    text = self.scripts[row["question"]][row["turn"]]
+    ids = self.tok.encode(text, add_bos=False)
+    if text.endswith("!"):
+      ids.append(self.tok.end_of_turn_id)
+    return ids[:self.sampling.max_new_tokens]
+
+  def extend(self, params, state, tokens, valid, set_lengths, seeds, reseed):
+    lengths, pending, active = (np.array(state.cache.lengths), np.array(state.pending), np.array(state.active))
+    tokens, valid, set_lengths = np.asarray(tokens), np.asarray(valid), np.asarray(set_lengths)
+    for r in range(self.batch):
+      n = int(valid[r].sum())
+      if set_lengths[r] >= 0:
+        if set_lengths[r] == 0:
+          self.resets.append(r)
+        else:
+          self.rollbacks.append((r, int(lengths[r] - set_lengths[r])))
+        lengths[r] = set_lengths[r]
+      if n == 0:
+        continue
+      row = self.rows[r]
+      if set_lengths[r] == 0:
+        row["turn"] = 0
+      else:
+        row["turn"] += 1
+      chunk = tokens[r, :n].tolist()
+      lengths[r] += n
+      text = self.tok.decode(chunk)
+      if set_lengths[r] == 0:
+        row["question"] = next(q for q in self.scripts if q in text)
+      row["queue"] = self._turn_tokens(row)
+      pending[r] = row["queue"].pop(0)
+      active[r] = bool(row["queue"])
+    self.max_busy = max(self.max_busy, int(active.sum()))
+    return _State(_Cache(lengths), pending, active)
+
+  def decode(self, params, state):
+    lengths, pending, active = (np.array(state.cache.lengths), np.array(state.pending), np.array(state.active))
+    out = np.full((self.batch, self.steps_per_call), -1)
+    start = active.copy()
+    for i in range(self.steps_per_call):
+      if not active.any() or (start & ~active).sum() >= self.exit_when_done:
+        break
+      for r in np.flatnonzero(active):
+        lengths[r] += 1  # the pending token enters the cache
+        pending[r] = out[r, i] = self.rows[r]["queue"].pop(0)
+        active[r] = bool(self.rows[r]["queue"])
+    return _State(_Cache(lengths), pending, active), out
+
+
+SCRIPTS = {
+    "Q-call-then-answer": ["Let me compute. <math_exp>12 * 3</math_exp>", "<answer>36</answer>"],
+    "Q-malformed-then-answer": ["I think it is thirty!", "<answer>30</answer>"],
+    "Q-overshoot": ["<math_exp>2 + 2</math_exp> and then I keep talking without end",
+                    "<answer>4</answer>"],
+    "Q-budget": ["<math_exp>1 + 1</math_exp>", "<math_exp>2 + 2</math_exp>", "<math_exp>3 + 3</math_exp>",
+                 "<answer>never</answer>"],
+    "Q-disallowed-tool": ["<search_query>who knows</search_query>", "<answer>7</answer>"],
+    "Q-call-and-answer": ["<answer>4, or <math_exp>5 - 1</math_exp>", "<answer>4</answer>"],
+    "Q-bad-expression": ["<math_exp>__import__('os')</math_exp>", "<math_exp>1 / 0</math_exp>",
+                         "<answer>0</answer>"],
+}
+
+
+def _questions():
+  return [Question(id=q, dataset="test", text=q, answer="0") for q in SCRIPTS]
+
+
+@pytest.fixture()
+def scripted():
+  return ScriptedSampler(tiny_tokenizer(), SCRIPTS)
+
+
+def test_every_branch_of_the_tool_loop(scripted):
+  tok = scripted.tok
+  calc = Calculator()
+  rollout = Rollout(scripted, None, tok, {"calculator": calc},
+                    RolloutConfig(task="math", max_tool_calls=2, num_demos=0))
+  trajs = {t.question.id: t for t in rollout.run(_questions())}
+  assert set(trajs) == set(SCRIPTS)
+
+  t = trajs["Q-call-then-answer"]
+  assert [s.kind for s in t.steps] == ["tool_call", "answer"]
+  assert t.steps[0].call.tool == "calculator" and t.steps[0].call.input == "12 * 3"
+  assert t.steps[0].observation == "12 * 3 -> 36.0"
+  assert t.final_answer == "36" and "end_reason" not in t.provenance
+
+  t = trajs["Q-malformed-then-answer"]
+  assert [s.kind for s in t.steps] == ["malformed", "answer"]
+  assert t.steps[0].error.startswith("no_tag") and t.steps[0].observation.startswith("error: ")
+  assert t.steps[0].text == "I think it is thirty!"  # end_of_turn is not part of the text
+
+  t = trajs["Q-overshoot"]
+  assert t.steps[0].text == "<math_exp>2 + 2</math_exp>"  # cut at the closing tag
+  assert t.steps[0].observation == "2 + 2 -> 4.0" and t.final_answer == "4"
+
+  t = trajs["Q-budget"]
+  assert [s.kind for s in t.steps] == ["tool_call"] * 3
+  assert t.final_answer is None and t.provenance["end_reason"] == "step budget exhausted"
+
+  t = trajs["Q-disallowed-tool"]
+  assert t.steps[0].kind == "malformed" and t.steps[0].error.startswith("tool_not_allowed")
+
+  t = trajs["Q-call-and-answer"]
+  assert t.steps[0].kind == "malformed" and t.steps[0].error.startswith("call_and_answer")
+
+  t = trajs["Q-bad-expression"]
+  assert [s.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
+  assert t.steps[0].observation.startswith("__import__('os') -> error:")
+  assert t.steps[1].observation == "1 / 0 -> error: division by zero"
+
+  # Token accounting: a turn's new tokens are those kept; the next prompt starts after the tool result.
+  call = trajs["Q-call-then-answer"].steps
+  assert call[0].new_tokens == len(tok.encode("Let me compute. <math_exp>12 * 3</math_exp>", add_bos=False))
+  assert call[1].prompt_tokens > call[0].prompt_tokens + call[0].new_tokens
+
+
+def test_rows_are_refilled_and_overshoot_is_rolled_back(scripted):
+  rollout = Rollout(scripted, None, scripted.tok, {"calculator": Calculator()},
+                    RolloutConfig(task="math", max_tool_calls=2, num_demos=0, samples_per_question=2))
+  trajs = list(rollout.run(_questions()))
+  assert len(trajs) == 2 * len(SCRIPTS)
+  assert sorted(t.key for t in trajs) == sorted((q, k) for q in SCRIPTS for k in range(2))
+  assert len(scripted.resets) == 2 * len(SCRIPTS)  # each trajectory started in an emptied row
+  assert scripted.max_busy <= 2
+  overshoot = len(scripted.tok.encode(" and then I keep talking without end", add_bos=False))
+  # rolled back by what was generated past the tag (up to the pending token, which never entered)
+  assert all(0 < n <= overshoot for _, n in scripted.rollbacks) and len(scripted.rollbacks) == 2
+
+
+def test_static_batch_waits_for_the_whole_batch(scripted):
+  scripted.exit_when_done = 2
+  rollout = Rollout(scripted, None, scripted.tok, {"calculator": Calculator()},
+                    RolloutConfig(task="math", max_tool_calls=2, num_demos=0, refill=False))
+  trajs = list(rollout.run(_questions()))
+  assert len(trajs) == len(SCRIPTS)
+  # rows are only emptied in pairs, when both have finished
+  assert scripted.resets[:4] == [0, 1, 0, 1]
+
+
+def test_missing_tool_is_refused(scripted):
+  with pytest.raises(ValueError, match="needs tools \\['calculator'\\]"):
+    Rollout(scripted, None, scripted.tok, {}, RolloutConfig(task="math"))
