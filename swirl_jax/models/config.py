@@ -323,8 +323,16 @@ def from_gguf_metadata(meta: Mapping[str, Any], **overrides) -> ModelConfig:
         attn_logit_softcap=float(get("attn_logit_softcapping", 50.0)),
         final_logit_softcap=float(get("final_logit_softcapping", 30.0)), **common)
   else:
+    # Newer llama.cpp writes the local/global pattern; older files rely on Gemma 3's fixed 5:1.
+    pattern = meta.get("gemma3.attention.sliding_window_pattern")
+    if isinstance(pattern, (list, tuple)) and len(pattern) == n:
+      layer_types = tuple("local" if p else "global" for p in pattern)
+    elif isinstance(pattern, int) and pattern > 0:
+      layer_types = _pattern(n, pattern)
+    else:
+      layer_types = _pattern(n, 6)
     cfg = ModelConfig(
-        family="gemma3", layer_types=_pattern(n, 6), rope_base_global=float(get("rope.freq_base", 1e6)),
+        family="gemma3", layer_types=layer_types, rope_base_global=float(get("rope.freq_base", 1e6)),
         rope_base_local=10_000.0, rope_scale_global=scale, use_qk_norm=True, **common)
   return cfg.replace(**overrides)
 
