@@ -1,0 +1,87 @@
+"""Export to a Hugging Face checkpoint directory that transformers loads as Gemma2ForCausalLM or
+Gemma3ForCausalLM: config.json, sharded safetensors (+ index), tokenizer files, generation_config.json.
+
+Weights go through the same name/layout table as import (checkpoints/layout.py), so an export followed
+by an import is the identity. The directory is written under a temporary name and renamed into place,
+so a crash never leaves a half-written checkpoint where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import ml_dtypes
+import numpy as np
+
+from swirl_jax.checkpoints.layout import entries
+from swirl_jax.checkpoints.safetensors_io import save_file
+from swirl_jax.models.config import ModelConfig, to_hf_config
+
+_NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, tokenizer=None,
+              dtype: str = "float32", max_shard_bytes: int = 2 * 1024**3, overwrite: bool = False) -> str:
+  """Writes ``weights`` (our path -> array, e.g. ``build.model_weights(model)``) as a HF checkpoint.
+
+  Args:
+    cfg: the model's configuration.
+    weights: every parameter in our layout.
+    out_dir: the directory to create.
+    tokenizer: a swirl_jax Tokenizer whose files are saved beside the weights (None: no tokenizer).
+    dtype: storage dtype of the exported tensors: float32, bfloat16 or float16.
+    max_shard_bytes: safetensors shards are cut at this size (an index file maps names to shards).
+    overwrite: replace an existing ``out_dir``; otherwise an existing directory is an error.
+  """
+  if dtype not in _NP_DTYPES:
+    raise ValueError(f"export dtype {dtype!r}; choose one of {sorted(_NP_DTYPES)}")
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
+  try:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for e in entries(cfg):
+      if e.path not in weights:
+        raise KeyError(f"export: no weight for parameter {e.path!r}")
+      arr = np.ascontiguousarray(e.to_hf(np.asarray(weights[e.path], np.float32)).astype(_NP_DTYPES[dtype]))
+      if size and size + arr.nbytes > max_shard_bytes:
+        shards.append({})
+        size = 0
+      shards[-1][e.hf] = arr
+      size += arr.nbytes
+    meta = {"format": "pt"}  # transformers checks this key on load
+    if len(shards) == 1:
+      save_file(shards[0], os.path.join(tmp, "model.safetensors"), meta)
+    else:
+      weight_map, total = {}, 0
+      for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(tmp, name), meta)
+        weight_map.update({k: name for k in shard})
+        total += sum(a.nbytes for a in shard.values())
+      with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    hf_cfg = to_hf_config(cfg)
+    hf_cfg["torch_dtype"] = dtype
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(hf_cfg, f, indent=1)
+    gen = {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": [1]}
+    if tokenizer is not None:
+      tokenizer.save(tmp)
+      gen = {"bos_token_id": tokenizer.bos_id, "pad_token_id": tokenizer.pad_id,
+             "eos_token_id": [tokenizer.eos_id, tokenizer.end_of_turn_id]}
+    with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+      json.dump(gen, f, indent=1)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return out_dir
