@@ -20,6 +20,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", "ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Directory for every output of the run.")
+_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs "
+                             "(TPU pods and SLURM are detected without it).")
+_NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
+_PID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
 
 
 def _load(cfg):
@@ -29,7 +33,9 @@ def _load(cfg):
 
   import jax
 
-  mesh = make_mesh(mesh_config(cfg)) if jax.device_count() > 1 else None
+  # Sampling is data-parallel across processes: each process shards the model over its own devices.
+  devices = jax.local_devices()
+  mesh = make_mesh(mesh_config(cfg), devices) if len(devices) > 1 else None
   t = time.perf_counter()
   lm = load_model(cfg.model.source, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
                   cache_dir=cfg.model.cache_dir or None)
@@ -122,14 +128,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from swirl_jax.config import check_documented
 
+  from swirl_jax import distributed
+
+  distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   cfg = _CONFIG.value
   check_documented(cfg)
   if cfg.mode not in MODES:
     raise app.UsageError(f"--config.mode={cfg.mode!r}; choose one of {sorted(MODES)}")
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(cfg.to_json(indent=1))
+  import jax
+
+  if jax.process_index() == 0:  # outputs are written once
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(cfg.to_json(indent=1))
   logging.set_verbosity(logging.WARNING)
   MODES[cfg.mode](cfg, workdir)
 
