@@ -100,8 +100,17 @@ def run_generate(cfg, workdir: str) -> None:
           f"answer={traj.final_answer!r} (gold {traj.question.answer!r}) {time.perf_counter() - t0:.0f}s",
           flush=True)
 
-  path = generate(rollout, questions, os.path.join(workdir, "trajectories.jsonl"),
-                  process_index=jax.process_index(), process_count=jax.process_count(), on_trajectory=progress)
+  out = os.path.join(workdir, "trajectories.jsonl")
+  path = generate(rollout, questions, out, process_index=jax.process_index(),
+                  process_count=jax.process_count(), on_trajectory=progress)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    from swirl_jax.pipeline.generate import merge_shards
+
+    multihost_utils.sync_global_devices("generate: all shards written")
+    if jax.process_index() == 0:
+      path = merge_shards(out, jax.process_count())
   print(json.dumps({"trajectories_file": path, "written_now": sum(ends.values()), "end_reasons": dict(ends),
                     "mean_steps": sum(steps) / max(len(steps), 1),
                     "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

@@ -8,6 +8,7 @@ shard file.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Sequence
 
@@ -40,3 +41,19 @@ def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, 
       if on_trajectory:
         on_trajectory(traj)
   return path
+
+
+def merge_shards(out_path: str, process_count: int) -> str:
+  """Concatenates the processes' shard files into ``out_path`` (atomically; run by one process)."""
+  if process_count == 1:
+    return out_path
+  tmp = out_path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as out:
+    for i in range(process_count):
+      shard = shard_path(out_path, i, process_count)
+      for rec in read_records(shard):
+        out.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+    out.flush()
+    os.fsync(out.fileno())
+  os.replace(tmp, out_path)
+  return out_path
