@@ -320,15 +320,20 @@ def dumps(record: Any) -> str:
   return json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True)
 
 
-def loads(cls: type[T], line: str, where: str) -> T:
-  """Parses one JSON Lines line into ``cls``; errors name ``where`` (file:line)."""
+def parse_object(line: str, where: str) -> dict[str, Any]:
+  """One JSON object from a line of text; errors name ``where`` (file:line)."""
   try:
     d = json.loads(line)
   except json.JSONDecodeError as e:
     raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(d, dict):
     raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")
-  return cls.from_json(d, where)  # type: ignore[attr-defined]
+  return d
+
+
+def loads(cls: type[T], line: str, where: str) -> T:
+  """Parses one JSON Lines line into ``cls``; errors name ``where`` (file:line)."""
+  return cls.from_json(parse_object(line, where), where)  # type: ignore[attr-defined]
 
 
 def read_jsonl(cls: type[T], path: str) -> list[T]:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from swirl_jax.types import Paragraph, Question, RecordError
+from swirl_jax.types import Paragraph, Question, RecordError, parse_object
 
 # The number after "####" in a GSM8K solution, once commas are removed.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -137,13 +137,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
       if not line.strip():
         continue
       where = f"{path}:{lineno}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
-      yield where, record
+      yield where, parse_object(line, where)
 
 
 def read_questions(path: str | Path, parse: Callable[[Mapping[str, Any], str], Question | None]) -> list[Question]:
