@@ -1,0 +1,198 @@
+"""Stage 1 after generate, as file-to-file stages: label, filter, decompose. Each returns a summary dict.
+
+* ``label``: trajectories.jsonl -> labelled.jsonl. Appends one line per trajectory (flushed and fsynced),
+  so a killed run loses at most the chunk being judged; a rerun skips the keys already in the output
+  (a torn last line is cut off first) and judges the rest. Judge completions are also cached by the
+  prompt judges, so even the lost chunk is not paid for twice when a cache file is used.
+* ``filter_stage``: labelled.jsonl -> kept.jsonl + a JSON report of what was dropped and why.
+* ``decompose_stage``: kept.jsonl -> step_examples.jsonl (one StepExample per model turn).
+
+The last two rewrite their outputs whole, atomically (temp file + rename): a crash leaves the previous
+file, never a partial one. Inputs are read with the same torn-line tolerance as the appenders, so a
+stage can run on a file another process is still appending to.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from typing import Any, Callable, Literal, Sequence
+
+from swirl_jax import prompts as task_prompts
+from swirl_jax.judges.base import Judge
+from swirl_jax.judges.prompts import infer_task
+from swirl_jax.pipeline.decompose import decompose
+from swirl_jax.pipeline.filter import STRATEGIES, equalize_target, filter_trajectories
+from swirl_jax.pipeline.jsonl import JsonlAppender, read_records
+from swirl_jax.types import Trajectory, dumps, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def read_trajectories(paths: str | Sequence[str]) -> tuple[list[Trajectory], int]:
+  """Whole trajectory records of one or more JSON Lines files (e.g. generate's per-process shards), in
+  order, the first of each key kept. Returns (trajectories, duplicates skipped)."""
+  out, seen, dups = [], set(), 0
+  for path in [paths] if isinstance(paths, str) else list(paths):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist")
+    for i, d in enumerate(read_records(path), 1):
+      t = Trajectory.from_json(d, f"{path} record {i}")
+      if t.key in seen:
+        dups += 1
+        continue
+      seen.add(t.key)
+      out.append(t)
+  return out, dups
+
+
+def _judges_in(trajectories: Sequence[Trajectory]) -> set[str]:
+  found = set()
+  for t in trajectories:
+    found.update(s.verdict.judge for s in t.steps if s.verdict is not None)
+    if t.outcome is not None:
+      found.add(t.outcome.judge)
+  return found
+
+
+def label_counts(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+  """Label statistics: steps judged / GOOD, outcomes judged / GOOD, and the rates."""
+  steps = [s.verdict.label for t in trajectories for s in t.steps if s.verdict is not None]
+  outcomes = [t.outcome.label for t in trajectories if t.outcome is not None]
+  good_steps, good_outcomes = steps.count("GOOD"), outcomes.count("GOOD")
+  all_good = sum(1 for t in trajectories
+                 if t.steps and all(s.verdict is not None and s.verdict.label == "GOOD" for s in t.steps))
+  return {"steps_judged": len(steps), "steps_good": good_steps,
+          "process_good_rate": good_steps / len(steps) if steps else None,
+          "outcomes_judged": len(outcomes), "outcomes_good": good_outcomes,
+          "outcome_good_rate": good_outcomes / len(outcomes) if outcomes else None,
+          "all_steps_good": all_good}
+
+
+def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_size: int = 16, process: bool = True,
+          outcome: bool = True, allow_mixed_judges: bool = False,
+          on_trajectory: Callable[[Trajectory], None] | None = None) -> dict[str, Any]:
+  """Labels every trajectory of ``in_path`` not yet in ``out_path``, appending as it goes (resumable).
+
+  Args:
+    in_path: trajectories.jsonl (or a list of generate's shard files).
+    out_path: labelled.jsonl; appended to.
+    judge: any Judge (``swirl_jax.judges.make_judge``).
+    chunk_size: trajectories judged per ``judge.label`` call: all their steps go to the backend at once
+      (bigger batches for a model judge), and at most one chunk is lost on a crash.
+    process / outcome: which labels to add.
+    allow_mixed_judges: continue an output labelled by a judge of another identity (refused by
+      default: one file should hold one judge's labels).
+    on_trajectory: called after each labelled trajectory is written.
+
+  Returns:
+    {"labelled_file", "judge", "input", "input_duplicates", "already_labelled", "labelled_now",
+     "total_labelled", "seconds", and label_counts() over the whole output file}.
+  """
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  t0 = time.perf_counter()
+  inputs, dups = read_trajectories(in_path)
+  done, _ = read_trajectories(out_path) if os.path.exists(out_path) else ([], 0)
+  others = _judges_in(done) - {judge.identity}
+  if others and not allow_mixed_judges:
+    raise ValueError(f"{out_path} already holds labels of judge(s) {sorted(others)}, not {judge.identity!r}; "
+                     "label into a new file, or pass allow_mixed_judges=True")
+  done_keys = {t.key for t in done}
+  todo = [t for t in inputs if t.key not in done_keys]
+  written = 0
+  with JsonlAppender(out_path) as out:
+    for start in range(0, len(todo), chunk_size):
+      for t in judge.label(todo[start : start + chunk_size], process=process, outcome=outcome):
+        out.write(dumps(t))
+        written += 1
+        if on_trajectory is not None:
+          on_trajectory(t)
+  final, _ = read_trajectories(out_path)
+  summary = {"labelled_file": out_path, "judge": judge.identity, "input": len(inputs), "input_duplicates": dups,
+             "already_labelled": len(inputs) - len(todo), "labelled_now": written, "total_labelled": len(final),
+             "seconds": round(time.perf_counter() - t0, 3)}
+  summary.update(label_counts(final))
+  return summary
+
+
+def filter_stage(in_path: str | Sequence[str], out_path: str, report_path: str, strategy: str,
+                 equalize: int | Literal["auto"] | None = None, seed: int = 0,
+                 on_unlabelled: Literal["error", "drop"] = "error") -> dict[str, Any]:
+  """Keeps the labelled trajectories that pass ``strategy``; writes them and a report, atomically.
+
+  Args:
+    in_path: labelled.jsonl.
+    out_path: kept trajectories (JSON Lines).
+    report_path: the FilterReport as JSON (counts, reasons, every dropped trajectory and why).
+    strategy: "none", "process", "outcome" or "process_and_outcome".
+    equalize: keep exactly this many passing trajectories (seeded subset), "auto" = the largest count
+      every strategy can meet on this file (so runs with different filters compare at one size), or
+      None to keep every passing one.
+    seed: the equalize subset's seed.
+    on_unlabelled: "error" or "drop" trajectories lacking a label the strategy needs.
+
+  Returns:
+    The report's counts: {"kept_file", "report_file", "strategy", "total", "passed", "kept",
+    "dropped_count", "equalize", "seed", "reason_counts", "input_duplicates"}.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown filter {strategy!r}; known filters: {list(STRATEGIES)}")
+  trajectories, dups = read_trajectories(in_path)
+  if equalize == "auto":
+    equalize = equalize_target(trajectories, on_unlabelled=on_unlabelled)
+  elif equalize is not None and (not isinstance(equalize, int) or equalize < 0):
+    raise ValueError(f"equalize must be a count >= 0, 'auto' or None, got {equalize!r}")
+  kept, report = filter_trajectories(trajectories, strategy, equalize=equalize, seed=seed,
+                                     on_unlabelled=on_unlabelled)
+  write_jsonl(out_path, kept)
+  report.write_json(report_path)
+  summary = {k: v for k, v in report.to_json().items() if k != "dropped"}
+  summary.update(kept_file=out_path, report_file=report_path, input_duplicates=dups)
+  return summary
+
+
+def _setting(t: Trajectory, name: str, given: Any, fallback: Callable[[], Any] | None = None) -> Any:
+  """An explicit argument, else what the rollout recorded in provenance, else ``fallback``."""
+  if given is not None:
+    return given
+  if name in t.provenance and t.provenance[name] is not None:
+    return t.provenance[name]
+  if fallback is not None:
+    return fallback()
+  raise ValueError(f"trajectory {t.key} does not record provenance[{name!r}]; pass {name}= to decompose_stage")
+
+
+def decompose_stage(in_path: str | Sequence[str], out_path: str, task: task_prompts.Task | None = None,
+                    num_demos: int | None = None, budget: int | None = None) -> dict[str, Any]:
+  """Writes the step examples of every kept trajectory (StepExample JSON Lines), atomically.
+
+  The states must show what the model saw when it generated: the task prompt, the demonstrations and
+  the step budget. Each defaults to what the rollout recorded in the trajectory's provenance ("task",
+  "num_demos", "budget"; the task falls back to ``infer_task``); an explicit argument overrides all.
+
+  Returns:
+    {"examples_file", "trajectories", "examples", "input_duplicates", "by_task", "process_labels"
+    (GOOD / BAD / unlabelled counts over the examples), "max_steps"}.
+  """
+  trajectories, dups = read_trajectories(in_path)
+  examples, by_task, labels = [], collections.Counter(), collections.Counter()
+  for t in trajectories:
+    t_task = _setting(t, "task", task, lambda: infer_task(t))
+    if t_task not in ("math", "search"):
+      raise ValueError(f"trajectory {t.key}: task must be math or search, got {t_task!r}")
+    n_demos = int(_setting(t, "num_demos", num_demos))
+    demos = task_prompts.DEFAULT_DEMOS[t_task][:n_demos]
+    if len(demos) < n_demos:
+      raise ValueError(f"trajectory {t.key}: num_demos={n_demos} but only {len(demos)} {t_task} demonstrations exist")
+    t_budget = _setting(t, "budget", budget, lambda: task_prompts.step_budget(t_task))
+    exs = decompose(t, t_task, demos, int(t_budget))
+    examples.extend(exs)
+    by_task[t_task] += len(exs)
+    labels.update(ex.process_label or "unlabelled" for ex in exs)
+  write_jsonl(out_path, examples)
+  return {"examples_file": out_path, "trajectories": len(trajectories), "examples": len(examples),
+          "input_duplicates": dups, "by_task": dict(by_task), "process_labels": dict(labels),
+          "max_steps": max((len(t.steps) for t in trajectories), default=0)}
