@@ -1,0 +1,185 @@
+"""Multi-step evaluation: the stage-1 tool loop with any loadable policy, judged against the answer key.
+
+For each question the policy runs the rollout loop (sampling.rollout.Rollout: the sampler, the tools,
+the shared parser); the configured judge gives each trajectory an outcome verdict (judged accuracy);
+exact match and token F1 of the final answer against the key and its aliases come from
+judges.answers; the report also has the mean number of model steps and tool calls, how trajectories
+ended, and optionally the process pass rate (the judge's verdict on every step of the policy's own
+trajectories, which the paper reports rising with SWiRL).
+
+A policy is any source ``load_model`` reads, or a training checkpoint directory (training/
+checkpointing.py), whose metadata names the model it started from: that model gives the architecture
+and tokenizer, the checkpoint the parameters (``load_policy``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from swirl_jax.judges import answers
+from swirl_jax.judges.base import Judge, step_contexts
+from swirl_jax.loading import LoadedModel, load_model
+from swirl_jax.models.sharding import Rules
+from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
+from swirl_jax.sampling.rollout import Rollout, RolloutConfig
+from swirl_jax.tools.base import Tool
+from swirl_jax.tools.parser import STOP_STRINGS
+from swirl_jax.types import Question, Trajectory, Verdict, write_jsonl
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Settings of an evaluation run.
+
+  Attributes:
+    rollout: the tool loop (task, samples per question, tool budget, demonstrations, seed).
+    sampling: how turns are sampled (default greedy).
+    batch_size / cache_len / steps_per_call / max_chunk: the sampler (decode.Sampler).
+    judge_process: also judge every step of every trajectory (process pass rate; one judge call per
+      step).
+  """
+
+  rollout: RolloutConfig = RolloutConfig()
+  sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=96)
+  batch_size: int = 8
+  cache_len: int = 1024
+  steps_per_call: int = 32
+  max_chunk: int = 256
+  judge_process: bool = False
+
+
+def is_checkpoint_dir(path: str) -> bool:
+  """Whether ``path`` is a training checkpoint directory (numbered steps holding a ``meta`` item)."""
+  if not os.path.isdir(path):
+    return False
+  return any(name.isdigit() and os.path.isdir(os.path.join(path, name, "meta")) for name in os.listdir(path))
+
+
+def with_checkpoint(base: LoadedModel, directory: str, step: int | None = None) -> tuple[LoadedModel, int]:
+  """``base`` with the policy parameters of a training checkpoint (default: its latest step)."""
+  from swirl_jax.training.checkpointing import restore_params
+  from swirl_jax.training.train_state import model_params
+
+  params, step = restore_params(directory, model_params(base.model), step)
+  model = nnx.merge(nnx.graphdef(base.model), params)
+  return dataclasses.replace(base, model=model, source=f"{directory}@{step}"), step
+
+
+def load_policy(source: str, *, step: int | None = None, dtype: str = "float32", param_dtype: str = "float32",
+                mesh: Mesh | None = None, rules: Rules = Rules(), cache_dir: str | None = None) -> LoadedModel:
+  """A policy from a ``load_model`` source or a training checkpoint directory (module docstring)."""
+  if not is_checkpoint_dir(source):
+    return load_model(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules, cache_dir=cache_dir)
+  from swirl_jax.training.checkpointing import read_meta
+
+  _, meta = read_meta(source, step)
+  base = load_model(meta["model_source"], dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
+                    cache_dir=cache_dir)
+  return with_checkpoint(base, source, step)[0]
+
+
+def trajectory_scores(t: Trajectory, outcome: Verdict) -> dict[str, Any]:
+  """Per-trajectory metrics: judged correct, exact match, token F1, steps, tool calls, how it ended."""
+  golds = [t.question.answer, *t.question.aliases]
+  final = t.final_answer
+  return {
+      "question_id": t.question.id, "sample_index": t.sample_index,
+      "judged_correct": outcome.label == "GOOD", "judge_score": outcome.score,
+      "exact_match": bool(final is not None and answers.exact_match(final, golds)),
+      "token_f1": float(answers.token_f1(final, golds)) if final is not None else 0.0,
+      "steps": len(t.steps), "tool_calls": sum(s.kind == "tool_call" for s in t.steps),
+      "malformed_steps": sum(s.kind == "malformed" for s in t.steps),
+      "answered": final is not None, "end_reason": t.provenance.get("end_reason", "answer"),
+  }
+
+
+def summarize(trajectories: Sequence[Trajectory], outcomes: Sequence[Verdict],
+              process: Sequence[Sequence[Verdict]] | None = None) -> dict[str, Any]:
+  """The aggregate metrics of a set of judged trajectories (means over trajectories)."""
+  rows = [trajectory_scores(t, o) for t, o in zip(trajectories, outcomes)]
+  n = len(rows)
+
+  def mean(key):
+    return float(np.mean([r[key] for r in rows])) if rows else 0.0
+
+  ends: dict[str, int] = {}
+  for r in rows:
+    ends[r["end_reason"]] = ends.get(r["end_reason"], 0) + 1
+  out = {
+      "num_trajectories": n, "num_questions": len({r["question_id"] for r in rows}),
+      "judged_accuracy": mean("judged_correct"), "exact_match": mean("exact_match"),
+      "token_f1": mean("token_f1"), "mean_steps": mean("steps"), "mean_tool_calls": mean("tool_calls"),
+      "mean_malformed_steps": mean("malformed_steps"), "answered_rate": mean("answered"),
+      "end_reasons": dict(sorted(ends.items())),
+  }
+  if process is not None:
+    labels = [v.label == "GOOD" for vs in process for v in vs]
+    out["process_pass_rate"] = float(np.mean(labels)) if labels else 0.0
+  return out
+
+
+def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, tools: Mapping[str, Tool],
+             config: EvalConfig = EvalConfig(), *, dataset: str | None = None, out_dir: str | None = None,
+             label: str | None = None) -> dict[str, Any]:
+  """Runs the multi-step loop over ``questions`` and returns (and writes) the dataset's report.
+
+  Args:
+    model: the policy (with tokenizer).
+    questions: the test set.
+    judge: gives the outcome verdicts (and process verdicts when ``config.judge_process``).
+    tools: the tools of the task (``{"calculator": Calculator()}`` or ``{"search": ...}``).
+    config: rollout, sampling and sampler settings.
+    dataset: name in the report (default: the questions' dataset field).
+    out_dir: when given, writes ``{out_dir}/{dataset}.json`` (the report) and
+      ``{out_dir}/{dataset}.trajectories.jsonl`` (the judged trajectories).
+    label: names the policy in the report (default: the model source).
+  """
+  tok = model.tokenizer
+  if tok is None:
+    raise ValueError(f"model {model.source!r} has no tokenizer")
+  dataset = dataset or (questions[0].dataset if questions else "empty")
+  stops = build_stop_table(tok, STOP_STRINGS, [tok.eos_id, tok.end_of_turn_id])
+  sampler = Sampler.create(model.model, batch=config.batch_size, cache_len=config.cache_len,
+                           sampling=config.sampling, stops=stops, steps_per_call=config.steps_per_call,
+                           max_chunk=max(config.max_chunk, config.sampling.max_new_tokens))
+  rollout = Rollout(sampler, nnx.state(model.model), tok, tools, config.rollout,
+                    provenance={"model": model.source})
+  t0 = time.perf_counter()
+  order = {q.id: i for i, q in enumerate(questions)}
+  trajs = sorted(rollout.run(questions), key=lambda t: (order[t.question.id], t.sample_index))
+  t1 = time.perf_counter()
+  outcomes = judge.judge_outcomes(trajs)
+  process = None
+  if config.judge_process:
+    contexts = [step_contexts(t, config.rollout.task) for t in trajs]
+    flat = judge.judge_contexts([c for cs in contexts for c in cs])
+    process, pos = [], 0
+    for cs in contexts:
+      process.append(flat[pos:pos + len(cs)])
+      pos += len(cs)
+  report = {
+      "dataset": dataset, "policy": label or model.source, "judge": judge.identity,
+      **summarize(trajs, outcomes, process),
+      "rollout_seconds": round(t1 - t0, 3), "judge_seconds": round(time.perf_counter() - t1, 3),
+      "config": {"rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(config.sampling)},
+  }
+  if out_dir:
+    from swirl_jax.evaluation.report import write_report
+
+    os.makedirs(out_dir, exist_ok=True)
+    judged = []
+    for i, (t, o) in enumerate(zip(trajs, outcomes)):
+      steps = t.steps
+      if process is not None:
+        steps = tuple(dataclasses.replace(s, verdict=v) for s, v in zip(t.steps, process[i]))
+      judged.append(dataclasses.replace(t, steps=steps, outcome=o))
+    write_jsonl(os.path.join(out_dir, f"{dataset}.trajectories.jsonl"), judged)
+    write_report(os.path.join(out_dir, f"{dataset}.json"), report)
+  return report

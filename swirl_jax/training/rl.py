@@ -1,0 +1,391 @@
+"""Stage 2 training loops: step-wise RL (online), its offline variant, and the SFT baseline.
+
+All three run the same jitted train step (train_step.py) over batches of offline states (StepExamples):
+
+* ``mode="rl"`` (SWiRL): for each state the *current* policy samples G actions with the jitted sampler
+  (no tool is executed), the judge scores each action in its context (``context_from_state``), and the
+  step minimises REINFORCE with a group baseline plus a KL penalty to the initial policy (losses.py).
+* ``mode="offline"``: the recorded actions, rewarded with their stored labels (process, outcome or
+  both GOOD = 1, else 0; the judge scores unlabelled ones); the baseline group is the whole batch.
+  Use ``LossConfig(baseline="none")`` here (A = r >= 0, reward-weighted likelihood): with a baseline,
+  BAD recorded actions get negative weights, and pushing down the likelihood of off-policy text moves
+  probability onto arbitrary tokens (tests/test_learning.py measured the reward collapsing).
+* ``mode="sft"``: negative log-likelihood of the recorded actions (the paper's baseline).
+
+Resumable: the data order is a seeded permutation per epoch indexed by the data position, and the
+sampler's seeds derive from the checkpointed RNG, so a resumed run repeats the uninterrupted one.
+
+Entry point: ``train(TrainConfig(...), examples, loaded_model, judge, loss=..., optimizer=...,
+sampling=..., checkpoint=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Literal, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from swirl_jax import prompts as task_prompts
+from swirl_jax.checkpoints.build import abstract_model
+from swirl_jax.judges.base import Judge, context_from_state
+from swirl_jax.loading import LoadedModel
+from swirl_jax.models.sharding import MeshConfig, make_mesh
+from swirl_jax.pipeline.decompose import tokenize_example
+from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
+from swirl_jax.sampling.generate import generate
+from swirl_jax.tools.parser import STOP_STRINGS, truncate_after_action
+from swirl_jax.training import metrics as metrics_lib
+from swirl_jax.training import train_state as ts
+from swirl_jax.training.checkpointing import CheckpointConfig, Checkpointer, SigtermFlag
+from swirl_jax.training.losses import LossConfig
+from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer
+from swirl_jax.training.train_step import Batch, StepConfig, batch_shards, make_train_step, pack_batch
+from swirl_jax.types import StepExample
+
+Mode = Literal["rl", "offline", "sft"]
+OfflineReward = Literal["process", "outcome", "process_and_outcome"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Settings of a stage-2 run (the loss, optimiser, sampling and checkpoints have their own).
+
+  Attributes:
+    mode: "rl" (sample G actions per state and judge them), "offline" (recorded actions rewarded by
+      their labels), or "sft" (likelihood of the recorded actions).
+    task: "math" or "search": how sampled actions are parsed and judged.
+    steps: optimizer steps of the whole run (a resumed run continues up to this many).
+    states_per_step: states (StepExamples) per optimizer step; the batch has states_per_step *
+      group_size rows in RL mode and states_per_step rows otherwise.
+    group_size: G actions sampled per state (RL mode).
+    micro_batches: the batch is processed in this many slices, gradients summed (accumulation).
+    max_len: tokens per row (state + action); RL states are cut to max_len - max_new_tokens.
+    seq_bucket / slot_bucket: row length and loss-slot count are rounded up to multiples of these
+      (one compilation per bucket pair).
+    sample_batch: rows per sampler call (0 = every row of a step in one call).
+    steps_per_call: decode steps per sampler call.
+    remat: rematerialise each transformer block in the backward pass.
+    seed: data order and sampling seeds.
+    offline_reward: which stored label rewards a recorded action in offline mode.
+    log_dir: metrics.jsonl and tensorboard/ go here (None = no files).
+    tensorboard: also write TensorBoard event files.
+    progress: print a progress bar with ETA to stderr.
+  """
+
+  mode: Mode = "rl"
+  task: task_prompts.Task = "math"
+  steps: int = 100
+  states_per_step: int = 8
+  group_size: int = 4
+  micro_batches: int = 1
+  max_len: int = 1024
+  seq_bucket: int = 64
+  slot_bucket: int = 16
+  sample_batch: int = 0
+  steps_per_call: int = 32
+  remat: bool = False
+  seed: int = 0
+  offline_reward: OfflineReward = "process"
+  log_dir: str | None = None
+  tensorboard: bool = True
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.mode not in ("rl", "offline", "sft"):
+      raise ValueError(f"train mode must be rl, offline or sft, got {self.mode!r}")
+    if self.steps < 0 or self.states_per_step < 1 or self.group_size < 1 or self.micro_batches < 1:
+      raise ValueError(f"invalid train settings: {self}")
+
+  @property
+  def rows_per_step(self) -> int:
+    return self.states_per_step * (self.group_size if self.mode == "rl" else 1)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What ``train`` returns.
+
+  Attributes:
+    state: the final TrainState (params, optimizer state, step, rng, data position).
+    history: the metrics of every step run in this call.
+    interrupted: stopped early by SIGTERM (after saving a checkpoint).
+    resumed_from: the checkpoint step this call started from (None = a fresh start).
+  """
+
+  state: ts.TrainState
+  history: list[dict[str, Any]]
+  interrupted: bool = False
+  resumed_from: int | None = None
+
+  @property
+  def params(self) -> ts.Params:
+    return self.state.params
+
+
+def with_params(model: LoadedModel, params: ts.Params) -> LoadedModel:
+  """The loaded model with other parameters (e.g. trained ones), for sampling, evaluation or export."""
+  return dataclasses.replace(model, model=nnx.merge(nnx.graphdef(model.model), params))
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def _example_at(pos: int, n: int, seed: int, cache: dict[int, np.ndarray]) -> int:
+  """Index of the example at data position ``pos``: epoch pos // n visits a seeded permutation."""
+  epoch = pos // n
+  if epoch not in cache:
+    cache.clear()
+    cache[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+  return int(cache[epoch][pos % n])
+
+
+def _prompt_tokens(ex: StepExample, tok, budget: int) -> list[int] | None:
+  """The state's prompt tokens (ending with the model-turn opening), cut by decompose's policy to fit
+  ``budget``; None when it cannot fit."""
+  # An empty action makes tokenize_example's prefix budget exactly ``budget`` (+1 for end of turn).
+  out = tokenize_example(dataclasses.replace(ex, action=""), tok, budget + 1)
+  return None if out is None else [int(t) for t in out.tokens[:out.prompt_len]]
+
+
+def _offline_reward(ex: StepExample, which: OfflineReward) -> float | None:
+  labels = {"process": (ex.process_label,), "outcome": (ex.outcome_label,),
+            "process_and_outcome": (ex.process_label, ex.outcome_label)}[which]
+  if any(lab is None for lab in labels):
+    return None
+  return 1.0 if all(lab == "GOOD" for lab in labels) else 0.0
+
+
+def _seeds(rng_data: np.ndarray, n: int) -> np.ndarray:
+  return np.random.default_rng([int(x) for x in np.asarray(rng_data).ravel()]).integers(0, 2**31 - 1, n)
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+
+class _Run:
+  """Host-side state of one ``train`` call (kept out of the jitted step)."""
+
+  def __init__(self, cfg: TrainConfig, examples: Sequence[StepExample], lm: LoadedModel, judge: Judge | None,
+               sampling: SamplingConfig):
+    if lm.tokenizer is None:
+      raise ValueError(f"model {lm.source!r} has no tokenizer")
+    self.cfg, self.lm, self.judge, self.sampling, self.tok = cfg, lm, judge, sampling, lm.tokenizer
+    if cfg.mode == "rl" and judge is None:
+      raise ValueError("mode='rl' needs a judge to reward the sampled actions")
+    self.examples = list(examples)
+    self.rows: list[Any] = []
+    dropped = 0
+    for ex in self.examples:
+      if cfg.mode == "rl":
+        item = _prompt_tokens(ex, self.tok, cfg.max_len - sampling.max_new_tokens)
+      else:
+        t = tokenize_example(ex, self.tok, cfg.max_len)
+        item = None if t is None else (t.tokens, t.loss_mask)
+      dropped += item is None
+      self.rows.append(item)
+    self.kept = [i for i, r in enumerate(self.rows) if r is not None]
+    if not self.kept:
+      raise ValueError(f"none of the {len(self.examples)} examples fits max_len={cfg.max_len}")
+    self.dropped = dropped
+    self._perm: dict[int, np.ndarray] = {}
+    self.sampler = None
+    if cfg.mode == "rl":
+      stops = build_stop_table(self.tok, STOP_STRINGS, [self.tok.eos_id, self.tok.end_of_turn_id])
+      self.sampler = Sampler.create(lm.model, batch=cfg.sample_batch or cfg.rows_per_step,
+                                    cache_len=cfg.max_len, sampling=sampling, stops=stops,
+                                    steps_per_call=cfg.steps_per_call)
+    self._end_ids = {self.tok.eos_id, self.tok.end_of_turn_id}
+
+  def take(self, pos: int) -> list[int]:
+    n = len(self.kept)
+    return [self.kept[_example_at(p, n, self.cfg.seed, self._perm)] for p in range(pos, pos + self.cfg.states_per_step)]
+
+  def judge_texts(self, exs: Sequence[StepExample], texts: Sequence[str]):
+    contexts = [context_from_state(self.cfg.task, ex.state, ex.step_index, text) for ex, text in zip(exs, texts)]
+    return self.judge.judge_contexts(contexts)
+
+  def rl_batch(self, idx: Sequence[int], params: ts.Params, rng_data: np.ndarray,
+               info: dict[str, float]) -> tuple[Batch, list[StepExample], np.ndarray, list]:
+    g = self.cfg.group_size
+    prompts = [self.rows[i] for i in idx for _ in range(g)]
+    seeds = _seeds(rng_data, len(prompts))
+    t0 = time.perf_counter()
+    outs: list[list[int]] = []
+    per = self.sampler.batch
+    for s in range(0, len(prompts), per):
+      outs.extend(generate(self.sampler, params, prompts[s:s + per], [int(x) for x in seeds[s:s + per]]))
+    t1 = time.perf_counter()
+    texts = []
+    for ids in outs:
+      body = ids[:-1] if ids and ids[-1] in self._end_ids else ids
+      texts.append(truncate_after_action(self.tok.decode(body)))
+    exs = [self.examples[i] for i in idx for _ in range(g)]
+    verdicts = self.judge_texts(exs, texts)
+    t2 = time.perf_counter()
+    rewards = np.asarray([v.score for v in verdicts], np.float32)
+    rows = [(list(p) + list(o), [False] * len(p) + [True] * len(o)) for p, o in zip(prompts, outs)]
+    info.update(sample_s=t1 - t0, judge_s=t2 - t1, sampled_tokens=float(sum(len(o) for o in outs)),
+                mean_action_tokens=float(np.mean([len(o) for o in outs])),
+                zero_variance_groups=float(np.mean(rewards.reshape(-1, g).std(axis=1) == 0)))
+    batch = pack_batch(rows, rewards, seq_bucket=self.cfg.seq_bucket, slot_bucket=self.cfg.slot_bucket,
+                       max_len=self.cfg.max_len, pad_id=self.tok.pad_id)
+    return batch, exs, rewards, verdicts
+
+  def recorded_batch(self, idx: Sequence[int], info: dict[str, float]):
+    exs = [self.examples[i] for i in idx]
+    rows = [self.rows[i] for i in idx]
+    rewards, verdicts = np.zeros(len(idx), np.float32), None
+    if self.cfg.mode == "offline":
+      got = [_offline_reward(ex, self.cfg.offline_reward) for ex in exs]
+      missing = [k for k, r in enumerate(got) if r is None]
+      if missing:
+        if self.judge is None:
+          raise ValueError(f"offline mode: {len(missing)} examples lack a {self.cfg.offline_reward} label "
+                           "and no judge was given to score them")
+        vs = self.judge_texts([exs[k] for k in missing], [exs[k].action for k in missing])
+        for k, v in zip(missing, vs):
+          got[k] = v.score
+      rewards = np.asarray(got, np.float32)
+    batch = pack_batch(rows, rewards, seq_bucket=self.cfg.seq_bucket, slot_bucket=self.cfg.slot_bucket,
+                       max_len=self.cfg.max_len, pad_id=self.tok.pad_id)
+    return batch, exs, rewards, verdicts
+
+
+def _reward_metrics(exs: Sequence[StepExample], rewards: np.ndarray, verdicts) -> dict[str, float]:
+  out = {"mean_reward": float(rewards.mean())}
+  if verdicts is not None:
+    out["judge_pass_rate"] = float(np.mean([v.label == "GOOD" for v in verdicts]))
+  by_step: dict[int, list[float]] = {}
+  for ex, r in zip(exs, rewards):
+    by_step.setdefault(ex.step_index, []).append(float(r))
+  for k, rs in sorted(by_step.items()):
+    out[f"reward_by_step/{k}"] = float(np.mean(rs))
+  return out
+
+
+def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedModel, judge: Judge | None = None,
+          *, loss: LossConfig = LossConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
+          sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=128),
+          checkpoint: CheckpointConfig | None = None, mesh: Mesh | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+  """Runs (or resumes) a stage-2 run; see the module docstring.
+
+  Args:
+    config: the run's settings.
+    examples: the offline states (and recorded actions) to train on.
+    model: the initial policy with its tokenizer. It is also the reference policy of the KL penalty,
+      so a resumed run must be given the same initial model (checked by fingerprint).
+    judge: rewards sampled actions (rl) or unlabelled recorded ones (offline).
+    loss: the loss settings; its ``kind`` is set from the mode ("sft" for sft, "pg" otherwise).
+    optimizer: AdamW, schedule and clipping.
+    sampling: temperature, top-k/p and max_new_tokens of the RL sampler (temperature 1, no top-k is
+      the unbiased on-policy setting).
+    checkpoint: where and how often to save; a run resumes from the latest checkpoint there.
+    mesh: the device mesh (default: the model's mesh, else one device).
+    on_step: called after every step with (step, metrics).
+
+  Returns:
+    The final state and the metrics of the steps run.
+  """
+  cfg = config
+  loss = dataclasses.replace(loss, kind="sft" if cfg.mode == "sft" else "pg")
+  mesh = mesh or model.mesh or make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+  rules = model.rules
+  shards = batch_shards(mesh, rules)
+  rows = cfg.rows_per_step
+  if rows % (cfg.micro_batches * shards):
+    raise ValueError(f"{rows} rows per step must divide into micro_batches={cfg.micro_batches} x "
+                     f"{shards} batch shards of the mesh")
+  run = _Run(cfg, examples, model, judge, sampling)
+
+  opt, lr_fn = make_optimizer(optimizer)
+  init_params = ts.model_params(model.model)
+  graphdef = nnx.graphdef(abstract_model(model.config.replace(remat=cfg.remat), mesh, rules))
+  psh = ts.params_shardings(model.model, mesh, rules)
+  ssh = ts.state_shardings(opt, init_params, psh, mesh)
+  group = cfg.group_size if cfg.mode == "rl" else rows
+  step_fn = make_train_step(graphdef, opt, lr_fn, StepConfig(loss, group, cfg.micro_batches), mesh, rules, ssh,
+                            psh if loss.uses_reference else None)
+  ref_fp = ts.fingerprint(init_params)
+  ckpt = Checkpointer(checkpoint) if checkpoint is not None else None
+  resumed_from = ckpt.latest_step() if ckpt is not None else None
+  if resumed_from is not None:
+    state, meta = ckpt.restore(ts.abstract_train_state(opt, init_params, ssh), resumed_from)
+    if meta.get("reference_fingerprint") != ref_fp:
+      raise ValueError(f"checkpoint {checkpoint.directory} step {resumed_from} was trained from another initial "
+                       f"model (fingerprint {meta.get('reference_fingerprint')} != {ref_fp}); pass the model "
+                       "the run started from")
+    if meta.get("mode") != cfg.mode:
+      raise ValueError(f"checkpoint mode {meta.get('mode')!r} != config mode {cfg.mode!r}")
+  else:
+    state = ts.init_train_state(init_params, opt, cfg.seed, ssh)
+  # The initial model's own arrays are the reference (the step never donates them): no extra copy.
+  ref_params = jax.device_put(init_params, psh) if loss.uses_reference else None
+
+  meta_base = {"mode": cfg.mode, "model_source": model.source, "model_config": model.config.to_json(),
+               "reference_fingerprint": ref_fp, "train_config": dataclasses.asdict(cfg),
+               "loss": dataclasses.asdict(loss), "optimizer": dataclasses.asdict(optimizer),
+               "sampling": dataclasses.asdict(sampling), "examples": len(run.examples),
+               "examples_dropped": run.dropped}
+  logger = metrics_lib.MetricsLogger(cfg.log_dir, cfg.tensorboard) if cfg.log_dir else None
+  step = int(jax.device_get(state.step))
+  pos = int(jax.device_get(state.data_pos))
+  bar = metrics_lib.ProgressBar(cfg.steps, start=step) if cfg.progress else None
+  rep = ts.replicated(mesh)
+  history: list[dict[str, Any]] = []
+  interrupted = False
+
+  def save():
+    if ckpt is not None:
+      ckpt.save(state, {**meta_base, "step": step, "data_pos": pos, "time": time.time()})
+
+  try:
+    with SigtermFlag() as sigterm:
+      while step < cfg.steps and not sigterm.requested:
+        t0 = time.perf_counter()
+        idx = run.take(pos)
+        info: dict[str, float] = {}
+        if cfg.mode == "rl":
+          batch, exs, rewards, verdicts = run.rl_batch(idx, state.params, jax.device_get(state.rng), info)
+        else:
+          batch, exs, rewards, verdicts = run.recorded_batch(idx, info)
+        pos += cfg.states_per_step
+        state = state._replace(data_pos=jax.device_put(np.int32(pos), rep))
+        t1 = time.perf_counter()
+        state, dev_metrics = step_fn(state, ref_params, batch)
+        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        t2 = time.perf_counter()
+        step += 1
+        tokens = float(np.count_nonzero(batch.valid))
+        m.update(info)
+        m.update(_reward_metrics(exs, rewards, verdicts))
+        # tokens_per_s: the update alone; step_tokens_per_s: including sampling and judging.
+        m.update(update_s=t2 - t1, step_s=t2 - t0, train_tokens=tokens, tokens_per_s=tokens / (t2 - t1),
+                 step_tokens_per_s=tokens / (t2 - t0),
+                 loss_tokens_per_s=m["loss_tokens"] / (t2 - t1), epoch=pos / len(run.kept), data_pos=pos,
+                 seq_len=float(batch.tokens.shape[1]), loss_slots=float(batch.slot_mask.shape[1]))
+        history.append({"step": step, **m})
+        if logger:
+          logger.write(step, m)
+        if bar:
+          bar.update(step, m)
+        if on_step:
+          on_step(step, m)
+        if ckpt is not None and (ckpt.should_save(step) or sigterm.requested):
+          save()
+      interrupted = sigterm.requested and step < cfg.steps
+    if ckpt is not None and not interrupted:
+      save()  # the end of the run (a no-op when this step was just saved)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+    if logger:
+      logger.close()
+    if bar:
+      bar.close()
+  return TrainResult(state, history, interrupted, resumed_from)
