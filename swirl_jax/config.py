@@ -18,7 +18,8 @@ from swirl_jax.sampling.decode import SamplingConfig
 from swirl_jax.sampling.rollout import RolloutConfig
 
 HELP: dict[str, str] = {
-    "mode": "what to run: generate (stage-1 rollouts to trajectories.jsonl) or sample (plain completions)",
+    "mode": "pipeline (every stage in order, skipping finished ones), generate, label, filter, train, eval, "
+            "export or serve",
     "model.source": "packaged short name (gemma3-270m), a HF checkpoint directory, a .gguf file, or random:PRESET",
     "model.dtype": "compute dtype: float32 or bfloat16",
     "model.param_dtype": "parameter storage dtype: float32 or bfloat16",
@@ -26,6 +27,8 @@ HELP: dict[str, str] = {
     "mesh.data": "devices on the data-parallel mesh axis (-1 = the rest)",
     "mesh.fsdp": "devices on the FSDP mesh axis (-1 = the rest)",
     "mesh.tensor": "devices on the tensor-parallel mesh axis (-1 = the rest)",
+    "mesh.replicate_kv_heads": "replicate K/V projections instead of sharding kv heads over tensor "
+                               "(needed when kv heads do not divide the tensor axis, e.g. Gemma 3 270M/1B)",
     "data.name": "dataset: synthetic_arith, synthetic_multihop, gsm8k, hotpot_qa, musique, beerqa, cofca",
     "data.split": "split to read (train, validation/dev, test)",
     "data.source": "tfds (prepare to array_record from data.manual_dir) or file (read data.path)",
@@ -34,6 +37,7 @@ HELP: dict[str, str] = {
     "data.data_dir": "TFDS data directory ('' = TFDS's default)",
     "data.drop_easy": "drop HotPotQA questions of level easy (as the paper did)",
     "data.limit": "keep at most this many questions (0 = all)",
+    "data.shuffle_seed": "shuffle the questions with this seed before data.limit (-1 = file order)",
     "data.seed": "seed of the synthetic generators",
     "data.num_questions": "questions per split of the synthetic families",
     "rollout.task": "math (calculator, <math_exp>) or search (BM25, <search_query>)",
@@ -42,7 +46,7 @@ HELP: dict[str, str] = {
     "rollout.num_demos": "worked demonstrations shown before the question (0 or 1)",
     "rollout.seed": "base seed of trajectory sampling",
     "rollout.refill": "refill finished rows at once (continuous batching)",
-    "sampling.temperature": "0 = greedy",
+    "sampling.temperature": "stage-1 sampling temperature (0 = greedy)",
     "sampling.top_k": "sample among the k most likely tokens (0 = all)",
     "sampling.top_p": "nucleus sampling mass (1.0 = off)",
     "sampling.max_new_tokens": "tokens per model turn",
@@ -50,26 +54,147 @@ HELP: dict[str, str] = {
     "sampler.cache_len": "KV-cache tokens per row (prompt + every turn and tool result)",
     "sampler.steps_per_call": "decode steps per jitted call before the host looks at finished rows",
     "sampler.max_chunk": "longest chunk appended to the cache at once (prompts are split into such chunks)",
-    "search.corpus": "comma-separated corpus files ([{title,text}], JSON Lines, or {title:[sentences]})",
+    "search.corpus": "comma-separated corpus files ([{title,text}], JSON Lines, or {title:[sentences]}); "
+                     "'' = the union of the dataset split's paragraphs",
     "search.top_k": "paragraphs returned per query",
     "search.max_words": "word budget of one search observation",
+    "judge.backend": "rule (deterministic checks), model (an in-process JAX model) or openai (an "
+                     "OpenAI-compatible endpoint)",
+    "judge.n_votes": "judge samples per prompt, majority vote (model/openai)",
+    "judge.cache": "reuse judge completions across reruns (a JSON Lines cache in the workdir)",
+    "judge.openai.base_url": "endpoint base URL, e.g. http://127.0.0.1:8000/v1",
+    "judge.openai.model": "model name sent to the endpoint",
+    "judge.openai.api_key_env": "NAME of the environment variable holding the API key ('' = no key); the key "
+                                "itself is never a config value",
+    "judge.openai.max_concurrency": "requests in flight at once",
+    "judge.openai.timeout_s": "per-request timeout",
+    "judge.openai.max_retries": "retries on 429, 5xx, timeouts and unparseable replies",
+    "judge.openai.temperature": "judge sampling temperature",
+    "judge.openai.max_tokens": "judge reply length limit",
+    "judge.model.source": "judge model source (any model.source form)",
+    "judge.model.mode": "score (P(GOOD) from next-token logits) or generate (explanation + verdict)",
+    "judge.model.batch_size": "judge prompts per batch",
+    "judge.model.max_new_tokens": "judge reply length (generate mode)",
+    "judge.model.temperature": "judge sampling temperature (generate mode)",
+    "judge.model.cache_len": "judge KV-cache length (generate mode) / longest judge prompt",
+    "filter.strategy": "none, process (every step GOOD), outcome (final answer correct) or process_and_outcome",
+    "filter.equalize": "keep exactly this many passing trajectories (0 = all that pass; -1 = the largest "
+                       "count every strategy can meet on this data, so filters compare at one size)",
+    "filter.seed": "seed of the equalizing subsample",
+    "train.mode": "rl (sample G actions per state, judge them), offline (recorded actions, stored labels) or "
+                  "sft (likelihood of recorded actions)",
+    "train.steps": "optimizer steps",
+    "train.states_per_step": "states per optimizer step",
+    "train.group_size": "actions sampled per state (rl)",
+    "train.micro_batches": "gradient accumulation slices per step",
+    "train.max_len": "tokens per training row (state + action)",
+    "train.temperature": "sampling temperature of the rl policy samples",
+    "train.max_new_tokens": "tokens per sampled action (rl)",
+    "train.remat": "rematerialise each block in the backward pass",
+    "train.seed": "data order and sampling seed",
+    "train.offline_reward": "offline mode: which stored label rewards a recorded action (process, outcome, "
+                            "process_and_outcome)",
+    "train.learning_rate": "AdamW peak learning rate",
+    "train.warmup_steps": "linear warmup steps",
+    "train.weight_decay": "AdamW weight decay",
+    "train.clip_norm": "global gradient-norm clip",
+    "train.baseline": "baseline of the advantage: loo (leave-one-out over the group), mean (group mean), none, "
+                      "or '' = loo for rl and none for offline (a baseline there pushes down off-policy text)",
+    "train.normalize_std": "divide advantages by the group's reward std",
+    "train.kl_coef": "weight of the KL penalty to the initial policy",
+    "train.save_every": "checkpoint every N steps (and at the end and on SIGTERM)",
+    "train.keep_checkpoints": "checkpoints kept",
+    "eval.datasets": "comma-separated datasets to evaluate ('' = data.name), each with the data.* settings, "
+                     "its own split, and its own tool (calculator for synthetic_arith and gsm8k, else search)",
+    "eval.split": "split of the evaluation questions ('' = each dataset's own: test where it has answers, "
+                  "else validation)",
+    "eval.limit": "questions per evaluation dataset (0 = all)",
+    "eval.judge_process": "also judge every step (process pass rate)",
+    "eval.checkpoint": "policy to evaluate in mode=eval: a load_model source or checkpoint dir ('' = the "
+                       "trained checkpoints of this workdir, against model.source as base)",
+    "export.dtype": "dtype of the exported safetensors: float32, bfloat16 or float16",
+    "export.out": "export directory ('' = WORKDIR/export/hf)",
+    "serve.host": "address to bind (127.0.0.1 by default: local only)",
+    "serve.port": "port (0 = pick a free one)",
+    "serve.model_name": "model name reported by /v1/models ('' = the source)",
+    "serve.api_key_env": "NAME of an environment variable holding a key that clients must send ('' = none)",
     "sample.prompts": "for mode=sample: prompts separated by '|||'",
 }
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every setting with its default; see HELP for the meaning of each."""
   c = ml_collections.ConfigDict()
-  c.mode = "generate"
+  c.mode = "pipeline"
   c.model = dict(source="gemma3-270m", dtype="float32", param_dtype="float32", cache_dir="")
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.mesh = dict(data=1, fsdp=-1, tensor=1, replicate_kv_heads=False)
   c.data = dict(name="synthetic_arith", split="train", source="tfds", path="", manual_dir="", data_dir="",
-                drop_easy=False, limit=0, seed=0, num_questions=1000)
+                drop_easy=False, limit=0, shuffle_seed=-1, seed=0, num_questions=1000)
   c.rollout = dict(task="math", samples_per_question=1, max_tool_calls=0, num_demos=1, seed=0, refill=True)
   c.sampling = dict(temperature=0.7, top_k=64, top_p=1.0, max_new_tokens=96)
   c.sampler = dict(batch_size=8, cache_len=1024, steps_per_call=32, max_chunk=256)
   c.search = dict(corpus="", top_k=1, max_words=200)
+  c.judge = dict(backend="rule", n_votes=1, cache=True,
+                 openai=dict(base_url="", model="", api_key_env="", max_concurrency=8, timeout_s=60.0,
+                             max_retries=5, temperature=0.0, max_tokens=512),
+                 model=dict(source="gemma3-270m", mode="score", batch_size=8, max_new_tokens=256,
+                            temperature=0.0, cache_len=2048))
+  c.filter = dict(strategy="process", equalize=0, seed=0)
+  c.train = dict(mode="rl", steps=100, states_per_step=8, group_size=4, micro_batches=1, max_len=1024,
+                 temperature=1.0, max_new_tokens=96, remat=False, seed=0, offline_reward="process",
+                 learning_rate=1e-6, warmup_steps=10, weight_decay=0.0, clip_norm=1.0, baseline="",
+                 normalize_std=False, kl_coef=0.05, save_every=50, keep_checkpoints=3)
+  c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
+  c.export = dict(dtype="float32", out="")
+  c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="")
   c.sample = dict(prompts="The capital of France is")
   return c
+
+
+# Settings that take one of a fixed set of values; main refuses anything else before any work starts.
+CHOICES: dict[str, tuple] = {
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "data.source": ("tfds", "file"),
+    "rollout.task": ("math", "search"),
+    "rollout.num_demos": (0, 1),
+    "judge.backend": ("rule", "model", "openai"),
+    "judge.model.mode": ("score", "generate"),
+    "filter.strategy": ("none", "process", "outcome", "process_and_outcome"),
+    "train.mode": ("rl", "offline", "sft"),
+    "train.offline_reward": ("process", "outcome", "process_and_outcome"),
+    "train.baseline": ("", "loo", "mean", "none"),
+    "export.dtype": ("float32", "bfloat16", "float16"),
+}
+# Counts that must be at least this.
+MINIMUM: dict[str, int] = {
+    "rollout.samples_per_question": 1, "sampling.max_new_tokens": 1, "sampler.batch_size": 1,
+    "sampler.cache_len": 16, "sampler.steps_per_call": 1, "sampler.max_chunk": 1, "search.top_k": 1,
+    "judge.n_votes": 1, "train.steps": 0, "train.states_per_step": 1, "train.group_size": 1,
+    "train.micro_batches": 1, "train.max_len": 16, "train.max_new_tokens": 1, "train.save_every": 1,
+    "train.keep_checkpoints": 1, "eval.limit": 0, "data.limit": 0,
+}
+
+
+def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
+  """Refuses values outside their choices or range, naming the setting and what it accepts."""
+  def get(name):
+    v = cfg
+    for part in name.split("."):
+      v = v[part]
+    return v
+
+  errors = []
+  if modes and cfg.mode not in modes:
+    errors.append(f"--config.mode={cfg.mode!r}: choose one of {sorted(modes)}")
+  for name, choices in CHOICES.items():
+    if get(name) not in choices:
+      errors.append(f"--config.{name}={get(name)!r}: choose one of {list(choices)}")
+  for name, low in MINIMUM.items():
+    if get(name) < low:
+      errors.append(f"--config.{name}={get(name)!r}: must be >= {low}")
+  if errors:
+    raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
 def check_documented(cfg: ml_collections.ConfigDict) -> None:
@@ -94,7 +219,8 @@ def dataset_spec(cfg) -> DatasetSpec:
   d = cfg.data
   return DatasetSpec(
       name=d.name, split=d.split, source=d.source, path=d.path or None, manual_dir=d.manual_dir or None,
-      data_dir=d.data_dir or None, drop_easy=d.drop_easy, limit=d.limit or None, seed=d.seed,
+      data_dir=d.data_dir or None, drop_easy=d.drop_easy, limit=d.limit or None,
+      shuffle_seed=None if d.shuffle_seed < 0 else d.shuffle_seed, seed=d.seed,
       arith=ArithConfig(num_questions=d.num_questions), multihop=MultihopConfig(num_questions=d.num_questions))
 
 
@@ -108,3 +234,57 @@ def rollout_config(cfg) -> RolloutConfig:
   return RolloutConfig(task=r.task, samples_per_question=r.samples_per_question,
                        max_tool_calls=r.max_tool_calls or None, num_demos=r.num_demos, seed=r.seed,
                        refill=r.refill)
+
+
+def rules(cfg):
+  from swirl_jax.models.sharding import Rules
+
+  return Rules.make({"kv_heads": None}) if cfg.mesh.replicate_kv_heads else Rules()
+
+
+MATH_DATASETS = ("synthetic_arith", "gsm8k")  # evaluated with the calculator; every other with search
+
+
+def dataset_task(name: str) -> str:
+  """The tool task a dataset is evaluated with: "math" (calculator) or "search"."""
+  return "math" if name.split("/")[0] in MATH_DATASETS else "search"
+
+
+def default_eval_split(name: str) -> str:
+  """The split with answers that a dataset is evaluated on: "test" where it has one, else "validation"."""
+  from swirl_jax.data import catalog
+
+  entry = catalog.DATASETS.get(name.split("/")[0])
+  if entry is None:  # the synthetic families
+    return "test"
+  config = name.split("/")[1] if "/" in name else entry.default_config
+  return "test" if "test" in entry.splits(config) else "validation"
+
+
+def eval_dataset_specs(cfg) -> list[DatasetSpec]:
+  """One spec per eval dataset: data.* settings with the eval split (or the dataset's own) and limit."""
+  import dataclasses
+
+  base = dataclasses.replace(dataset_spec(cfg), limit=cfg.eval.limit or None)
+  names = [n.strip() for n in cfg.eval.datasets.split(",") if n.strip()] or [cfg.data.name]
+  return [dataclasses.replace(base, name=n, split=cfg.eval.split or default_eval_split(n)) for n in names]
+
+
+def openai_judge_config(cfg):
+  from swirl_jax.judges.openai_backend import OpenAIJudgeConfig
+
+  o = cfg.judge.openai
+  if not o.base_url or not o.model:
+    raise ValueError("judge.backend=openai needs --config.judge.openai.base_url and --config.judge.openai.model")
+  return OpenAIJudgeConfig(base_url=o.base_url, model=o.model, api_key_env=o.api_key_env or None,
+                           max_concurrency=o.max_concurrency, timeout_s=o.timeout_s, max_retries=o.max_retries,
+                           temperature=o.temperature, max_tokens=o.max_tokens)
+
+
+def model_judge_config(cfg):
+  from swirl_jax.judges.model_backend import ModelJudgeConfig
+
+  m = cfg.judge.model
+  return ModelJudgeConfig(source=m.source, mode=m.mode, batch_size=m.batch_size, max_new_tokens=m.max_new_tokens,
+                          temperature=m.temperature, cache_len=m.cache_len, dtype=cfg.model.dtype,
+                          param_dtype=cfg.model.param_dtype)

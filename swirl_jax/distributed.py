@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 
 def cluster_in_environment() -> str | None:
@@ -36,3 +37,16 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     jax.distributed.initialize()
     return True
   return False
+
+
+def to_host(x) -> np.ndarray:
+  """A jax.Array as a numpy array on every process, also when it spans other processes' devices.
+
+  Single-process (or fully addressable) arrays are read directly; otherwise every process must call
+  this at the same point (it is a collective), as SPMD code does.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

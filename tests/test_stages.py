@@ -96,7 +96,8 @@ def test_filter_stage_writes_kept_and_report(traj_file, tmp_path):
   kept, report = str(tmp_path / "kept.jsonl"), str(tmp_path / "filter_report.json")
   s = filter_stage(labelled, kept, report, "process")
   assert (s["total"], s["passed"], s["kept"]) == (4, 3, 3)
-  assert [t.question.id for t in read_jsonl(Trajectory, kept)] == ["good", "wrong", "unanswered"]
+  # kept in the canonical (question id, sample) order, whatever order they were generated in
+  assert [t.question.id for t in read_jsonl(Trajectory, kept)] == ["good", "unanswered", "wrong"]
   rep = json.load(open(report, encoding="utf-8"))
   assert rep["strategy"] == "process" and [d["question_id"] for d in rep["dropped"]] == ["sloppy"]
 

@@ -141,6 +141,9 @@ def filter_stage(in_path: str | Sequence[str], out_path: str, report_path: str, 
   if strategy not in STRATEGIES:
     raise ValueError(f"unknown filter {strategy!r}; known filters: {list(STRATEGIES)}")
   trajectories, dups = read_trajectories(in_path)
+  # A canonical order, whatever order generation finished in (it depends on batching and on how many
+  # processes generated): the kept file, the equalized subset and the training data order follow it.
+  trajectories.sort(key=lambda t: (t.question.id, t.sample_index))
   if equalize == "auto":
     equalize = equalize_target(trajectories, on_unlabelled=on_unlabelled)
   elif equalize is not None and (not isinstance(equalize, int) or equalize < 0):

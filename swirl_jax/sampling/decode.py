@@ -194,7 +194,7 @@ class Sampler:
 
   def init_state(self, params: nnx.State, seeds: Sequence[int] | np.ndarray) -> DecodeState:
     """Empty rows with per-row seeds. Jitted so every buffer is distinct (the calls donate them)."""
-    return self._init_state(params, jnp.asarray(np.asarray(seeds, np.uint32)))
+    return self._init_state(params, np.asarray(seeds, np.uint32))
 
   @functools.partial(jax.jit, static_argnums=0)
   def _init_state(self, params: nnx.State, seeds: jax.Array) -> DecodeState:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swirl_jax.distributed import to_host
 from swirl_jax.sampling.decode import DecodeState, Sampler
 
 
@@ -40,8 +40,8 @@ def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
         seed_arr[r], reseed[r] = new_seeds.pop(r), True
       if not todo[r]:
         del todo[r]
-    state = sampler.extend(params, state, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(set_len),
-                           jnp.asarray(seed_arr), jnp.asarray(reseed))
+    # numpy, not jnp: under several processes jit takes numpy arguments as the same global value.
+    state = sampler.extend(params, state, tokens, valid, set_len, seed_arr, reseed)
   return state
 
 
@@ -56,10 +56,11 @@ def generate(sampler: Sampler, params: nnx.State, prompts: Sequence[Sequence[int
   state = sampler.init_state(params, seeds)
   state = write_rows(sampler, params, state, dict(enumerate(prompts)),
                      set_lengths={i: 0 for i in range(len(prompts))})
-  outs: list[list[int]] = [[int(state.pending[i])] for i in range(len(prompts))]
-  while bool(np.any(np.asarray(state.active))):
+  pending = to_host(state.pending)
+  outs: list[list[int]] = [[int(pending[i])] for i in range(len(prompts))]
+  while bool(np.any(to_host(state.active))):
     state, out = sampler.decode(params, state)
-    out = np.asarray(out)
+    out = to_host(out)
     for i in range(len(prompts)):
       outs[i].extend(int(t) for t in out[i] if t >= 0)
   return outs

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from swirl_jax import chat, prompts
+from swirl_jax.distributed import to_host
 from swirl_jax.sampling.decode import Sampler
 from swirl_jax.sampling.generate import write_rows
 from swirl_jax.tokenizer import Tokenizer
@@ -130,17 +131,17 @@ class Rollout:
       for r in chunks:
         rows[r].turn_start_time = started_at
       chunks, set_len, seeds = {}, {}, {}
-      pending = np.asarray(state.pending)
-      active = np.asarray(state.active)
+      pending = to_host(state.pending)
+      active = to_host(state.active)
       for r, row in rows.items():
         if not row.turn_tokens:
           row.turn_tokens.append(int(pending[r]))
       while active.any() and not (~active[list(rows)]).any():
         state, out = s.decode(self.params, state)
-        out, active = np.asarray(out), np.asarray(state.active)
+        out, active = to_host(out), to_host(state.active)
         for r, row in rows.items():
           row.turn_tokens.extend(int(t) for t in out[r] if t >= 0)
-      lengths = np.asarray(state.cache.lengths)
+      lengths = to_host(state.cache.lengths)
       finished = []
       for r in sorted(rows):
         if active[r]:

@@ -20,6 +20,7 @@ boundary and returns cleanly.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import threading
@@ -99,8 +100,24 @@ class Checkpointer:
     self.manager.close()
 
 
+class _DropReadOnlyNotice(logging.Filter):
+  """Orbax warns on every read-only manager that its directory is read only: that is the point here."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Given directory is read only" not in record.getMessage()
+
+
+_READ_ONLY_NOTICE = _DropReadOnlyNotice()
+
+
 def _reader(directory: str) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  """A read-only manager for this process alone (eval and export read checkpoints on process 0 while
+  the others wait), so it must not wait on the other processes."""
+  me = jax.process_index()
+  options = ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False, save_root_metadata=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+  logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE)  # idempotent: filters are a set
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("params", "train", "meta"))
 
 

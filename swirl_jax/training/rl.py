@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from swirl_jax import prompts as task_prompts
 from swirl_jax.checkpoints.build import abstract_model
+from swirl_jax.distributed import to_host
 from swirl_jax.judges.base import Judge, context_from_state
 from swirl_jax.loading import LoadedModel
 from swirl_jax.models.sharding import MeshConfig, make_mesh
@@ -44,7 +45,8 @@ from swirl_jax.training import train_state as ts
 from swirl_jax.training.checkpointing import CheckpointConfig, Checkpointer, SigtermFlag
 from swirl_jax.training.losses import LossConfig
 from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer
-from swirl_jax.training.train_step import Batch, StepConfig, batch_shards, make_train_step, pack_batch
+from swirl_jax.training.train_step import (Batch, StepConfig, batch_shards, make_train_step, pack_batch,
+                                           put_batch)
 from swirl_jax.types import StepExample
 
 Mode = Literal["rl", "offline", "sft"]
@@ -332,10 +334,11 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                "loss": dataclasses.asdict(loss), "optimizer": dataclasses.asdict(optimizer),
                "sampling": dataclasses.asdict(sampling), "examples": len(run.examples),
                "examples_dropped": run.dropped}
-  logger = metrics_lib.MetricsLogger(cfg.log_dir, cfg.tensorboard) if cfg.log_dir else None
-  step = int(jax.device_get(state.step))
-  pos = int(jax.device_get(state.data_pos))
-  bar = metrics_lib.ProgressBar(cfg.steps, start=step) if cfg.progress else None
+  main_process = jax.process_index() == 0  # logs and the console are written once
+  logger = metrics_lib.MetricsLogger(cfg.log_dir, cfg.tensorboard) if cfg.log_dir and main_process else None
+  step = int(to_host(state.step))
+  pos = int(to_host(state.data_pos))
+  bar = metrics_lib.ProgressBar(cfg.steps, start=step) if cfg.progress and main_process else None
   rep = ts.replicated(mesh)
   history: list[dict[str, Any]] = []
   interrupted = False
@@ -351,14 +354,14 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
         idx = run.take(pos)
         info: dict[str, float] = {}
         if cfg.mode == "rl":
-          batch, exs, rewards, verdicts = run.rl_batch(idx, state.params, jax.device_get(state.rng), info)
+          batch, exs, rewards, verdicts = run.rl_batch(idx, state.params, to_host(state.rng), info)
         else:
           batch, exs, rewards, verdicts = run.recorded_batch(idx, info)
         pos += cfg.states_per_step
-        state = state._replace(data_pos=jax.device_put(np.int32(pos), rep))
+        state = state._replace(data_pos=jax.make_array_from_callback((), rep, lambda _: np.int32(pos)))
         t1 = time.perf_counter()
-        state, dev_metrics = step_fn(state, ref_params, batch)
-        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        state, dev_metrics = step_fn(state, ref_params, put_batch(batch, mesh, rules))
+        m = {k: float(to_host(v)) for k, v in dev_metrics.items()}
         t2 = time.perf_counter()
         step += 1
         tokens = float(np.count_nonzero(batch.valid))

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from swirl_jax.distributed import to_host
 from swirl_jax.models.gemma import Gemma
 from swirl_jax.models.sharding import Rules, param_shardings
 
@@ -93,7 +94,7 @@ def fingerprint(params: Params) -> str:
   same weights give the same fingerprint on any mesh; no reduction whose rounding depends on layout)."""
   heads = jax.jit(lambda p: jax.tree.map(lambda x: x.reshape(-1)[:64], p))(params)
   h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(heads))[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.tree.map(to_host, heads))[0]:
     a = np.asarray(leaf)
     h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:".encode())
     h.update(a.tobytes())

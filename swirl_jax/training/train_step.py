@@ -107,6 +107,16 @@ def batch_shardings(mesh: Mesh, rules: Rules) -> Batch:
   return Batch(two, two, two, two, two, one)
 
 
+def put_batch(batch: Batch, mesh: Mesh, rules: Rules) -> Batch:
+  """The host batch as global arrays on the batch shardings. Every process holds the whole (identical)
+  batch and places only the shards of its own devices, so this also works across several processes."""
+  def put(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return Batch(*(put(x, sh) for x, sh in zip(batch, batch_shardings(mesh, rules))))
+
+
 def batch_shards(mesh: Mesh, rules: Rules) -> int:
   """How many ways the rules split the batch dimension on ``mesh``."""
   entry = rules.spec(("batch",))[0]

@@ -1,0 +1,384 @@
+"""What each ``--config.mode`` of ``python -m swirl_jax.main`` does, one function per mode.
+
+Every stage reads and writes files in the workdir (JSON Lines a person can open), so each can be rerun
+or resumed alone, and ``pipeline`` runs them in order, skipping a stage whose output is complete:
+
+  trajectories.jsonl -> labelled.jsonl -> kept.jsonl (+ filter_report.json) -> step_examples.jsonl
+  -> checkpoints/ -> eval/base/*.json, eval/trained/*.json -> export/hf/
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+import jax
+
+
+class Paths:
+  """The files of a run, under its workdir."""
+
+  def __init__(self, workdir: str):
+    j = lambda *p: os.path.join(workdir, *p)
+    self.workdir = workdir
+    self.trajectories = j("trajectories.jsonl")
+    self.labelled = j("labelled.jsonl")
+    self.kept = j("kept.jsonl")
+    self.filter_report = j("filter_report.json")
+    self.step_examples = j("step_examples.jsonl")
+    self.judge_cache = j("judge_cache.jsonl")
+    self.checkpoints = j("checkpoints")
+    self.train_logs = j("train_logs")
+    self.eval_base = j("eval", "base")
+    self.eval_trained = j("eval", "trained")
+    self.export = j("export", "hf")
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _mesh(cfg, global_mesh: bool = False):
+  from swirl_jax.config import mesh_config
+  from swirl_jax.models.sharding import make_mesh
+
+  # Sampling is data-parallel across processes (each shards the model over its own devices); training
+  # uses one global mesh.
+  devices = jax.devices() if global_mesh else jax.local_devices()
+  return make_mesh(mesh_config(cfg), devices) if len(devices) > 1 else None
+
+
+def load(cfg, global_mesh: bool = False, source: str | None = None):
+  from swirl_jax.config import rules
+  from swirl_jax.evaluation.evaluate import load_policy
+
+  source = source or cfg.model.source
+  t = time.perf_counter()
+  lm = load_policy(source, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                   mesh=_mesh(cfg, global_mesh), rules=rules(cfg), cache_dir=cfg.model.cache_dir or None)
+  print(f"loaded {source} ({lm.config.num_params() / 1e6:.0f}M parameters, {cfg.model.param_dtype}) "
+        f"in {time.perf_counter() - t:.1f}s", flush=True)
+  if lm.tokenizer is None:
+    raise ValueError(f"model.source={source!r} has no tokenizer; choose one with tokenizer files")
+  return lm
+
+
+def sampler(cfg, lm, stop_strings, sampling=None):
+  from swirl_jax.config import sampling_config
+  from swirl_jax.sampling.decode import Sampler, build_stop_table
+
+  tok = lm.tokenizer
+  stops = build_stop_table(tok, stop_strings, [tok.eos_id, tok.end_of_turn_id])
+  s = cfg.sampler
+  return Sampler.create(lm.model, batch=s.batch_size, cache_len=s.cache_len,
+                        sampling=sampling or sampling_config(cfg), stops=stops, steps_per_call=s.steps_per_call,
+                        max_chunk=s.max_chunk, exit_when_done=1 if cfg.rollout.refill else s.batch_size)
+
+
+def tools(cfg, paths: Paths, spec=None, task: str | None = None):
+  from swirl_jax.config import dataset_spec
+  from swirl_jax.data.registry import build_corpus
+  from swirl_jax.tools import Calculator, make_search
+
+  if (task or cfg.rollout.task) == "math":
+    return {"calculator": Calculator()}
+  files = [f for f in cfg.search.corpus.split(",") if f]
+  if not files:  # the union of the split's paragraphs, as in the paper
+    spec = spec or dataset_spec(cfg)
+    path = os.path.join(paths.workdir, f"corpus-{spec.name}-{spec.split}.json")
+    if not os.path.exists(path):
+      build_corpus(spec, out_path=path)
+    files = [path]
+  return {"search": make_search(files, top_k=cfg.search.top_k, max_words=cfg.search.max_words)}
+
+
+def judge(cfg, paths: Paths, policy=None, task: str | None = None):
+  from swirl_jax.config import model_judge_config, openai_judge_config
+  from swirl_jax.judges import make_judge
+
+  backend = cfg.judge.backend
+  same_model = backend == "model" and cfg.judge.model.source == cfg.model.source and policy is not None
+  return make_judge(
+      backend, task=task or cfg.rollout.task, cache_path=paths.judge_cache if cfg.judge.cache else None,
+      n_votes=cfg.judge.n_votes, openai=openai_judge_config(cfg) if backend == "openai" else None,
+      model=model_judge_config(cfg) if backend == "model" else None,
+      model_instance=policy if same_model else None)
+
+
+# -- stages ------------------------------------------------------------------------------------------
+
+
+def run_generate(cfg, paths: Paths) -> dict:
+  from flax import nnx
+
+  from swirl_jax.config import dataset_spec, rollout_config
+  from swirl_jax.data.registry import load_questions
+  from swirl_jax.pipeline.generate import generate, merge_shards
+  from swirl_jax.sampling.rollout import Rollout
+  from swirl_jax.tools import STOP_STRINGS
+
+  questions = load_questions(dataset_spec(cfg))
+  lm = load(cfg)
+  rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
+                    rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype})
+  n = len(questions) * cfg.rollout.samples_per_question
+  ends, steps, t0 = collections.Counter(), [], time.perf_counter()
+
+  def progress(traj):
+    ends[traj.provenance.get("end_reason", "answer")] += 1
+    steps.append(len(traj.steps))
+    print(f"[generate {sum(ends.values())}/{n}] {traj.question.id}#{traj.sample_index}: {len(traj.steps)} steps, "
+          f"answer={traj.final_answer!r} (gold {traj.question.answer!r}) {time.perf_counter() - t0:.0f}s",
+          flush=True)
+
+  path = generate(rollout, questions, paths.trajectories, process_index=jax.process_index(),
+                  process_count=jax.process_count(), on_trajectory=progress)
+  if jax.process_count() > 1:
+    _barrier("generate: all shards written")
+    if jax.process_index() == 0:
+      path = merge_shards(paths.trajectories, jax.process_count())
+  return {"trajectories_file": path, "written_now": sum(ends.values()), "end_reasons": dict(ends),
+          "mean_steps": sum(steps) / max(len(steps), 1), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_label(cfg, paths: Paths, policy=None) -> dict:
+  from swirl_jax.pipeline import stages
+
+  summary = {}
+  if jax.process_index() == 0:
+    summary = stages.label(paths.trajectories, paths.labelled, judge(cfg, paths, policy))
+  _barrier("label done")
+  return summary
+
+
+def run_filter(cfg, paths: Paths) -> dict:
+  from swirl_jax.config import rollout_config
+  from swirl_jax.pipeline import stages
+
+  out = {}
+  if jax.process_index() == 0:
+    f = cfg.filter
+    out["filter"] = stages.filter_stage(paths.labelled, paths.kept, paths.filter_report, f.strategy,
+                                        equalize="auto" if f.equalize < 0 else (f.equalize or None), seed=f.seed)
+    r = rollout_config(cfg)
+    out["decompose"] = stages.decompose_stage(paths.kept, paths.step_examples, task=r.task,
+                                              num_demos=r.num_demos, budget=r.budget)
+  _barrier("filter done")
+  return out
+
+
+def run_train(cfg, paths: Paths) -> dict:
+  from swirl_jax.sampling.decode import SamplingConfig
+  from swirl_jax.training.checkpointing import CheckpointConfig
+  from swirl_jax.training.losses import LossConfig
+  from swirl_jax.training.optimizer import OptimizerConfig
+  from swirl_jax.training.rl import TrainConfig, train
+  from swirl_jax.types import StepExample, read_jsonl
+
+  t = cfg.train
+  examples = read_jsonl(StepExample, paths.step_examples)
+  if not examples:
+    raise ValueError(f"{paths.step_examples} holds no step examples: nothing passed the filter "
+                     f"(filter.strategy={cfg.filter.strategy!r}); see {paths.filter_report}")
+  lm = load(cfg, global_mesh=True)
+  jdg = judge(cfg, paths, lm) if t.mode != "sft" else None
+  result = train(
+      TrainConfig(mode=t.mode, task=cfg.rollout.task, steps=t.steps, states_per_step=t.states_per_step,
+                  group_size=t.group_size, micro_batches=t.micro_batches, max_len=t.max_len, remat=t.remat,
+                  seed=t.seed, offline_reward=t.offline_reward, log_dir=paths.train_logs,
+                  steps_per_call=cfg.sampler.steps_per_call),
+      examples, lm, jdg,
+      loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"), normalize_std=t.normalize_std, kl_coef=t.kl_coef),
+      optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
+                                weight_decay=t.weight_decay, clip_norm=t.clip_norm),
+      sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
+      checkpoint=CheckpointConfig(directory=os.path.abspath(paths.checkpoints), save_every=t.save_every,
+                                  max_to_keep=t.keep_checkpoints))
+  last = result.history[-1] if result.history else {}
+  first = result.history[0] if result.history else {}
+  return {"steps_run": len(result.history), "final_step": int(result.state.step),
+          "first_mean_reward": first.get("mean_reward"), "last_mean_reward": last.get("mean_reward"),
+          "interrupted": result.interrupted, "resumed_from": result.resumed_from,
+          "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
+
+
+def _report_name(spec) -> str:
+  return spec.name.replace("/", "-")
+
+
+def run_eval(cfg, paths: Paths) -> dict:
+  import dataclasses
+
+  from swirl_jax.config import dataset_task, eval_dataset_specs, rollout_config, sampling_config
+  from swirl_jax.data.registry import load_questions
+  from swirl_jax.evaluation.evaluate import EvalConfig, evaluate
+  from swirl_jax.evaluation.report import comparison_table, load_reports
+
+  if jax.process_index() != 0:
+    _barrier("eval done")
+    return {}
+  s = cfg.sampler
+
+  def eval_config(task: str) -> EvalConfig:
+    rollout = dataclasses.replace(rollout_config(cfg), task=task, samples_per_question=1)
+    if task != cfg.rollout.task:  # another tool: its own default budget
+      rollout = dataclasses.replace(rollout, max_tool_calls=None)
+    return EvalConfig(rollout=rollout, sampling=dataclasses.replace(sampling_config(cfg), temperature=0.0),
+                      batch_size=s.batch_size, cache_len=s.cache_len, steps_per_call=s.steps_per_call,
+                      max_chunk=s.max_chunk, judge_process=cfg.eval.judge_process)
+
+  policies = [("base", cfg.model.source, paths.eval_base)]
+  trained = cfg.eval.checkpoint or (paths.checkpoints if os.path.isdir(paths.checkpoints) else "")
+  if trained:
+    policies.append(("trained", trained, paths.eval_trained))
+  specs = eval_dataset_specs(cfg)
+  for label, source, out_dir in policies:
+    # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
+    todo = [sp for sp in specs if not os.path.exists(os.path.join(out_dir, f"{_report_name(sp)}.json"))]
+    if not todo:
+      continue
+    lm = load(cfg, source=source)
+    for sp in todo:
+      task = dataset_task(sp.name)
+      report = evaluate(lm, load_questions(sp), judge(cfg, paths, lm, task), tools(cfg, paths, sp, task),
+                        eval_config(task), dataset=_report_name(sp), out_dir=out_dir, label=label)
+      print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
+                                                       if isinstance(v, (int, float))}), flush=True)
+  base = load_reports(paths.eval_base)
+  table = comparison_table(base, load_reports(paths.eval_trained)) if trained else ""
+  _barrier("eval done")
+  return {"table": table, "base": base}
+
+
+def run_export(cfg, paths: Paths) -> dict:
+  from swirl_jax.checkpoints.build import model_weights
+  from swirl_jax.checkpoints.hf_export import export_hf
+
+  out = cfg.export.out or paths.export
+  if jax.process_index() == 0:
+    source = cfg.eval.checkpoint or (paths.checkpoints if os.path.isdir(paths.checkpoints) else cfg.model.source)
+    lm = load(cfg, source=source)
+    export_hf(lm.config, model_weights(lm.model), out, tokenizer=lm.tokenizer, dtype=cfg.export.dtype,
+              overwrite=True)
+  _barrier("export done")
+  return {"export_dir": out, "from": cfg.eval.checkpoint or paths.checkpoints}
+
+
+def run_serve(cfg, paths: Paths) -> dict:
+  from swirl_jax.serve import run_serve as serve
+
+  s = cfg.serve
+  serve(cfg.model.source, host=s.host, port=s.port, model_name=s.model_name, dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype, cache_dir=cfg.model.cache_dir or None,
+        batch_size=cfg.sampler.batch_size, cache_len=cfg.sampler.cache_len,
+        api_key_env=s.api_key_env or None, mesh=_mesh(cfg))
+  return {}
+
+
+def run_sample(cfg, paths: Paths) -> dict:
+  from flax import nnx
+
+  from swirl_jax.sampling.generate import generate as generate_tokens
+
+  lm = load(cfg)
+  smp = sampler(cfg, lm, ())
+  texts = [p for p in cfg.sample.prompts.split("|||") if p]
+  outs = generate_tokens(smp, nnx.state(lm.model), [lm.tokenizer.encode(p) for p in texts])
+  return {"completions": [{"prompt": p, "completion": lm.tokenizer.decode(o)} for p, o in zip(texts, outs)]}
+
+
+# -- the whole pipeline ------------------------------------------------------------------------------
+
+
+def _count_lines(path: str) -> int:
+  from swirl_jax.pipeline.jsonl import read_records
+
+  return sum(1 for _ in read_records(path))
+
+
+def _final_checkpoint_step(paths: Paths) -> int:
+  if not os.path.isdir(paths.checkpoints):
+    return -1
+  steps = [int(d) for d in os.listdir(paths.checkpoints) if d.isdigit()]
+  return max(steps, default=-1)
+
+
+def run_pipeline(cfg, paths: Paths) -> dict:
+  from swirl_jax.config import dataset_spec
+  from swirl_jax.data.registry import load_questions
+
+  summary, t0 = {}, time.perf_counter()
+  expected = len(load_questions(dataset_spec(cfg))) * cfg.rollout.samples_per_question
+
+  def stage(name, done, fn):
+    t = time.perf_counter()
+    if done:
+      print(f"== {name}: already complete, skipped", flush=True)
+      summary[name] = "skipped (complete)"
+      return
+    print(f"== {name}", flush=True)
+    summary[name] = fn()
+    summary[name + "_seconds"] = round(time.perf_counter() - t, 1)
+
+  stage("generate", _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths))
+  stage("label", _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths))
+  stage("filter", os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths))
+  stage("train", _final_checkpoint_step(paths) >= cfg.train.steps, lambda: run_train(cfg, paths))
+  stage("eval", False, lambda: run_eval(cfg, paths))  # finished datasets are skipped inside
+  stage("export", os.path.exists(os.path.join(paths.export, "config.json")), lambda: run_export(cfg, paths))
+  summary["total_seconds"] = round(time.perf_counter() - t0, 1)
+  return summary
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def summary_lines(summary: dict) -> list[str]:
+  """One line per stage of a pipeline (or single-mode) summary, for people; the JSON has the rest."""
+  lines = []
+  for name in ("generate", "label", "filter", "train", "eval", "export"):
+    s = summary.get(name)
+    if s is None:
+      continue
+    secs = summary.get(name + "_seconds")
+    head = f"  {name:<9}{'' if secs is None else f'{secs:>7.0f} s'}  "
+    if not isinstance(s, dict):
+      lines.append(head + str(s))
+    elif name == "generate":
+      ends = ", ".join(f"{k} {v}" for k, v in sorted(s.get("end_reasons", {}).items()))
+      lines.append(head + f"{s.get('written_now', 0)} trajectories written, {s.get('mean_steps', 0):.2f} steps "
+                   f"each on average (ended by: {ends}) -> {s.get('trajectories_file')}")
+    elif name == "label":
+      lines.append(head + f"{s.get('steps_judged', 0)} steps judged ({_pct(s.get('process_good_rate'))} GOOD), "
+                   f"{s.get('outcomes_judged', 0)} answers ({_pct(s.get('outcome_good_rate'))} correct) by "
+                   f"{s.get('judge')}")
+    elif name == "filter":
+      f, d = s.get("filter", {}), s.get("decompose", {})
+      why = ", ".join(f"{k} {v}" for k, v in sorted(f.get("reason_counts", {}).items())) or "none dropped"
+      lines.append(head + f"{f.get('strategy')}: kept {f.get('kept')} of {f.get('total')} trajectories ({why}); "
+                   f"{d.get('examples')} step examples")
+    elif name == "train":
+      r0, r1 = s.get("first_mean_reward"), s.get("last_mean_reward")
+      reward = "" if r0 is None else f", mean reward {r0:.3f} (first step) -> {r1:.3f} (last)"
+      lines.append(head + f"{s.get('steps_run')} steps run, at step {s.get('final_step')}{reward}"
+                   + (" (interrupted)" if s.get("interrupted") else ""))
+    elif name == "eval":
+      for ds, rep in sorted((s.get("base") or {}).items()):
+        lines.append(head + f"base on {ds}: judged accuracy {_pct(rep.get('judged_accuracy'))} over "
+                     f"{rep.get('num_questions')} questions")
+        head = " " * len(head)
+    elif name == "export":
+      lines.append(head + f"Hugging Face directory {s.get('export_dir')}")
+  if "total_seconds" in summary:
+    lines.append(f"  {'total':<9}{summary['total_seconds']:>7.0f} s")
+  return lines
+
+
+MODES = {"pipeline": run_pipeline, "generate": run_generate, "label": run_label, "filter": run_filter,
+         "train": run_train, "eval": run_eval, "export": run_export, "serve": run_serve, "sample": run_sample}

@@ -1,0 +1,181 @@
+"""The command line: overrides, refusal of bad settings, the recipes, and the whole pipeline end to end.
+
+The end-to-end test runs ``python -m swirl_jax.main`` in a subprocess, as a user does, on a tiny random
+Gemma 3 saved as a Hugging Face directory with the tiny BPE tokenizer, and checks every stage's files on
+disk; a second run must skip every stage and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from swirl_jax import config as config_lib
+from swirl_jax.main import check_override_keys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_module(name):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(args, env_extra=None, timeout=600):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, "-m", "swirl_jax.main", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_unknown_key_is_refused_with_suggestions():
+  with pytest.raises(SystemExit) as e:
+    check_override_keys(["main", "--config.train.learning_rat=1e-6"])
+  msg = str(e.value)
+  assert "--config.train.learning_rat" in msg and "--config.train.learning_rate" in msg
+  assert "train.warmup_steps" in msg  # the valid settings of the section are listed
+  with pytest.raises(SystemExit, match="Valid settings"):
+    check_override_keys(["main", "--config.trian.steps=3"])
+  check_override_keys(["main", "--config.train.learning_rate=1e-6", "--config=configs/quickstart.py"])
+
+
+def test_command_line_refuses_bad_keys_types_and_choices():
+  r = _run(["--config=configs/quickstart.py", "--config.sampling.temprature=0.5"], timeout=120)
+  assert r.returncode != 0 and "--config.sampling.temperature" in r.stderr
+  r = _run(["--config=configs/quickstart.py", "--config.train.steps=many"], timeout=120)
+  assert r.returncode != 0 and "--config.train.steps=many" in r.stderr
+  r = _run(["--config=configs/quickstart.py", "--config.filter.strategy=best"], timeout=120)
+  assert r.returncode != 0
+  assert "--config.filter.strategy='best'" in r.stderr and "process_and_outcome" in r.stderr
+
+
+def test_validate_names_every_bad_setting():
+  cfg = config_lib.base_config()
+  cfg.mode = "fly"
+  cfg.train.mode = "ppo"
+  cfg.sampler.batch_size = 0
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline", "eval"))
+  msg = str(e.value)
+  assert "--config.mode='fly'" in msg and "--config.train.mode='ppo'" in msg
+  assert "--config.sampler.batch_size=0: must be >= 1" in msg
+  config_lib.validate(config_lib.base_config(), ("pipeline",))
+
+
+def test_help_documents_every_setting():
+  r = _run(["--help"], timeout=120)  # absl exits with status 1 after printing help
+  out = " ".join(r.stdout.split())  # absl wraps lines
+  assert "Settings and their defaults" in out, r.stderr
+  for name, text in config_lib.HELP.items():
+    assert f"--config.{name}=" in out, name
+    assert " ".join(text.split()[:4]) in out, name
+  config_lib.check_documented(config_lib.base_config())
+
+
+@pytest.mark.parametrize("arg", ["gemma2-2b,gsm8k", "gemma2-9b,hotpot_qa", "gemma2-27b,hotpot_qa", "gemma2-27b,gsm8k"])
+def test_paper_recipes_are_valid(arg):
+  paper = _config_module("paper")
+  cfg = paper.get_config(arg)
+  config_lib.check_documented(cfg)
+  config_lib.validate(cfg, ("pipeline",))
+  assert cfg.rollout.samples_per_question == 5 and cfg.filter.strategy == "process"
+  hotpot = arg.endswith("hotpot_qa")
+  assert cfg.rollout.task == ("search" if hotpot else "math")
+  assert cfg.rollout.max_tool_calls == (5 if hotpot else 10)
+  assert cfg.data.limit == (10_000 if hotpot else 0) and cfg.data.drop_easy == hotpot
+  specs = config_lib.eval_dataset_specs(cfg)
+  assert [(s.name, s.split) for s in specs] == [
+      ("gsm8k", "test"), ("hotpot_qa", "validation"), ("musique", "validation"), ("beerqa", "validation"),
+      ("cofca", "test")]
+  assert [config_lib.dataset_task(s.name) for s in specs] == ["math"] + ["search"] * 4
+  with pytest.raises(ValueError, match="MODEL,DATASET"):
+    paper.get_config("gemma2-3b,gsm8k")
+
+
+def test_eval_configs_cover_the_five_datasets():
+  eval_configs = _config_module("eval")
+  assert config_lib.eval_dataset_specs(eval_configs.get_config())[-1].name == "cofca"
+  for name in eval_configs.DATASETS:
+    cfg = eval_configs.get_config(name)
+    config_lib.validate(cfg, ("eval",))
+    assert [s.name for s in config_lib.eval_dataset_specs(cfg)] == [name]
+  with pytest.raises(ValueError, match="unknown dataset"):
+    eval_configs.get_config("squad")
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from tiny_tokenizer import tiny_tokenizer
+
+  from swirl_jax.checkpoints.build import model_weights, random_model
+  from swirl_jax.checkpoints.hf_export import export_hf
+  from swirl_jax.models.config import preset
+
+  tok = tiny_tokenizer()
+  cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"))
+  out = str(tmp_path_factory.mktemp("tiny") / "hf")
+  export_hf(cfg, model_weights(random_model(cfg, 0)), out, tokenizer=tok)
+  return out
+
+
+def _jsonl_count(path):
+  with open(path, encoding="utf-8") as f:
+    return sum(1 for line in f if line.strip())
+
+
+def test_pipeline_end_to_end_then_every_stage_skips(tiny_hf_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/quickstart.py", f"--workdir={workdir}", f"--config.model.source={tiny_hf_dir}",
+          "--config.data.num_questions=3", "--config.rollout.num_demos=0", "--config.rollout.max_tool_calls=2",
+          "--config.sampling.max_new_tokens=12", "--config.sampler.cache_len=1024", "--config.filter.strategy=none",
+          "--config.train.steps=2", "--config.train.save_every=1", "--config.train.max_len=1024",
+          "--config.train.max_new_tokens=12", "--config.eval.limit=2",
+          "--config.judge.openai.api_key_env=SWIRL_TEST_KEY"]
+  secret = "sk-test-never-written-0123456789"
+  r = _run(args, {"SWIRL_TEST_KEY": secret})
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+
+  # 3 questions x 2 samples, judged, filtered (none: all kept), one example per step.
+  assert _jsonl_count(os.path.join(workdir, "trajectories.jsonl")) == 6
+  assert _jsonl_count(os.path.join(workdir, "labelled.jsonl")) == 6
+  assert _jsonl_count(os.path.join(workdir, "kept.jsonl")) == 6
+  with open(os.path.join(workdir, "labelled.jsonl"), encoding="utf-8") as f:
+    steps = sum(len(json.loads(line)["steps"]) for line in f)
+  assert _jsonl_count(os.path.join(workdir, "step_examples.jsonl")) == steps
+  assert sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())[-1] == "2"
+  for policy in ("base", "trained"):
+    with open(os.path.join(workdir, "eval", policy, "synthetic_arith.json"), encoding="utf-8") as f:
+      report = json.load(f)
+    assert report["num_questions"] == 2 and 0.0 <= report["judged_accuracy"] <= 1.0
+  with open(os.path.join(workdir, "export", "hf", "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["architectures"] == ["Gemma3ForCausalLM"]
+  assert "base -> trained" in r.stdout
+
+  # The resolved config is saved, with the key's variable name but never the key.
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["model"]["source"] == tiny_hf_dir and saved["judge"]["openai"]["api_key_env"] == "SWIRL_TEST_KEY"
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        assert secret.encode() not in f.read(), os.path.join(root, name)
+  assert secret not in r.stdout + r.stderr
+
+  # Rerun: every stage is complete, nothing is redone or rewritten.
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in
+            ("trajectories.jsonl", "labelled.jsonl", "kept.jsonl", "step_examples.jsonl")}
+  r = _run(args, {"SWIRL_TEST_KEY": secret})
+  assert r.returncode == 0, r.stderr[-5000:]
+  for stage in ("generate", "label", "filter", "train", "export"):
+    assert f"== {stage}: already complete, skipped" in r.stdout
+  assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
