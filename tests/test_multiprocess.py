@@ -94,9 +94,19 @@ def test_two_processes_write_what_one_process_writes(tiny_hf_dir, tmp_path):
   w0 = model_weights(load_policy(tiny_hf_dir).model)
   moved = max(float(np.abs(w1[k] - w0[k]).max()) for k in w0)
   assert moved > 1e-4  # training moved the weights (Adam: about lr per step)
-  # Reductions split across processes round differently, and Adam's per-element normalisation amplifies
-  # that where a gradient is near 0: equal within 2% of the largest update (measured: 1.8e-5 of 2e-3).
-  assert max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) <= 0.02 * moved
+  # The losses and gradient norms of every step agree (step 2's depend on step 1's update).
+  def metrics(run):
+    with open(tmp_path / run / "train_logs" / "metrics.jsonl", encoding="utf-8") as f:
+      return [json.loads(line) for line in f]
+  for m1, m2 in zip(metrics("one"), metrics("two"), strict=True):
+    for key in ("loss", "grad_norm"):
+      assert abs(m1[key] - m2[key]) <= 1e-5 * abs(m1[key]), (key, m1[key], m2[key])
+  # Weights: reductions split across processes round differently, and Adam's g / (sqrt(v) + eps) turns
+  # that into a visible difference only where a gradient is ~eps. Measured: 99.9% of weights within
+  # 6.7e-8, mean 2.4e-9, a handful of near-zero-gradient elements up to 7.7e-5 (4% of the 2e-3 update).
+  diffs = np.concatenate([np.abs(w1[k] - w2[k]).ravel() for k in w1])
+  assert np.quantile(diffs, 0.999) <= 1e-6 and diffs.mean() <= 1e-7
+  assert diffs.max() <= 0.1 * moved
   for policy in ("base", "trained"):
     assert _eval_report(tmp_path / "one" / "eval" / policy / "synthetic_arith.json") == _eval_report(
         tmp_path / "two" / "eval" / policy / "synthetic_arith.json")
