@@ -1,7 +1,7 @@
 """Judge backend "openai": any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
 Works with vLLM, SGLang, the llama.cpp server, Ollama, Gemini's OpenAI-compatible endpoint, OpenAI, and
-swirl_jax's own serve.py. Standard library only (urllib + json + threads), so it adds no dependency.
+swirl_jax's own server (swirl_jax/serve). Standard library only (urllib + json + threads), so it adds no dependency.
 
 The API key. The config holds only the NAME of the environment variable (``api_key_env``); the key is
 read from the environment at each request and never stored on an object, logged, cached, written to

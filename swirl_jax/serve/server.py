@@ -1,0 +1,306 @@
+"""HTTP: the OpenAI-compatible endpoints, the ChatServer that owns the model thread, and the entry points."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hmac
+import http.server
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Mapping, Sequence
+
+from swirl_jax.serve.engine import BatchingEngine
+from swirl_jax.serve.requests import RequestError, ServeConfig, parse_request
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP.
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+  daemon_threads = True
+  app: "ChatServer"
+
+
+class _HTTPServer6(_HTTPServer):
+  address_family = socket.AF_INET6
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  server: _HTTPServer
+  protocol_version = "HTTP/1.1"
+
+  def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    log.debug("%s %s", self.address_string(), format % args)
+
+  def _send(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+    data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    self.send_response(status)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    self.end_headers()
+    self.wfile.write(data)
+
+  def _error(self, e: RequestError) -> None:
+    if self.command == "POST" and not self._body_read:
+      self.close_connection = True  # an unread body would be taken for the next request on this connection
+    self._send(e.status, e.to_json(), e.headers)
+
+  def _route(self, method: str) -> None:
+    app = self.server.app
+    self._body_read = False
+    path = self.path.split("?", 1)[0].rstrip("/") or "/"
+    try:
+      if path not in ("/health", "/v1/health"):  # liveness probes need no key
+        app.check_auth(self.headers.get("Authorization"))
+      if path == "/v1/chat/completions":
+        if method != "POST":
+          raise RequestError(405, f"use POST for {path}", code="method_not_allowed")
+        self._send(200, app.chat_completion(self._read_json()))
+      elif path in ("/health", "/v1/health"):
+        self._only_get(method, path)
+        self._send(200, app.health())
+      elif path == "/v1/models":
+        self._only_get(method, path)
+        self._send(200, {"object": "list", "data": [app.model_card()]})
+      elif path.startswith("/v1/models/"):
+        self._only_get(method, path)
+        name = path[len("/v1/models/"):]
+        if name not in app.model_names:
+          raise RequestError(404, f"The model {name!r} does not exist", param="model", code="model_not_found")
+        self._send(200, app.model_card())
+      else:
+        raise RequestError(404, f"Unknown path {path!r}; this server has /v1/chat/completions, /v1/models "
+                                "and /health", code="not_found")
+    except RequestError as e:
+      self._error(e)
+    except Exception as e:  # noqa: BLE001
+      log.exception("request handler failed")
+      self._error(RequestError(500, f"internal error: {type(e).__name__}", kind="server_error",
+                               code="internal_error"))
+
+  def _only_get(self, method: str, path: str) -> None:
+    if method != "GET":
+      raise RequestError(405, f"use GET for {path}", code="method_not_allowed")
+
+  def _read_json(self) -> Any:
+    length = self.headers.get("Content-Length")
+    if length is None:
+      raise RequestError(411, "a Content-Length header is required", code="length_required")
+    try:
+      n = int(length)
+    except ValueError:
+      raise RequestError(400, "Content-Length is not an integer", code="invalid_header") from None
+    limit = self.server.app.config.max_body_bytes
+    if n > limit:
+      raise RequestError(413, f"request body of {n} bytes exceeds max_body_bytes={limit}", code="body_too_large")
+    raw = self.rfile.read(n)
+    self._body_read = True
+    try:
+      return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise RequestError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+
+  def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    self._route("GET")
+
+  def do_POST(self) -> None:  # noqa: N802
+    self._route("POST")
+
+
+class ChatServer:
+  """A running server: ``url`` / ``base_url`` / ``port``, ``stats()``, ``shutdown()``; a context manager."""
+
+  def __init__(self, loaded_model, config: ServeConfig):
+    self.config = config
+    self.model_name = config.model_name or loaded_model.source
+    self.model_names = tuple(dict.fromkeys([self.model_name, loaded_model.source]))
+    self.created = int(time.time())
+    if config.api_key_env is not None and not os.environ.get(config.api_key_env):
+      raise ValueError(f"serve.api_key_env={config.api_key_env!r}: that environment variable is not set or empty")
+    if config.host not in _LOOPBACK and not config.host.startswith("127.") and config.api_key_env is None:
+      log.warning("Serving on %s without authentication: anyone who can reach it can use the model. Set "
+                  "api_key_env, or keep the default host 127.0.0.1.", config.host)
+    self.engine = BatchingEngine(loaded_model, config)
+    cls = _HTTPServer6 if ":" in config.host else _HTTPServer
+    try:
+      self._http = cls((config.host, config.port), _Handler)
+    except BaseException:
+      self.engine.stop()
+      raise
+    self._http.app = self
+    self.host = config.host
+    self.port = int(self._http.server_address[1])
+    self._thread = threading.Thread(target=self._http.serve_forever, kwargs=dict(poll_interval=0.2),
+                                    name="swirl-serve-http", daemon=True)
+    self._thread.start()
+
+  @property
+  def url(self) -> str:
+    """The server root, e.g. http://127.0.0.1:8000."""
+    host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{self.port}"
+
+  @property
+  def base_url(self) -> str:
+    """The OpenAI API root (what OpenAIJudgeConfig.base_url takes)."""
+    return self.url + "/v1"
+
+  def check_auth(self, header: str | None) -> None:
+    if self.config.api_key_env is None:
+      return
+    key = os.environ.get(self.config.api_key_env, "")
+    given = header[7:] if header and header.startswith("Bearer ") else ""
+    if not key or not hmac.compare_digest(given.encode(), key.encode()):
+      raise RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
+                         code="invalid_api_key")
+
+  def model_card(self) -> dict[str, Any]:
+    return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "swirl_jax",
+            "max_model_len": self.config.cache_len}
+
+  def health(self) -> dict[str, Any]:
+    return {"status": "ok", "model": self.model_name, "stats": self.engine.stats()}
+
+  def stats(self) -> dict[str, Any]:
+    return self.engine.stats()
+
+  def chat_completion(self, body: Any) -> dict[str, Any]:
+    """Answers one /v1/chat/completions body (blocking until the model thread is done with it)."""
+    request = parse_request(body, self.model_names, self.config)
+    job = self.engine.make_job(request)
+    self.engine.submit(job)
+    if not job.done.wait(self.config.request_timeout_s):
+      job.cancelled = True
+      raise RequestError(504, f"no answer within request_timeout_s={self.config.request_timeout_s}",
+                         kind="server_error", code="timeout")
+    if job.error is not None:
+      raise job.error
+    completion = sum(c.completion_tokens for c in job.choices)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": self.model_name,
+        "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                     "finish_reason": c.finish_reason, "logprobs": None} for c in job.choices],
+        "usage": {"prompt_tokens": len(job.prompt), "completion_tokens": completion,
+                  "total_tokens": len(job.prompt) + completion},
+    }
+
+  def serve_forever(self) -> None:
+    """Blocks until ``shutdown`` (or Ctrl-C, which shuts down)."""
+    try:
+      while self._thread.is_alive():
+        self._thread.join(0.5)
+    except KeyboardInterrupt:
+      pass
+    finally:
+      self.shutdown()
+
+  def shutdown(self) -> None:
+    """Stops accepting requests, answers queued ones with 503 and stops the model thread."""
+    self.engine.stop()
+    self._http.shutdown()
+    self._http.server_close()
+
+  def __enter__(self) -> "ChatServer":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.shutdown()
+
+
+def serve(loaded_model, host: str | None = None, port: int | None = None, *, config: ServeConfig | None = None,
+          **overrides: Any) -> ChatServer:
+  """Starts serving ``loaded_model`` (a swirl_jax.loading.LoadedModel with a tokenizer) in background threads.
+
+  Args:
+    loaded_model: the model and tokenizer to serve.
+    host / port: where to bind; None = the config's (127.0.0.1 and port 0 = a free port by default;
+      read it from ``server.port`` / ``server.url``).
+    config: the other settings (ServeConfig); ``host``, ``port`` and ``overrides`` (ServeConfig field
+      names) replace its fields.
+
+  Returns:
+    The running ChatServer; call ``shutdown()`` (or use it as a context manager) when done.
+  """
+  config = config or ServeConfig()
+  if host is not None:
+    overrides["host"] = host
+  if port is not None:
+    overrides["port"] = port
+  return ChatServer(loaded_model, dataclasses.replace(config, **overrides))
+
+
+def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, model_name: str = "",
+              dtype: str = "float32", param_dtype: str = "float32", cache_dir: str | None = None,
+              batch_size: int = 8, cache_len: int = 2048, max_tokens_limit: int | None = None,
+              steps_per_call: int = 16, max_chunk: int = 512, batch_wait_ms: float = 5.0, max_samplers: int = 4,
+              api_key_env: str | None = None, mesh=None) -> None:
+  """Loads ``source`` (any swirl_jax.loading.load_model source) and serves it until Ctrl-C / SIGTERM.
+
+  Prints one JSON line with the URL, base_url and model name once listening (port 0 picks a free port,
+  so a launcher reads it from there). Every argument is a plain value: the CLI maps its config onto them.
+  ``max_tokens_limit`` None = min(512, cache_len // 2); the other settings are ServeConfig's.
+  """
+  import signal
+
+  from swirl_jax.loading import load_model
+
+  if max_tokens_limit is None:
+    max_tokens_limit = min(512, cache_len // 2)
+  config = ServeConfig(host=host, port=port, model_name=model_name, batch_size=batch_size, cache_len=cache_len,
+                       max_tokens_limit=max_tokens_limit, steps_per_call=steps_per_call, max_chunk=max_chunk,
+                       batch_wait_ms=batch_wait_ms, max_samplers=max_samplers, api_key_env=api_key_env)
+  t = time.perf_counter()  # settings are checked above, before the (slow) load
+  lm = load_model(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, cache_dir=cache_dir)
+  server = ChatServer(lm, config)
+
+  def on_term(signum, frame):  # SIGTERM ends like Ctrl-C
+    raise KeyboardInterrupt
+
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, on_term)
+  print(json.dumps({"url": server.url, "base_url": server.base_url, "model": server.model_name,
+                    "load_seconds": round(time.perf_counter() - t, 1)}), flush=True)
+  server.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """``python -m swirl_jax.serve --source=gemma3-270m [--port=8000 ...]``; flags mirror run_serve."""
+  p = argparse.ArgumentParser(prog="python -m swirl_jax.serve", description="An OpenAI-compatible chat endpoint over the swirl_jax sampler.")
+  p.add_argument("--source", default="gemma3-270m", help="load_model source (packaged name, HF dir, .gguf)")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000, help="0 = a free port (printed)")
+  p.add_argument("--model_name", default="", help="model id clients send ('' = the source)")
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--param_dtype", default="float32")
+  p.add_argument("--cache_dir", default=None)
+  for name, kind in (("batch_size", int), ("cache_len", int), ("steps_per_call", int), ("max_chunk", int),
+                     ("batch_wait_ms", float), ("max_samplers", int)):
+    p.add_argument(f"--{name}", type=kind, default=getattr(ServeConfig, name))
+  p.add_argument("--max_tokens_limit", type=int, default=None, help="longest completion (default min(512, "
+                 "cache_len // 2))")
+  p.add_argument("--api_key_env", default=None, help="NAME of an env var holding the key clients must send")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+  run_serve(**vars(args))
+
+
+if __name__ == "__main__":
+  main()
