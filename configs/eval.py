@@ -11,7 +11,7 @@ Writes WORKDIR/eval/base/DATASET.json for model.source and, when eval.checkpoint
 WORKDIR/eval/trained/DATASET.json and the base-versus-trained table.
 """
 
-from swirl_jax.config import base_config
+from swirl_jax.config import base_config, use_openai_judge
 
 DATASETS = ("gsm8k", "hotpot_qa", "musique", "beerqa", "cofca")
 
@@ -31,9 +31,5 @@ def get_config(arg: str = "all"):
   c.sampler.batch_size = 32
   c.sampler.cache_len = 4096
   c.sampler.max_chunk = 512
-  c.judge.backend = "openai"
-  c.judge.openai.base_url = "https://generativelanguage.googleapis.com/v1beta/openai"
-  c.judge.openai.model = "gemini-1.5-pro"
-  c.judge.openai.api_key_env = "GEMINI_API_KEY"
-  c.judge.openai.max_concurrency = 32
+  use_openai_judge(c)
   return c

@@ -25,7 +25,7 @@ The weights are read from a Hugging Face directory (no hub access is assumed):
   huggingface-cli download google/gemma-2-27b-it --local-dir hf/gemma-2-27b-it
 """
 
-from swirl_jax.config import base_config
+from swirl_jax.config import base_config, use_openai_judge
 
 MODELS = {
     # name: (HF directory, mesh (data, fsdp, tensor), sampler rows per process)
@@ -73,11 +73,7 @@ def get_config(arg: str = "gemma2-27b,hotpot_qa"):
   c.sampler.cache_len = context
   c.sampler.max_chunk = 512
 
-  c.judge.backend = "openai"
-  c.judge.openai.base_url = "https://generativelanguage.googleapis.com/v1beta/openai"
-  c.judge.openai.model = "gemini-1.5-pro"
-  c.judge.openai.api_key_env = "GEMINI_API_KEY"
-  c.judge.openai.max_concurrency = 32
+  use_openai_judge(c)
 
   c.filter.strategy = "process"
   c.filter.equalize = -1

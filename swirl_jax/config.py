@@ -197,6 +197,19 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
+# The LLM judge of the paper recipes: Gemini through its OpenAI-compatible API (any such endpoint works).
+GEMINI_OPENAI_URL = "https://generativelanguage.googleapis.com/v1beta/openai"
+
+
+def use_openai_judge(cfg: ml_collections.ConfigDict, base_url: str = GEMINI_OPENAI_URL,
+                     model: str = "gemini-1.5-pro", api_key_env: str = "GEMINI_API_KEY",
+                     max_concurrency: int = 32) -> None:
+  """Sets judge.* to an OpenAI-compatible endpoint (the key is read from ``api_key_env`` at run time)."""
+  cfg.judge.backend = "openai"
+  o = cfg.judge.openai
+  o.base_url, o.model, o.api_key_env, o.max_concurrency = base_url, model, api_key_env, max_concurrency
+
+
 def check_documented(cfg: ml_collections.ConfigDict) -> None:
   """Refuses settings without documentation (keeps HELP and base_config in step)."""
   def walk(d, prefix=""):
