@@ -114,3 +114,34 @@ def test_two_processes_write_what_one_process_writes(tiny_hf_dir, tmp_path):
       tmp_path / "two" / "export" / "hf" / "config.json").read_text()
   # process 1 wrote no log of its own and no second copy of anything
   assert sorted(os.listdir(tmp_path / "two" / "train_logs")) == sorted(os.listdir(tmp_path / "one" / "train_logs"))
+
+
+_JUDGE_ONCE = """
+import json, sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from swirl_jax.training.rl import judged_on_process_0
+from swirl_jax.types import Verdict
+calls = []
+def judge():
+  calls.append(1)
+  return [Verdict("GOOD", 0.75, "why", "j"), Verdict("BAD", 0.0, "no", "j"), Verdict("GOOD", 1.0, "ok", "j")]
+got = judged_on_process_0(judge, 3)
+print(json.dumps({"calls": len(calls), "scores": [v.score for v in got], "labels": [v.label for v in got]}))
+"""
+
+
+def test_http_judge_is_asked_once_across_processes():
+  """RL rewards from an HTTP judge are requested by process 0 only and reach every process."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", _JUDGE_ONCE, address, str(i)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  assert [o["calls"] for o in outs] == [1, 0]
+  for o in outs:
+    assert o["scores"] == [0.75, 0.0, 1.0] and o["labels"] == ["GOOD", "BAD", "GOOD"]

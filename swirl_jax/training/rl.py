@@ -47,7 +47,7 @@ from swirl_jax.training.losses import LossConfig
 from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer
 from swirl_jax.training.train_step import (Batch, StepConfig, batch_shards, make_train_step, pack_batch,
                                            put_batch)
-from swirl_jax.types import StepExample
+from swirl_jax.types import StepExample, Verdict
 
 Mode = Literal["rl", "offline", "sft"]
 OfflineReward = Literal["process", "outcome", "process_and_outcome"]
@@ -209,6 +209,9 @@ class _Run:
 
   def judge_texts(self, exs: Sequence[StepExample], texts: Sequence[str]):
     contexts = [context_from_state(self.cfg.task, ex.state, ex.step_index, text) for ex, text in zip(exs, texts)]
+    if jax.process_count() > 1 and _is_http_judge(self.judge):
+      return judged_on_process_0(lambda: self.judge.judge_contexts(contexts), len(contexts))
+    # Rule judges are free, and a JAX judge model on the global mesh needs every process.
     return self.judge.judge_contexts(contexts)
 
   def rl_batch(self, idx: Sequence[int], params: ts.Params, rng_data: np.ndarray,
@@ -256,6 +259,32 @@ class _Run:
     batch = pack_batch(rows, rewards, seq_bucket=self.cfg.seq_bucket, slot_bucket=self.cfg.slot_bucket,
                        max_len=self.cfg.max_len, pad_id=self.tok.pad_id)
     return batch, exs, rewards, verdicts
+
+
+def _is_http_judge(judge: Judge | None) -> bool:
+  from swirl_jax.judges.openai_backend import OpenAIBackend
+
+  return isinstance(getattr(judge, "backend", None), OpenAIBackend)
+
+
+def judged_on_process_0(judge_fn: Callable[[], Sequence[Verdict]], n: int) -> list[Verdict]:
+  """Verdicts that process 0 obtains (``judge_fn()``) and every other process receives.
+
+  Every process holds the same sampled actions, so an HTTP judge asked by each would be paid once per
+  process; process 0 asks, and the scores and labels are broadcast (the others' verdicts carry no
+  explanation: training uses only score and label). A collective: every process must call it.
+  """
+  from jax.experimental import multihost_utils
+
+  verdicts = list(judge_fn()) if jax.process_index() == 0 else None
+  payload = np.zeros((n, 2), np.float32)
+  if verdicts is not None:
+    payload[:] = [[v.score, v.label == "GOOD"] for v in verdicts]
+  payload = np.asarray(multihost_utils.broadcast_one_to_all(payload))
+  if verdicts is not None:
+    return verdicts
+  return [Verdict("GOOD" if good else "BAD", float(score), "(judged on process 0)", "process 0")
+          for score, good in payload]
 
 
 def _reward_metrics(exs: Sequence[StepExample], rewards: np.ndarray, verdicts) -> dict[str, float]:
