@@ -13,6 +13,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from swirl_jax.atomic_io import atomic_open
 from swirl_jax.config import HELP, base_config
 
 
@@ -80,7 +81,7 @@ def main(argv):
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # written once; holds no secret (API keys come from the environment only)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(workdir, "config.json")) as f:
       f.write(cfg.to_json(indent=1))
   summary = modes.MODES[cfg.mode](cfg, modes.Paths(workdir))
   if jax.process_index() == 0 and summary:
@@ -95,7 +96,7 @@ def _report(mode: str, summary: dict, workdir: str) -> None:
   if mode == "pipeline" and isinstance(summary.get("eval"), dict):
     table = summary["eval"].pop("table", None)
   path = os.path.join(workdir, "summary.json")
-  with open(path, "w", encoding="utf-8") as f:
+  with atomic_open(path) as f:
     json.dump(summary, f, indent=1, default=str)
   lines = modes.summary_lines(summary if mode == "pipeline" else {mode: summary})
   if lines:

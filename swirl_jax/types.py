@@ -348,19 +348,8 @@ def read_jsonl(cls: type[T], path: str) -> list[T]:
 
 def write_jsonl(path: str, records: Sequence[Any]) -> None:
   """Writes records to a new JSON Lines file atomically (temp file + rename)."""
-  import os
-  import tempfile
+  from swirl_jax.atomic_io import atomic_open
 
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for r in records:
-        f.write(dumps(r) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with atomic_open(path) as f:
+    for r in records:
+      f.write(dumps(r) + "\n")

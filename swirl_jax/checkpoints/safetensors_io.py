@@ -16,6 +16,8 @@ from typing import Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
+from swirl_jax.atomic_io import atomic_open
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -71,15 +73,11 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
     header["__metadata__"] = dict(metadata)
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes, as the reference writer does
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with atomic_open(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for arr in order:
       f.write(arr.tobytes())
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 class ShardedSafetensors:

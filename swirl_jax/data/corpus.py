@@ -7,11 +7,10 @@ The search tool reads a JSON list ``[{title, text}]``, JSON Lines ``{title, text
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from swirl_jax.atomic_io import atomic_open
 from swirl_jax.data import formats
 from swirl_jax.types import Paragraph, Question, RecordError
 
@@ -72,14 +71,6 @@ def _titled_entry(path: Path, title: str, value: object) -> Paragraph:
 
 def write_corpus(path: str | Path, paragraphs: Sequence[Paragraph]) -> None:
   """Writes ``[{title, text}]`` JSON atomically (temp file + rename), so a reader never sees half a file."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump([p.to_json() for p in paragraphs], f, ensure_ascii=False, indent=0)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with atomic_open(path) as f:
+    json.dump([p.to_json() for p in paragraphs], f, ensure_ascii=False, indent=0)
+    f.write("\n")

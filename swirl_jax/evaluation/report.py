@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from swirl_jax.atomic_io import atomic_open
+
 # (report key, column title, is a fraction shown as a percentage)
 DEFAULT_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("judged_accuracy", "judged acc", True),
@@ -18,12 +20,9 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, bool], ...] = (
 
 def write_report(path: str, report: Mapping[str, Any]) -> None:
   """Writes one dataset's report as indented JSON (atomically: temp file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_open(path) as f:
     json.dump(dict(report), f, indent=1, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def read_report(path: str) -> dict[str, Any]:

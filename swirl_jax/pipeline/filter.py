@@ -25,10 +25,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from typing import Any, Literal, Sequence
 
+from swirl_jax.atomic_io import atomic_open
 from swirl_jax.types import Trajectory
 
 Strategy = Literal["none", "process", "outcome", "process_and_outcome"]
@@ -108,17 +107,9 @@ class FilterReport:
 
   def write_json(self, path: str) -> None:
     """Writes the report as indented JSON, atomically (temp file + rename)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(self.to_json(), f, indent=2, ensure_ascii=False, sort_keys=True)
-        f.write("\n")
-      os.replace(tmp, path)
-    except BaseException:
-      os.unlink(tmp)
-      raise
+    with atomic_open(path) as f:
+      json.dump(self.to_json(), f, indent=2, ensure_ascii=False, sort_keys=True)
+      f.write("\n")
 
 
 def _check_strategy(strategy: str) -> None:

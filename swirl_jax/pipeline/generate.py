@@ -12,6 +12,7 @@ import json
 import os
 from typing import Callable, Sequence
 
+from swirl_jax.atomic_io import atomic_open
 from swirl_jax.pipeline.jsonl import JsonlAppender, read_records
 from swirl_jax.sampling.rollout import Rollout
 from swirl_jax.types import Question, Trajectory, dumps
@@ -47,13 +48,8 @@ def merge_shards(out_path: str, process_count: int) -> str:
   """Concatenates the processes' shard files into ``out_path`` (atomically; run by one process)."""
   if process_count == 1:
     return out_path
-  tmp = out_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as out:
+  with atomic_open(out_path) as out:
     for i in range(process_count):
-      shard = shard_path(out_path, i, process_count)
-      for rec in read_records(shard):
+      for rec in read_records(shard_path(out_path, i, process_count)):
         out.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-    out.flush()
-    os.fsync(out.fileno())
-  os.replace(tmp, out_path)
   return out_path

@@ -43,12 +43,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
 from swirl_jax import types
+from swirl_jax.atomic_io import atomic_open
 from swirl_jax.tools.base import ToolResult
 
 # A small English stop-word list (NLTK's, lowercased; single letters left by \w+ splitting of
@@ -209,24 +209,16 @@ def _bytes_array(s: str) -> np.ndarray:
 
 def _save_counts(path: str, counts: _TermCounts, meta: dict[str, Any]) -> None:
   """Writes the index atomically (temp file + rename), so readers never see half a file."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=INDEX_SUFFIX)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(
-          f,
-          meta=_bytes_array(json.dumps(meta, sort_keys=True)),
-          vocab=_bytes_array("\n".join(counts.vocab)),  # \w+ tokens never hold a newline
-          doc_ptr=counts.doc_ptr,
-          term_ids=counts.term_ids,
-          tfs=counts.tfs,
-          doc_len=counts.doc_len,
-      )
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    np.savez(
+        f,
+        meta=_bytes_array(json.dumps(meta, sort_keys=True)),
+        vocab=_bytes_array("\n".join(counts.vocab)),  # \w+ tokens never hold a newline
+        doc_ptr=counts.doc_ptr,
+        term_ids=counts.term_ids,
+        tfs=counts.tfs,
+        doc_len=counts.doc_len,
+    )
 
 
 def _load_counts(path: str, meta: dict[str, Any]) -> _TermCounts | None:

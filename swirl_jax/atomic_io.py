@@ -1,0 +1,36 @@
+"""Atomic file writes: a reader (or a rerun after a crash) sees the old file or the whole new one.
+
+  with atomic_open("runs/x/kept.jsonl") as f:
+    f.write(...)
+
+The data goes to a temporary file in the same directory, is flushed and fsynced, then renamed over
+``path``; on any error the temporary file is removed and ``path`` is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """Opens a temporary file for writing (``mode`` "w" text UTF-8, or "wb") that replaces ``path`` on exit."""
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_open writes a whole file: mode 'w' or 'wb', got {mode!r}")
+  path = os.fspath(path)
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
