@@ -8,9 +8,11 @@ line (``--config.sampling.temperature=0.7``).
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import ml_collections
 
-from swirl_jax.data.registry import DatasetSpec
+from swirl_jax.data.registry import DatasetSpec, UnknownSplitError, resolve
 from swirl_jax.data.synthetic_arith import ArithConfig
 from swirl_jax.data.synthetic_multihop import MultihopConfig
 from swirl_jax.models.sharding import MeshConfig
@@ -210,16 +212,18 @@ def use_openai_judge(cfg: ml_collections.ConfigDict, base_url: str = GEMINI_OPEN
   o.base_url, o.model, o.api_key_env, o.max_concurrency = base_url, model, api_key_env, max_concurrency
 
 
+def settings(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted name, value) of every leaf setting, e.g. ("train.learning_rate", 1e-6)."""
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from settings(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
+
+
 def check_documented(cfg: ml_collections.ConfigDict) -> None:
   """Refuses settings without documentation (keeps HELP and base_config in step)."""
-  def walk(d, prefix=""):
-    for k, v in d.items():
-      name = prefix + k
-      if isinstance(v, ml_collections.ConfigDict):
-        yield from walk(v, name + ".")
-      else:
-        yield name
-  missing = [n for n in walk(cfg) if n not in HELP]
+  missing = [name for name, _ in settings(cfg) if name not in HELP]
   if missing:
     raise KeyError(f"config settings without documentation in swirl_jax.config.HELP: {missing}")
 
@@ -264,14 +268,15 @@ def dataset_task(name: str) -> str:
 
 
 def default_eval_split(name: str) -> str:
-  """The split with answers that a dataset is evaluated on: "test" where it has one, else "validation"."""
-  from swirl_jax.data import catalog
+  """The split with answers that a dataset is evaluated on: "test" where it has one, else "validation".
 
-  entry = catalog.DATASETS.get(name.split("/")[0])
-  if entry is None:  # the synthetic families
+  Raises UnknownDatasetError (listing the datasets) for a name the registry does not know.
+  """
+  try:
+    resolve(DatasetSpec(name, split="test"))
     return "test"
-  config = name.split("/")[1] if "/" in name else entry.default_config
-  return "test" if "test" in entry.splits(config) else "validation"
+  except UnknownSplitError:
+    return "validation"
 
 
 def eval_dataset_specs(cfg) -> list[DatasetSpec]:

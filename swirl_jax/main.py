@@ -14,17 +14,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from swirl_jax.atomic_io import atomic_open
-from swirl_jax.config import HELP, base_config
+from swirl_jax.config import HELP, base_config, settings
 
 
 def _settings_help() -> str:
-  def walk(d, prefix=""):
-    for k, v in d.items():
-      if hasattr(v, "items"):
-        yield from walk(v, prefix + k + ".")
-      else:
-        yield prefix + k, v
-  lines = [f"  --config.{name}={default!r}: {HELP.get(name, '')}" for name, default in walk(base_config())]
+  lines = [f"  --config.{name}={default!r}: {HELP.get(name, '')}" for name, default in settings(base_config())]
   return "ml_collections config file (get_config()). Settings and their defaults:\n" + "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ def load(cfg, global_mesh: bool = False, source: str | None = None):
   return lm
 
 
-def sampler(cfg, lm, stop_strings, sampling=None):
+def sampler(cfg, lm, stop_strings):
   from swirl_jax.config import sampling_config
   from swirl_jax.sampling.decode import Sampler, build_stop_table
 
@@ -76,8 +76,13 @@ def sampler(cfg, lm, stop_strings, sampling=None):
   stops = build_stop_table(tok, stop_strings, [tok.eos_id, tok.end_of_turn_id])
   s = cfg.sampler
   return Sampler.create(lm.model, batch=s.batch_size, cache_len=s.cache_len,
-                        sampling=sampling or sampling_config(cfg), stops=stops, steps_per_call=s.steps_per_call,
+                        sampling=sampling_config(cfg), stops=stops, steps_per_call=s.steps_per_call,
                         max_chunk=s.max_chunk, exit_when_done=1 if cfg.rollout.refill else s.batch_size)
+
+
+def _file_name(spec) -> str:
+  """The dataset's name in file names: "hotpot_qa/fullwiki" (a config) becomes hotpot_qa-fullwiki."""
+  return spec.name.replace("/", "-")
 
 
 def tools(cfg, paths: Paths, spec=None, task: str | None = None):
@@ -90,7 +95,7 @@ def tools(cfg, paths: Paths, spec=None, task: str | None = None):
   files = [f for f in cfg.search.corpus.split(",") if f]
   if not files:  # the union of the split's paragraphs, as in the paper
     spec = spec or dataset_spec(cfg)
-    path = os.path.join(paths.workdir, f"corpus-{spec.name}-{spec.split}.json")
+    path = os.path.join(paths.workdir, f"corpus-{_file_name(spec)}-{spec.split}.json")
     if not os.path.exists(path):
       build_corpus(spec, out_path=path)
     files = [path]
@@ -102,7 +107,9 @@ def judge(cfg, paths: Paths, policy=None, task: str | None = None):
   from swirl_jax.judges import make_judge
 
   backend = cfg.judge.backend
-  same_model = backend == "model" and cfg.judge.model.source == cfg.model.source and policy is not None
+  # Reuse the loaded policy as the judge model only when it holds exactly the judge's weights (not a
+  # trained checkpoint of the same base, which would change the judge between base and trained).
+  same_model = backend == "model" and policy is not None and policy.source == cfg.judge.model.source
   return make_judge(
       backend, task=task or cfg.rollout.task, cache_path=paths.judge_cache if cfg.judge.cache else None,
       n_votes=cfg.judge.n_votes, openai=openai_judge_config(cfg) if backend == "openai" else None,
@@ -113,7 +120,7 @@ def judge(cfg, paths: Paths, policy=None, task: str | None = None):
 # -- stages ------------------------------------------------------------------------------------------
 
 
-def run_generate(cfg, paths: Paths) -> dict:
+def run_generate(cfg, paths: Paths, questions=None) -> dict:
   from flax import nnx
 
   from swirl_jax.config import dataset_spec, rollout_config
@@ -122,7 +129,8 @@ def run_generate(cfg, paths: Paths) -> dict:
   from swirl_jax.sampling.rollout import Rollout
   from swirl_jax.tools import STOP_STRINGS
 
-  questions = load_questions(dataset_spec(cfg))
+  if questions is None:
+    questions = load_questions(dataset_spec(cfg))
   lm = load(cfg)
   rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
                     rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype})
@@ -193,7 +201,8 @@ def run_train(cfg, paths: Paths) -> dict:
                   seed=t.seed, offline_reward=t.offline_reward, log_dir=paths.train_logs,
                   steps_per_call=cfg.sampler.steps_per_call),
       examples, lm, jdg,
-      loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"), normalize_std=t.normalize_std, kl_coef=t.kl_coef),
+      loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),
+                      normalize_std=t.normalize_std, kl_coef=t.kl_coef),
       optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
                                 weight_decay=t.weight_decay, clip_norm=t.clip_norm),
       sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
@@ -205,10 +214,6 @@ def run_train(cfg, paths: Paths) -> dict:
           "first_mean_reward": first.get("mean_reward"), "last_mean_reward": last.get("mean_reward"),
           "interrupted": result.interrupted, "resumed_from": result.resumed_from,
           "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
-
-
-def _report_name(spec) -> str:
-  return spec.name.replace("/", "-")
 
 
 def run_eval(cfg, paths: Paths) -> dict:
@@ -237,16 +242,19 @@ def run_eval(cfg, paths: Paths) -> dict:
   if trained:
     policies.append(("trained", trained, paths.eval_trained))
   specs = eval_dataset_specs(cfg)
+  judges = {}  # task -> judge, shared by base and trained (a judge model loads once)
   for label, source, out_dir in policies:
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
-    todo = [sp for sp in specs if not os.path.exists(os.path.join(out_dir, f"{_report_name(sp)}.json"))]
+    todo = [sp for sp in specs if not os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json"))]
     if not todo:
       continue
     lm = load(cfg, source=source)
     for sp in todo:
       task = dataset_task(sp.name)
-      report = evaluate(lm, load_questions(sp), judge(cfg, paths, lm, task), tools(cfg, paths, sp, task),
-                        eval_config(task), dataset=_report_name(sp), out_dir=out_dir, label=label)
+      if task not in judges:
+        judges[task] = judge(cfg, paths, lm, task)
+      report = evaluate(lm, load_questions(sp), judges[task], tools(cfg, paths, sp, task),
+                        eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label)
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
   base = load_reports(paths.eval_base)
@@ -313,7 +321,8 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   from swirl_jax.data.registry import load_questions
 
   summary, t0 = {}, time.perf_counter()
-  expected = len(load_questions(dataset_spec(cfg))) * cfg.rollout.samples_per_question
+  questions = load_questions(dataset_spec(cfg))
+  expected = len(questions) * cfg.rollout.samples_per_question
 
   def stage(name, done, fn):
     t = time.perf_counter()
@@ -325,7 +334,7 @@ def run_pipeline(cfg, paths: Paths) -> dict:
     summary[name] = fn()
     summary[name + "_seconds"] = round(time.perf_counter() - t, 1)
 
-  stage("generate", _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths))
+  stage("generate", _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths, questions))
   stage("label", _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths))
   stage("filter", os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths))
   stage("train", _final_checkpoint_step(paths) >= cfg.train.steps, lambda: run_train(cfg, paths))
