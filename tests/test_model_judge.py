@@ -12,19 +12,16 @@ from swirl_jax import chat
 from swirl_jax.judges import (BACKENDS, JudgeRequest, ModelBackend, ModelJudgeConfig, PromptJudge, RuleJudge,
                               make_judge)
 from swirl_jax.judges import prompts as judge_prompts
-from swirl_jax.loading import LoadedModel, load_model
+from swirl_jax.loading import LoadedModel
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
 from swirl_jax.types import Message, Question, Step, ToolCall, Trajectory
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_lm
 
 
 @pytest.fixture(scope="module")
 def lm():
-  tok = tiny_tokenizer(512)
-  base = load_model("random:tiny-gemma3")
-  assert base.config.vocab_size == tok.vocab_size
-  return LoadedModel(base.model, tok, base.config, "tiny-gemma3-random")
+  return tiny_lm()
 
 
 def requests() -> list[JudgeRequest]:

@@ -17,11 +17,10 @@ from swirl_jax import chat
 from swirl_jax import prompts as task_prompts
 from swirl_jax.judges import JudgeBackendError, JudgeRequest, OpenAIBackend, OpenAIJudgeConfig, PromptJudge
 from swirl_jax.judges import prompts as judge_prompts
-from swirl_jax.loading import LoadedModel, load_model
 from swirl_jax.sampling.generate import generate
 from swirl_jax.serve import serve
 from swirl_jax.types import Message, Question, Step, ToolCall, Trajectory
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_lm
 
 LIMIT = 16
 VOTES = 2
@@ -30,10 +29,7 @@ TEMPERATURE = 1.0  # one sampling setting throughout: the server compiles one sa
 
 @pytest.fixture(scope="module")
 def lm():
-  tok = tiny_tokenizer(512)
-  base = load_model("random:tiny-gemma3")
-  assert base.config.vocab_size == tok.vocab_size
-  return LoadedModel(base.model, tok, base.config, "tiny-gemma3-random")
+  return tiny_lm()
 
 
 @pytest.fixture(scope="module")

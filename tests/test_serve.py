@@ -12,27 +12,19 @@ import pytest
 from flax import nnx
 
 from swirl_jax import chat
-from swirl_jax.loading import LoadedModel, load_model
+from swirl_jax.loading import load_model
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
 from swirl_jax.serve import ServeConfig, serve, to_gemma_messages
 from swirl_jax.types import Message
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_lm
 
 BATCH, CACHE_LEN, LIMIT, STEPS, MAX_CHUNK = 4, 256, 24, 8, 64
 
 
-def tiny_pair() -> LoadedModel:
-  """Random tiny Gemma 3 + a real byte-level BPE tokenizer of the same vocabulary size."""
-  tok = tiny_tokenizer(512)
-  lm = load_model("random:tiny-gemma3")
-  assert lm.config.vocab_size == tok.vocab_size == 512
-  return LoadedModel(lm.model, tok, lm.config, "tiny-gemma3-random")
-
-
 @pytest.fixture(scope="module")
 def lm():
-  return tiny_pair()
+  return tiny_lm()
 
 
 @pytest.fixture(scope="module")

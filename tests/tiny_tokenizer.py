@@ -7,6 +7,7 @@ Gemma's ids for the first three: <pad>=0, <eos>=1, <bos>=2, <start_of_turn>=3, <
   from tiny_tokenizer import tiny_tokenizer
   tok = tiny_tokenizer()            # a swirl_jax.tokenizer.Tokenizer
   tok.encode("hello", add_bos=True)
+  lm = tiny_lm()                    # random tiny Gemma 3 + tiny_tokenizer(512)
 """
 
 from __future__ import annotations
@@ -47,3 +48,14 @@ def _hf_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 def tiny_tokenizer(vocab_size: int = 400) -> Tokenizer:
   """A swirl_jax Tokenizer over a small byte-level BPE vocabulary (cached per vocab size)."""
   return Tokenizer(_hf_tokenizer(vocab_size), source=f"tiny-bpe-{vocab_size}")
+
+
+def tiny_lm():
+  """The random ``tiny-gemma3`` preset with ``tiny_tokenizer(512)`` (its vocabulary size): a LoadedModel
+  that samples, serves and judges like a real one."""
+  from swirl_jax.loading import LoadedModel, load_model
+
+  tok = tiny_tokenizer(512)
+  base = load_model("random:tiny-gemma3")
+  assert base.config.vocab_size == tok.vocab_size == 512
+  return LoadedModel(base.model, tok, base.config, "tiny-gemma3-random")
