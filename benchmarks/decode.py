@@ -1,10 +1,13 @@
-"""Greedy decode throughput of swirl_jax's sampler vs. transformers' generate, against a measured roofline.
+"""Decode throughput of swirl_jax's sampler vs. transformers' generate, against a measured roofline.
 
 Usage: python benchmarks/decode.py [--quick] [--skip-torch] [--dtypes float32,bfloat16] [--batches 1,16,64]
+       [--temperature T]
 
 Workload: the packaged pretrained Gemma 3 270M (the same dequantized GGUF weights for both), prompts of
 exactly ``--prompt_len`` tokens (the SWiRL math prompt of different synthetic questions, cut to length),
-``--new_tokens`` greedy tokens per row with no stop rule (every row generates all of them).
+``--new_tokens`` tokens per row with no stop rule (every row generates all of them): greedy by default;
+``--temperature T`` > 0 samples from the full softmax(logits / T) in both (no top-k, no top-p), which
+adds each side's sampling cost to its step.
 
 Phases, timed the same way for both (fewest seconds over ``--repeats`` runs after a warm-up):
   * prefill: the prompt pass and the first sampled token (swirl_jax: ``init_state`` + ``write_rows``;
@@ -115,7 +118,7 @@ def bench_swirl(dtype: str, batches: list[int], args) -> tuple[dict, dict, dict]
     rows_by_batch[b] = rows
     sampler = Sampler.create(
         lm.model, batch=b, cache_len=args.prompt_len + args.new_tokens,
-        sampling=SamplingConfig(temperature=0.0, max_new_tokens=args.new_tokens), stops=stops,
+        sampling=SamplingConfig(temperature=args.temperature, max_new_tokens=args.new_tokens), stops=stops,
         steps_per_call=args.new_tokens, exit_when_done=b, max_chunk=args.prompt_len)
     t0 = time.perf_counter()
     swirl_warmup(sampler, params, rows)
@@ -173,8 +176,10 @@ class _Clock:
     pass
 
 
-def bench_torch(model, rows: list[list[int]], new_tokens: int, repeats: int, pad_id: int) -> dict:
-  """transformers' greedy generate on left-padded rows (all rows are full length here).
+def bench_torch(model, rows: list[list[int]], new_tokens: int, repeats: int, pad_id: int,
+                temperature: float = 0.0) -> dict:
+  """transformers' generate (greedy, or sampling at ``temperature``) on left-padded rows (all rows are
+  full length here).
 
   One generate call per run; its streamer's timestamps split it into prefill (start to the first new
   token) and decode (first to last new token), the same split as swirl_jax's.
@@ -192,8 +197,9 @@ def bench_torch(model, rows: list[list[int]], new_tokens: int, repeats: int, pad
 
   def gen(n: int, streamer=None):
     with torch.inference_mode():
-      return model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                            min_new_tokens=n, pad_token_id=pad_id, top_k=None, top_p=None, streamer=streamer)
+      sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+      return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                            pad_token_id=pad_id, top_k=None, top_p=None, streamer=streamer, **sampling)
 
   gen(2)  # warm-up (allocations, lazy inits)
   runs, out = [], None
@@ -275,6 +281,8 @@ def main() -> None:
                   help="transformers generates this many tokens at batch >= 64 (tokens/s stays comparable; "
                        "a shorter context only flatters the peer)")
   ap.add_argument("--keep_outputs", action="store_true", help="include generated token ids in the JSON")
+  ap.add_argument("--temperature", type=float, default=0.0,
+                  help="0 = greedy (default); > 0 samples from the full softmax(logits / T) in both")
   args = ap.parse_args()
   dtypes = args.dtypes.split(",")
   batches = [int(b) for b in (args.batches or ("1,16" if args.quick else "1,16,64")).split(",")]
@@ -309,7 +317,8 @@ def main() -> None:
       for b in batches:
         n = args.new_tokens if b < 64 else min(args.new_tokens, args.peer_new_tokens_large_batch)
         common.log(f"transformers {dtype} B={b} ({n} new tokens) ...")
-        peer[dtype][b] = bench_torch(model, rows_by_batch[b], n, 1 if b >= 64 else args.repeats, pad_id)
+        peer[dtype][b] = bench_torch(model, rows_by_batch[b], n, 1 if b >= 64 else args.repeats, pad_id,
+                                     args.temperature)
         common.log(f"  prefill {peer[dtype][b]['prefill_s']:.2f}s decode {peer[dtype][b]['decode_s']:.2f}s")
       if model is not model32:
         del model
@@ -339,7 +348,8 @@ def main() -> None:
         entry["end_to_end_speedup_vs_transformers"] = (ours["end_to_end_tokens_per_s"]
                                                        / p["end_to_end_tokens_per_s"])
         entry["prefill_speedup_vs_transformers"] = p["prefill_s"] / ours["prefill_s"]
-        entry["greedy_agreement"] = agreement(ours["outputs"], p["outputs"])
+        if args.temperature == 0:
+          entry["greedy_agreement"] = agreement(ours["outputs"], p["outputs"])
         if args.keep_outputs:
           entry["transformers"]["outputs"] = p["outputs"]
       if args.keep_outputs:
@@ -363,7 +373,8 @@ def main() -> None:
 
   report = {
       "benchmark": "decode", "model": MODEL, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-      "sampling": "greedy, no stop tokens or strings", "batches": batches, "dtypes": dtypes,
+      "sampling": (f"temperature {args.temperature}, full vocabulary" if args.temperature > 0 else "greedy")
+                  + ", no stop tokens or strings", "batches": batches, "dtypes": dtypes,
       "machine": info, "peaks": {"bandwidth_bytes_per_s": peaks["bandwidth_bytes_per_s"],
                                  "matmul_flops_per_s": peaks["matmul_flops_per_s"],
                                  "measurements": peaks["measurements"]},

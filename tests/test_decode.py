@@ -8,7 +8,7 @@ from flax import nnx
 
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.gemma import forward_logits
-from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, sample_logits
+from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, categorical, sample_logits
 from swirl_jax.sampling.generate import generate
 
 
@@ -121,12 +121,12 @@ def test_stop_tokens_and_tag_tails():
 
 
 def test_sampling_rules():
-  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)  # [B, V]
   keys = jax.vmap(jax.random.key)(jnp.arange(4))
   greedy = np.asarray(logits.argmax(-1))
-  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=0)), greedy)
-  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=1, top_k=1)), greedy)
-  np.testing.assert_array_equal(sample_logits(logits, keys, SamplingConfig(temperature=1, top_p=1e-6)), greedy)
+  np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=0)), greedy)
+  np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=1, top_k=1)), greedy)
+  np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=1, top_p=1e-6)), greedy)
   # Frequencies follow softmax(logits / T) restricted to the top k.
   row = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0]])
   n = 20000
@@ -136,10 +136,39 @@ def test_sampling_rules():
       (SamplingConfig(temperature=2.0, top_k=3), jax.nn.softmax(row[0, :3] / 2.0)),
       (SamplingConfig(temperature=1.0, top_p=0.8), jax.nn.softmax(row[0, :3])),  # mass of top-2 < 0.8
   ]:
-    toks = np.asarray(sample_logits(jnp.repeat(row, n, 0), keys, cfg))
+    toks = np.asarray(sample_logits(jnp.repeat(row, n, 0).T, keys, cfg))
     freq = np.bincount(toks, minlength=5)[:len(probs)] / n
     np.testing.assert_allclose(freq, np.asarray(probs), atol=0.015)
     assert (toks < len(probs)).all()
+
+
+def test_two_level_categorical_is_exact():
+  """The block-then-token draw follows softmax(logits) over a vocabulary that is not a multiple of the
+  block (the last block is padded with -inf and never yields a padding id)."""
+  rng = np.random.default_rng(1)
+  v, n = 300, 60000
+  logits = jnp.asarray(rng.normal(size=v) * 2, jnp.float32)
+  keys = jax.random.split(jax.random.key(0), n)
+  toks = np.asarray(jax.jit(lambda k: categorical(k, jnp.repeat(logits[:, None], n, 1), block=64))(keys))
+  assert toks.min() >= 0 and toks.max() < v
+  freq = np.bincount(toks, minlength=v) / n
+  probs = np.asarray(jax.nn.softmax(logits))
+  # per-token: within 5 binomial standard deviations; overall: total variation near its sampling floor
+  np.testing.assert_array_less(np.abs(freq - probs), 5 * np.sqrt(probs * (1 - probs) / n) + 1e-4)
+  assert 0.5 * np.abs(freq - probs).sum() < 0.04
+  # sample_logits takes the two-level path above 512 entries; -inf entries are never drawn
+  big = jnp.full((1100, 2), -jnp.inf).at[1099, 0].set(0.0).at[5, 1].set(1.0).at[700, 1].set(1.0)
+  got = np.asarray(sample_logits(big, jax.vmap(jax.random.key)(jnp.arange(2)), SamplingConfig(temperature=1.0)))
+  assert got[0] == 1099 and got[1] in (5, 700)
+
+
+@pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])
+def test_vocab_major_head_equals_the_head(preset):
+  """The sampler's [V, B] head gives the [B, V] head's logits (Gemma 2's final soft-cap included)."""
+  model = load_model(f"random:{preset}", seed=3).model
+  hidden = jnp.asarray(np.random.default_rng(0).normal(size=(5, model.config.d_model)), jnp.float32)
+  np.testing.assert_allclose(np.asarray(model.logits_vocab_major(hidden)).T, np.asarray(model.logits(hidden)),
+                             atol=1e-5, rtol=1e-5)
 
 
 def test_a_row_samples_the_same_whatever_shares_its_batch():

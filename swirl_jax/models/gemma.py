@@ -266,10 +266,20 @@ class Gemma(nnx.Module):
     """hidden: [..., D] -> float32 logits [..., V]."""
     emb = self.embedding[...].astype(self.config.jnp_dtype)
     out = jnp.einsum("...d,vd->...v", hidden, emb, preferred_element_type=jnp.float32)
+    return self._softcap(out)
+
+  def logits_vocab_major(self, hidden: jax.Array) -> jax.Array:
+    """hidden: [B, D] -> float32 logits [V, B], the same values as ``logits(hidden).T``.
+
+    For sampling a few rows: with the embedding as the matmul's left operand XLA:CPU runs the head
+    ~1.7x faster at batch 16 than in the [B, V] orientation (benchmarks/decode.py); accelerators do not care.
+    """
+    emb = self.embedding[...].astype(self.config.jnp_dtype)
+    return self._softcap(jnp.einsum("vd,bd->vb", emb, hidden, preferred_element_type=jnp.float32))
+
+  def _softcap(self, logits: jax.Array) -> jax.Array:
     cap = self.config.final_logit_softcap
-    if cap is not None:
-      out = jnp.tanh(out / cap) * cap
-    return out
+    return logits if cap is None else jnp.tanh(logits / cap) * cap
 
 
 class Batch(NamedTuple):

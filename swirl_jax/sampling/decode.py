@@ -50,18 +50,43 @@ class SamplingConfig:
       raise ValueError("sampling.top_k must be >= 0 and sampling.max_new_tokens >= 1")
 
 
+# Block width of the two-level categorical draw: 512 * 512 = Gemma 3's vocabulary, 500 * 512 = Gemma 2's.
+_CATEGORICAL_BLOCK = 512
+
+
+def categorical(keys: jax.Array, logits: jax.Array, block: int = _CATEGORICAL_BLOCK) -> jax.Array:
+  """Exact draws from softmax(logits) with O(V / block + block) random numbers per row instead of O(V).
+
+  keys [B] PRNG keys, logits [V, B] (vocabulary-major) -> [B] int32. P(token) = P(its block) *
+  P(token | block): each row draws a block from the blocks' log-masses, then a token within it.
+  ``jax.random.categorical`` draws one Gumbel variate per vocabulary entry, and generating 262k of them
+  per row per step costs more than the LM head itself on a CPU (90 ms vs 4 ms at batch 16).
+  """
+  v, b = logits.shape
+  if v <= block:
+    return jax.vmap(jax.random.categorical, in_axes=(0, 1))(keys, logits).astype(jnp.int32)
+  blocks = jnp.pad(logits, ((0, -v % block), (0, 0)), constant_values=-jnp.inf).reshape(-1, block, b)
+  split = jax.vmap(jax.random.split)(keys)  # [B, 2]
+  chosen = jax.vmap(jax.random.categorical, in_axes=(0, 1))(split[:, 0], jax.nn.logsumexp(blocks, axis=1))
+  within = jax.vmap(jax.random.categorical)(split[:, 1], blocks[chosen, :, jnp.arange(b)])  # row r: [block]
+  return (chosen * block + within).astype(jnp.int32)
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> jax.Array:
-  """logits [B, V] float32, keys [B] PRNG keys -> token ids [B] int32."""
+  """logits [V, B] float32, vocabulary-major as ``Gemma.logits_vocab_major`` gives them; keys [B] PRNG
+  keys -> token ids [B] int32. Greedy and plain temperature sampling stay vocabulary-major (transposing
+  262k x B logits makes XLA:CPU compute the head in its slow orientation); top-k / top-p transpose."""
   if cfg.temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jnp.argmax(logits, axis=0).astype(jnp.int32)
   logits = logits / cfg.temperature
+  if cfg.top_k == 0 and cfg.top_p == 1:
+    return categorical(keys, logits)
+  logits = logits.T  # [B, V]
   if cfg.top_k > 0:
     vals, idx = jax.lax.top_k(logits, cfg.top_k)  # sorted, descending
-  elif cfg.top_p < 1:
+  else:
     idx = jnp.argsort(-logits, axis=-1)
     vals = jnp.take_along_axis(logits, idx, axis=-1)
-  else:
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
   if cfg.top_p < 1:
     probs = jax.nn.softmax(vals, axis=-1)
     # keep a token if the mass before it is < p (the first token is always kept)
@@ -231,9 +256,8 @@ class Sampler:
     return hit
 
   def _sample(self, model: Gemma, hidden_last: jax.Array, keys: jax.Array, positions: jax.Array):
-    logits = model.logits(hidden_last)
     step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
-    return sample_logits(logits, step_keys, self.sampling)
+    return sample_logits(model.logits_vocab_major(hidden_last), step_keys, self.sampling)
 
   def extend(self, params: nnx.State, state: DecodeState, tokens: jax.Array, valid: jax.Array,
              set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array) -> DecodeState:
