@@ -13,7 +13,8 @@ A trajectory's tokens depend only on its seed (``trajectory_seed``), not on whic
 both modes should produce the same trajectories (reported as ``identical_trajectories``); the speed-up
 comes from not idling rows while the longest trajectory of a batch finishes.
 
-Compilation (one decode program per mode, one extend program per chunk bucket) happens before timing.
+Compilation (one decode program per mode, one extend program per row and chunk bucket) happens before
+timing.
 Also reported per mode: time in decode and extend calls (each waited for), the decode steps run, the
 share of row-steps that produced a token (``row_utilisation``), mean steps per trajectory and how
 trajectories ended (``answer``, ``step budget exhausted``, ``context full``).
@@ -32,7 +33,6 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -61,9 +61,9 @@ class TimedSampler(Sampler):
   def reset(self) -> None:
     object.__setattr__(self, "stats", collections.Counter())
 
-  def extend(self, params, state, tokens, valid, *rest):
+  def extend(self, params, state, rows, tokens, valid, *rest):
     t0 = time.perf_counter()
-    state = jax.block_until_ready(super().extend(params, state, tokens, valid, *rest))
+    state = jax.block_until_ready(super().extend(params, state, rows, tokens, valid, *rest))
     self.stats["extend_s"] += time.perf_counter() - t0
     self.stats["extend_calls"] += 1
     self.stats["extend_rows"] += int(np.asarray(valid).any(axis=1).sum())
@@ -83,14 +83,16 @@ class TimedSampler(Sampler):
 
 
 def compile_all(sampler: Sampler, params: nnx.State) -> float:
-  """Compiles decode and every extend bucket on an empty state (no row active: both return at once)."""
+  """Compiles decode and every (row, chunk) extend bucket on an empty state (no row gets tokens, no row
+  is active: every call returns at once)."""
   t0 = time.perf_counter()
   b = sampler.batch
-  z = jnp.zeros((b,), jnp.int32)
-  for width in sampler.chunk_buckets:
-    state = sampler.init_state(params, np.zeros(b, np.uint32))
-    state = sampler.extend(params, state, jnp.zeros((b, width), jnp.int32), jnp.zeros((b, width), bool),
-                           jnp.full((b,), -1, jnp.int32), z.astype(jnp.uint32), jnp.zeros((b,), bool))
+  state = sampler.init_state(params, np.zeros(b, np.uint32))
+  for n in sampler.row_buckets:
+    rows = np.arange(b, dtype=np.int32) if n == b else np.full((n,), b, np.int32)
+    for width in sampler.chunk_buckets:
+      state = sampler.extend(params, state, rows, np.zeros((n, width), np.int32), np.zeros((n, width), bool),
+                             np.full((n,), -1, np.int32), np.zeros((n,), np.uint32), np.zeros((n,), bool))
   jax.block_until_ready(sampler.decode(params, state))
   return time.perf_counter() - t0
 

@@ -9,7 +9,7 @@ from flax import nnx
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.gemma import forward_logits
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, categorical, sample_logits
-from swirl_jax.sampling.generate import generate
+from swirl_jax.sampling.generate import generate, write_rows
 
 
 def _no_stops(vocab=512):
@@ -72,12 +72,47 @@ def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
                      stops=_no_stops(), steps_per_call=4, min_chunk=16, max_chunk=32)
   assert s.chunk_buckets == (16, 32)
   params = nnx.state(lm.model)
+  assert s.row_buckets == (1, 3)
   for lengths in [(5, 9, 14), (16, 1, 3), (2, 2, 2)]:
     generate(s, params, [[7] * n for n in lengths])
-  assert s.trace_counts == {"extend/16": 1, "decode": 1}
-  generate(s, params, [[7] * 20, [8] * 3])
-  generate(s, params, [[7] * 40])  # split into a 32 and a 16 chunk: no new program
-  assert s.trace_counts == {"extend/16": 1, "extend/32": 1, "decode": 1}
+  assert s.trace_counts == {"extend/3x16": 1, "decode": 1}
+  generate(s, params, [[7] * 20, [8] * 3])  # 2 rows: padded to the 3-row bucket
+  for _ in range(2):
+    generate(s, params, [[7] * 40])  # one row, split into a 32 and a 16 chunk
+  assert s.trace_counts == {"extend/3x16": 1, "extend/3x32": 1, "extend/1x32": 1, "extend/1x16": 1, "decode": 1}
+
+
+def test_extending_some_rows_equals_extending_the_whole_batch():
+  """Writing chunks to a subset of rows (gathered, padded with out-of-range rows, scattered back) leaves
+  every row of the state as writing them through the whole batch does."""
+  lm = load_model("random:tiny-gemma3", seed=2)
+  params = nnx.state(lm.model)
+  kw = dict(batch=5, cache_len=64, sampling=SamplingConfig(temperature=1.0, max_new_tokens=8), stops=_no_stops(),
+            max_chunk=16)
+  subset = Sampler.create(lm.model, **kw)
+  whole = Sampler.create(lm.model, **kw)
+  object.__setattr__(whole, "row_buckets", (5,))
+  assert subset.row_buckets == (1, 4, 5)
+  prompts = {r: list(range(3 + r, 9 + 2 * r)) for r in range(5)}
+  states = []
+  for s in (subset, whole):
+    st = write_rows(s, params, s.init_state(params, [11, 12, 13, 14, 15]), prompts,
+                    set_lengths={r: 0 for r in range(5)})
+    st, _ = s.decode(params, st)
+    # one row refilled with a new seed, then two rows (padded to 4 with two out-of-range rows) continue
+    st = write_rows(s, params, st, {3: [9, 9, 9]}, set_lengths={3: 0}, seeds={3: 99})
+    st = write_rows(s, params, st, {0: [4, 5], 4: [6, 7, 8, 9, 10]})
+    states.append(st)
+  assert subset.trace_counts.keys() == {"extend/5x16", "extend/1x16", "extend/4x16", "decode"}
+  a, b = states
+  np.testing.assert_array_equal(np.asarray(a.cache.lengths), np.asarray(b.cache.lengths))
+  for name in ("pending", "active", "turn_len", "recent"):
+    np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+  np.testing.assert_array_equal(jax.random.key_data(a.keys), jax.random.key_data(b.keys))
+  for (ka, va), (kb, vb) in zip(a.cache.layers, b.cache.layers):
+    # a 1-row and a 5-row matmul round differently (measured up to 1.5e-6)
+    np.testing.assert_allclose(np.asarray(ka), np.asarray(kb), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(va), np.asarray(vb), atol=1e-5)
 
 
 def _expected_stop(seq, table: StopTable, max_new):

@@ -57,6 +57,9 @@ class ScriptedSampler:
   def bucket(self, n):
     return next(b for b in self.chunk_buckets if n <= b)
 
+  def row_bucket(self, n):
+    return next(b for b in (1, self.batch) if n <= b)
+
   def init_state(self, params, seeds):
     z = np.zeros(self.batch, np.int64)
     return _State(_Cache(z.copy()), z.copy(), np.zeros(self.batch, bool))
@@ -68,28 +71,30 @@ class ScriptedSampler:
       ids.append(self.tok.end_of_turn_id)
     return ids[:self.sampling.max_new_tokens]
 
-  def extend(self, params, state, tokens, valid, set_lengths, seeds, reseed):
+  def extend(self, params, state, rows, tokens, valid, set_lengths, seeds, reseed):
     lengths, pending, active = (np.array(state.cache.lengths), np.array(state.pending), np.array(state.active))
     tokens, valid, set_lengths = np.asarray(tokens), np.asarray(valid), np.asarray(set_lengths)
-    for r in range(self.batch):
-      n = int(valid[r].sum())
-      if set_lengths[r] >= 0:
-        if set_lengths[r] == 0:
+    for i, r in enumerate(np.asarray(rows).tolist()):
+      if r >= self.batch:  # padding
+        continue
+      n = int(valid[i].sum())
+      if set_lengths[i] >= 0:
+        if set_lengths[i] == 0:
           self.resets.append(r)
         else:
-          self.rollbacks.append((r, int(lengths[r] - set_lengths[r])))
-        lengths[r] = set_lengths[r]
+          self.rollbacks.append((r, int(lengths[r] - set_lengths[i])))
+        lengths[r] = set_lengths[i]
       if n == 0:
         continue
       row = self.rows[r]
-      if set_lengths[r] == 0:
+      if set_lengths[i] == 0:
         row["turn"] = 0
       else:
         row["turn"] += 1
-      chunk = tokens[r, :n].tolist()
+      chunk = tokens[i, :n].tolist()
       lengths[r] += n
       text = self.tok.decode(chunk)
-      if set_lengths[r] == 0:
+      if set_lengths[i] == 0:
         row["question"] = next(q for q in self.scripts if q in text)
       row["queue"] = self._turn_tokens(row)
       pending[r] = row["queue"].pop(0)

@@ -5,9 +5,11 @@ mutable parts in ``DecodeState``, a small pytree that stays on device between ca
 loop (rollout.py) calls ``extend`` to add prompts or tool results to chosen rows and ``decode`` to
 generate until rows stop; rows are independent, so a finished row can be refilled while others go on.
 
-Shapes are fixed per Sampler: batch B, cache length S, decode steps per call N, and extend chunks padded
-to one of ``chunk_buckets``; so a Sampler compiles one decode program and at most one extend program
-per bucket, however many calls are made.
+Shapes are fixed per Sampler: batch B, cache length S, decode steps per call N; an extend call writes
+R rows (R one of ``row_buckets``) with chunks padded to one of ``chunk_buckets``; so a Sampler compiles
+one decode program and at most one extend program per (row bucket, chunk bucket), however many calls
+are made. Extending only the rows that get tokens matters to the refilling rollout: one new question's
+prompt costs a 1-row prefill, not a B-row one.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class Sampler:
     cache_len: tokens a row may hold (prompt + all turns + tool results).
     chunk_buckets: lengths extend chunks are padded to (ascending); the last is the longest chunk and
       bounds what a row may roll back.
+    row_buckets: row counts an extend call is padded to (ascending, the last = batch).
     steps_per_call: decode steps of one ``decode`` call at most.
     sampling: SamplingConfig.
     stops: StopTable.
@@ -185,10 +188,14 @@ class Sampler:
   sampling: SamplingConfig
   stops: StopTable
   exit_when_done: int = 1
+  row_buckets: tuple[int, ...] = ()
   trace_counts: dict = dataclasses.field(default_factory=dict, repr=False)
   device_stops: StopTable | None = dataclasses.field(default=None, repr=False)
 
   def __post_init__(self):
+    if not self.row_buckets:  # 1, 4, 16, ... below the batch, then the batch
+      object.__setattr__(self, "row_buckets", tuple(4 ** i for i in range(8) if 4 ** i < self.batch)
+                         + (self.batch,))
     if self.device_stops is None:
       object.__setattr__(self, "device_stops", StopTable(*(jnp.asarray(a) for a in self.stops)))
 
@@ -210,6 +217,9 @@ class Sampler:
   @property
   def max_chunk(self) -> int:
     return self.chunk_buckets[-1]
+
+  def row_bucket(self, n: int) -> int:
+    return next(b for b in self.row_buckets if n <= b)
 
   def bucket(self, n: int) -> int:
     for b in self.chunk_buckets:
@@ -259,16 +269,18 @@ class Sampler:
     step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
     return sample_logits(model.logits_vocab_major(hidden_last), step_keys, self.sampling)
 
-  def extend(self, params: nnx.State, state: DecodeState, tokens: jax.Array, valid: jax.Array,
+  def extend(self, params: nnx.State, state: DecodeState, rows: jax.Array, tokens: jax.Array, valid: jax.Array,
              set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array) -> DecodeState:
-    """Appends chunks to rows and starts a new turn in each row that got one.
+    """Appends chunks to R rows and starts a new turn in each row that got tokens.
 
-    tokens, valid: [B, T] (each row's valid tokens a prefix; a row may have none). set_lengths: [B]
+    rows: [R] int32 row indices, R one of ``row_buckets``; an index >= batch is padding and changes
+    nothing. With R == batch the rows must be 0..batch-1 in order (the whole batch; no gather).
+    tokens, valid: [R, T] (each row's valid tokens a prefix; a row may have none). set_lengths: [R]
     int32, -1 keeps a row's length, 0 empties the row, a smaller length rolls it back. seeds/reseed:
-    [B] new per-row seeds for rows where reseed is True (a refilled row). A row with a chunk gets a
-    pending token sampled from the chunk's last position.
+    [R] new per-row seeds where reseed is True (a refilled row). A row with a chunk gets a pending
+    token sampled from the chunk's last position.
     """
-    return self._extend(params, state, tokens, valid, set_lengths, seeds, reseed, self.device_stops)
+    return self._extend(params, state, rows, tokens, valid, set_lengths, seeds, reseed, self.device_stops)
 
   def decode(self, params: nnx.State, state: DecodeState) -> tuple[DecodeState, jax.Array]:
     """Generates until ``exit_when_done`` rows stop, no row is active, or ``steps_per_call`` steps.
@@ -279,23 +291,28 @@ class Sampler:
     return self._decode(params, state, self.device_stops)
 
   @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-  def _extend(self, params: nnx.State, state: DecodeState, tokens: jax.Array, valid: jax.Array,
+  def _extend(self, params: nnx.State, state: DecodeState, rows: jax.Array, tokens: jax.Array, valid: jax.Array,
               set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array, stops: StopTable) -> DecodeState:
-    self._count(f"extend/{tokens.shape[1]}")
+    self._count(f"extend/{rows.shape[0]}x{tokens.shape[1]}")
     model = nnx.merge(self.graphdef, params)
-    keys = jnp.where(reseed, jax.vmap(jax.random.key)(seeds), state.keys)
-    state = state._replace(keys=keys)
-    cache = state.cache._replace(lengths=jnp.where(set_lengths >= 0, set_lengths, state.cache.lengths))
+    whole = rows.shape[0] == self.batch
+    # Padding rows (index >= batch) read a clipped row and are dropped on the way back.
+    take = (lambda a: a) if whole else (lambda a: jnp.take(a, rows, axis=0, mode="clip"))
+    put = (lambda full, part: part) if whole else (lambda full, part: full.at[rows].set(part, mode="drop"))
+    sub = jax.tree.map(take, state)
+    keys = jnp.where(reseed, jax.vmap(jax.random.key)(seeds), sub.keys)
+    cache = sub.cache._replace(lengths=jnp.where(set_lengths >= 0, set_lengths, sub.cache.lengths))
     hidden, cache = model.extend(tokens, valid, cache)
     n = valid.sum(axis=1)
     last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
-    token = self._sample(model, last, state.keys, cache.lengths)
+    token = self._sample(model, last, keys, cache.lengths)
     started = n > 0
-    recent = jnp.where(started[:, None], jnp.full_like(state.recent, -1).at[:, -1].set(token), state.recent)
-    turn_len = jnp.where(started, 1, state.turn_len)
+    recent = jnp.where(started[:, None], jnp.full_like(sub.recent, -1).at[:, -1].set(token), sub.recent)
+    turn_len = jnp.where(started, 1, sub.turn_len)
     stopped = self._stopped(stops, recent, token, turn_len, cache.lengths)
-    return DecodeState(cache, jnp.where(started, token, state.pending),
-                       jnp.where(started, ~stopped, state.active), turn_len, recent, state.keys)
+    sub = DecodeState(cache, jnp.where(started, token, sub.pending), jnp.where(started, ~stopped, sub.active),
+                      turn_len, recent, keys)
+    return jax.tree.map(put, state, sub)
 
   @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
   def _decode(self, params: nnx.State, state: DecodeState, stops: StopTable) -> tuple[DecodeState, jax.Array]:

@@ -18,30 +18,39 @@ def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
 
   set_lengths: row -> length to set before writing (0 empties a row, less than now rolls it back).
   seeds: row -> new seed (for a row refilled with new work). Each written row starts a new turn.
+  Only the rows with tokens are computed (padded to a row bucket), so one row's prompt costs a
+  one-row prefill whatever the batch.
   """
-  todo = {r: list(t) for r, t in chunks.items() if len(t)}
+  todo = {r: list(t) for r, t in sorted(chunks.items()) if len(t)}
   lengths = dict(set_lengths or {})
   new_seeds = dict(seeds or {})
+  b = sampler.batch
   while todo:
     longest = max(len(t) for t in todo.values())
     width = sampler.bucket(min(longest, sampler.max_chunk))
-    tokens = np.zeros((sampler.batch, width), np.int32)
-    valid = np.zeros((sampler.batch, width), bool)
-    set_len = np.full((sampler.batch,), -1, np.int32)
-    seed_arr = np.zeros((sampler.batch,), np.uint32)
-    reseed = np.zeros((sampler.batch,), bool)
+    n_rows = sampler.row_bucket(len(todo))
+    # the whole batch goes in row order; a subset is listed, padded with the out-of-range index b
+    slot_of = {r: r for r in todo} if n_rows == b else {r: i for i, r in enumerate(todo)}
+    rows = np.arange(b, dtype=np.int32) if n_rows == b else np.full((n_rows,), b, np.int32)
+    tokens = np.zeros((n_rows, width), np.int32)
+    valid = np.zeros((n_rows, width), bool)
+    set_len = np.full((n_rows,), -1, np.int32)
+    seed_arr = np.zeros((n_rows,), np.uint32)
+    reseed = np.zeros((n_rows,), bool)
     for r, t in list(todo.items()):
+      i = slot_of[r]
+      rows[i] = r
       piece, todo[r] = t[:width], t[width:]
-      tokens[r, :len(piece)] = piece
-      valid[r, :len(piece)] = True
+      tokens[i, :len(piece)] = piece
+      valid[i, :len(piece)] = True
       if r in lengths:
-        set_len[r] = lengths.pop(r)
+        set_len[i] = lengths.pop(r)
       if r in new_seeds:
-        seed_arr[r], reseed[r] = new_seeds.pop(r), True
+        seed_arr[i], reseed[i] = new_seeds.pop(r), True
       if not todo[r]:
         del todo[r]
     # numpy, not jnp: under several processes jit takes numpy arguments as the same global value.
-    state = sampler.extend(params, state, tokens, valid, set_len, seed_arr, reseed)
+    state = sampler.extend(params, state, rows, tokens, valid, set_len, seed_arr, reseed)
   return state
 
 
