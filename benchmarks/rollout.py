@@ -89,7 +89,7 @@ def compile_all(sampler: Sampler, params: nnx.State) -> float:
   b = sampler.batch
   state = sampler.init_state(params, np.zeros(b, np.uint32))
   for n in sampler.row_buckets:
-    rows = np.arange(b, dtype=np.int32) if n == b else np.full((n,), b, np.int32)
+    rows = sampler.row_indices(n)
     for width in sampler.chunk_buckets:
       state = sampler.extend(params, state, rows, np.zeros((n, width), np.int32), np.zeros((n, width), bool),
                              np.full((n,), -1, np.int32), np.zeros((n,), np.uint32), np.zeros((n,), bool))

@@ -60,6 +60,9 @@ class ScriptedSampler:
   def row_bucket(self, n):
     return next(b for b in (1, self.batch) if n <= b)
 
+  def row_indices(self, n):
+    return np.arange(self.batch) if n == self.batch else np.full((n,), self.batch)
+
   def init_state(self, params, seeds):
     z = np.zeros(self.batch, np.int64)
     return _State(_Cache(z.copy()), z.copy(), np.zeros(self.batch, bool))

@@ -221,6 +221,13 @@ class Sampler:
   def row_bucket(self, n: int) -> int:
     return next(b for b in self.row_buckets if n <= b)
 
+  def row_indices(self, n: int) -> np.ndarray:
+    """The ``rows`` argument of an extend call of row bucket ``n`` before rows are listed: the whole
+    batch in order when ``n`` is the batch, else ``n`` padding entries (index = batch)."""
+    if n == self.batch:
+      return np.arange(self.batch, dtype=np.int32)
+    return np.full((n,), self.batch, np.int32)
+
   def bucket(self, n: int) -> int:
     for b in self.chunk_buckets:
       if n <= b:

@@ -24,14 +24,13 @@ def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
   todo = {r: list(t) for r, t in sorted(chunks.items()) if len(t)}
   lengths = dict(set_lengths or {})
   new_seeds = dict(seeds or {})
-  b = sampler.batch
   while todo:
     longest = max(len(t) for t in todo.values())
     width = sampler.bucket(min(longest, sampler.max_chunk))
     n_rows = sampler.row_bucket(len(todo))
-    # the whole batch goes in row order; a subset is listed, padded with the out-of-range index b
-    slot_of = {r: r for r in todo} if n_rows == b else {r: i for i, r in enumerate(todo)}
-    rows = np.arange(b, dtype=np.int32) if n_rows == b else np.full((n_rows,), b, np.int32)
+    # the whole batch goes in row order; a subset is listed in front of the padding entries
+    slot_of = {r: r for r in todo} if n_rows == sampler.batch else {r: i for i, r in enumerate(todo)}
+    rows = sampler.row_indices(n_rows)
     tokens = np.zeros((n_rows, width), np.int32)
     valid = np.zeros((n_rows, width), bool)
     set_len = np.full((n_rows,), -1, np.int32)
