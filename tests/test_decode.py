@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import load_model, pad_batch
+from swirl_jax.models.config import preset as config_preset
 from swirl_jax.models.gemma import forward_logits
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, categorical, sample_logits
 from swirl_jax.sampling.generate import generate, write_rows
@@ -21,16 +23,23 @@ def _reencode(model, seqs):
   return np.asarray(forward_logits(model, jnp.asarray(tokens), jnp.asarray(valid)))
 
 
-@pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])
-def test_cache_extend_and_rollback_equal_reencoding(preset):
+@pytest.mark.parametrize("layout", ["row_major", "feature_major"])
+@pytest.mark.parametrize("preset,kv_heads", [("tiny-gemma3", 4), ("tiny-gemma2", 4), ("tiny-gemma3", 1)])
+def test_cache_extend_and_rollback_equal_reencoding(preset, kv_heads, layout):
   """Chunks appended to ring-buffer caches (local rings wrap: window 8, chunk 16 -> 23 slots) give the
-  logits of re-encoding the whole conversation; rolling a row back by its length does too."""
-  model = load_model(f"random:{preset}", seed=1).model
+  logits of re-encoding the whole conversation; rolling a row back by its length does too. Both the
+  row-major extend and the feature-major one (relaid [out, in] fused weights, the CPU decode step),
+  with grouped kv heads and with the single-kv-head attention path."""
+  model = random_model(config_preset(preset, num_kv_heads=kv_heads), seed=1)
   rng = np.random.default_rng(0)
   cache = model.init_cache(3, 96, 16)
   assert cache.layers[0][0].shape[1] == 8 + 16 - 1  # a local layer keeps window + chunk - 1 slots
   history = [[], [], []]
-  extend = jax.jit(lambda m, t, v, c: m.extend(t, v, c))
+  if layout == "row_major":
+    extend = jax.jit(lambda m, t, v, c: m.extend(t, v, c))
+  else:
+    weights = jax.jit(lambda m: m.layer_weights())(model)
+    extend = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights))
 
   def append(chunks):
     nonlocal cache
@@ -53,12 +62,15 @@ def test_cache_extend_and_rollback_equal_reencoding(preset):
   append([list(rng.integers(3, 512, n)) for n in (5, 2, 11)])
 
 
-def test_greedy_generate_matches_argmax_of_reencoding():
+@pytest.mark.parametrize("feature_major", [True, False])
+def test_greedy_generate_matches_argmax_of_reencoding(feature_major):
   lm = load_model("random:tiny-gemma3", seed=2)
   s = Sampler.create(lm.model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=20),
-                     stops=_no_stops(), steps_per_call=8, max_chunk=32, exit_when_done=2)
+                     stops=_no_stops(), steps_per_call=8, max_chunk=32, exit_when_done=2,
+                     feature_major=feature_major)
   prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41]]
   outs = generate(s, nnx.state(lm.model), prompts)
+  assert ("decode/feature_major" if feature_major else "decode") in s.trace_counts
   assert [len(o) for o in outs] == [20, 20]
   for p, o in zip(prompts, outs):
     seq = p + o
@@ -75,11 +87,13 @@ def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
   assert s.row_buckets == (1, 3)
   for lengths in [(5, 9, 14), (16, 1, 3), (2, 2, 2)]:
     generate(s, params, [[7] * n for n in lengths])
-  assert s.trace_counts == {"extend/3x16": 1, "decode": 1}
+  # generate() prepares the params, so on CPU the decode step is the feature-major program
+  assert s.trace_counts == {"extend/3x16": 1, "decode/feature_major": 1}
   generate(s, params, [[7] * 20, [8] * 3])  # 2 rows: padded to the 3-row bucket
   for _ in range(2):
     generate(s, params, [[7] * 40])  # one row, split into a 32 and a 16 chunk
-  assert s.trace_counts == {"extend/3x16": 1, "extend/3x32": 1, "extend/1x32": 1, "extend/1x16": 1, "decode": 1}
+  assert s.trace_counts == {"extend/3x16": 1, "extend/3x32": 1, "extend/1x32": 1, "extend/1x16": 1,
+                            "decode/feature_major": 1}
 
 
 def test_extending_some_rows_equals_extending_the_whole_batch():

@@ -18,10 +18,11 @@ def _batch(vocab: int, left: bool, seed: int = 1):
   return pad_batch(seqs, 0, left=left)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 1])  # 1: the single-kv-head attention path (Gemma 3 270M, 1B)
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
 @pytest.mark.parametrize("left", [False, True], ids=["right_pad", "left_pad"])
-def test_tiny_random_logits_match_transformers(family, left, tmp_path):
-  hf = tiny_hf_model(family)
+def test_tiny_random_logits_match_transformers(family, left, kv_heads, tmp_path):
+  hf = tiny_hf_model(family, num_key_value_heads=kv_heads)
   hf.save_pretrained(tmp_path)
   lm = load_model(str(tmp_path))
   assert lm.config.family == family

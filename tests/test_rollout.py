@@ -63,6 +63,9 @@ class ScriptedSampler:
   def row_indices(self, n):
     return np.arange(self.batch) if n == self.batch else np.full((n,), self.batch)
 
+  def prepare(self, params):
+    return params
+
   def init_state(self, params, seeds):
     z = np.zeros(self.batch, np.int64)
     return _State(_Cache(z.copy()), z.copy(), np.zeros(self.batch, bool))

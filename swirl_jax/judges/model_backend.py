@@ -147,6 +147,7 @@ class ModelBackend:
       self.settings = (f"temperature={c.temperature!r},top_k={c.top_k},top_p={c.top_p!r},"
                        f"max_new_tokens={c.max_new_tokens},seed={c.seed},stop_at_verdict={c.stop_at_verdict}")
       self._sampler = self._make_sampler()
+      self._sampler_params = self._sampler.prepare(self.params)
     else:
       self.settings = f"prefix={c.verdict_prefix!r},good={c.good_text!r},bad={c.bad_text!r}"
       self.shared, self.candidates = self._candidate_ids()
@@ -265,7 +266,7 @@ class ModelBackend:
     for start in range(0, len(order), b):
       idx = order[start : start + b]
       seeds = [request_seed(self.config.seed, requests[i]) for i in idx]
-      tokens = generate(self._sampler, self.params, [ids[i] for i in idx], seeds)
+      tokens = generate(self._sampler, self._sampler_params, [ids[i] for i in idx], seeds)
       for i, t in zip(idx, tokens):
         out[i] = Completion(text=self.text_of(t))
         if on_done is not None:

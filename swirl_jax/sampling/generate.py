@@ -8,10 +8,10 @@ import numpy as np
 from flax import nnx
 
 from swirl_jax.distributed import to_host
-from swirl_jax.sampling.decode import DecodeState, Sampler
+from swirl_jax.sampling.decode import DecodeState, Sampler, SamplerParams
 
 
-def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
+def write_rows(sampler: Sampler, params: nnx.State | SamplerParams, state: DecodeState,
                chunks: dict[int, Sequence[int]], set_lengths: dict[int, int] | None = None,
                seeds: dict[int, int] | None = None) -> DecodeState:
   """Appends token lists to the given rows, splitting long ones into bucket-sized pieces.
@@ -53,12 +53,14 @@ def write_rows(sampler: Sampler, params: nnx.State, state: DecodeState,
   return state
 
 
-def generate(sampler: Sampler, params: nnx.State, prompts: Sequence[Sequence[int]],
+def generate(sampler: Sampler, params: nnx.State | SamplerParams, prompts: Sequence[Sequence[int]],
              seeds: Sequence[int] | None = None) -> list[list[int]]:
   """Completions (token ids, including the token that stopped each row) for up to ``sampler.batch``
-  prompts. Rows beyond the prompts stay empty."""
+  prompts. Rows beyond the prompts stay empty. Pass ``sampler.prepare(params)`` when calling it
+  repeatedly with the same params (raw params are prepared here, each call)."""
   if len(prompts) > sampler.batch:
     raise ValueError(f"{len(prompts)} prompts for a sampler of batch {sampler.batch}")
+  params = sampler.prepare(params)
   seeds = list(seeds) if seeds is not None else list(range(sampler.batch))
   seeds += [0] * (sampler.batch - len(seeds))
   state = sampler.init_state(params, seeds)

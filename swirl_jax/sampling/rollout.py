@@ -107,7 +107,8 @@ class Rollout:
     """Yields the finished Trajectory of each (question, sample index) job, in completion order."""
     jobs = iter(jobs)
     s = self.sampler
-    state = s.init_state(self.params, np.zeros(s.batch, np.uint32))
+    params = s.prepare(self.params)  # once per run, not per decode call
+    state = s.init_state(params, np.zeros(s.batch, np.uint32))
     rows: dict[int, _Row] = {}
     chunks, set_len, seeds = {}, {}, {}
 
@@ -126,7 +127,7 @@ class Rollout:
 
     fill(range(s.batch))
     while rows:
-      state = write_rows(s, self.params, state, chunks, set_len, seeds)
+      state = write_rows(s, params, state, chunks, set_len, seeds)
       started_at = time.perf_counter()
       for r in chunks:
         rows[r].turn_start_time = started_at
@@ -137,7 +138,7 @@ class Rollout:
         if not row.turn_tokens:
           row.turn_tokens.append(int(pending[r]))
       while active.any() and not (~active[list(rows)]).any():
-        state, out = s.decode(self.params, state)
+        state, out = s.decode(params, state)
         out, active = to_host(out), to_host(state.active)
         for r, row in rows.items():
           row.turn_tokens.extend(int(t) for t in out[r] if t >= 0)

@@ -63,13 +63,14 @@ class BatchingEngine:
   def __init__(self, loaded_model, config: ServeConfig):
     from flax import nnx
 
-    from swirl_jax.sampling.decode import build_stop_table
+    from swirl_jax.sampling.decode import build_stop_table, prepare_params
 
     tok = loaded_model.tokenizer
     if tok is None:
       raise ValueError(f"model {loaded_model.source!r} has no tokenizer; a chat server needs one")
     self.lm, self.tok, self.config = loaded_model, tok, config
-    self.params = nnx.state(loaded_model.model)
+    # prepared once for every sampler the engine builds (the same model graph)
+    self.params = prepare_params(nnx.graphdef(loaded_model.model), nnx.state(loaded_model.model))
     self.end_ids = frozenset({tok.eos_id, tok.end_of_turn_id})
     # End of turn and EOS stop on device; stop strings and max_tokens are per request, so on the host.
     self.stop_table = build_stop_table(tok, [], sorted(self.end_ids))

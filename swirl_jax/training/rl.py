@@ -222,8 +222,9 @@ class _Run:
     t0 = time.perf_counter()
     outs: list[list[int]] = []
     per = self.sampler.batch
+    sampler_params = self.sampler.prepare(params)  # once for this step's generate calls
     for s in range(0, len(prompts), per):
-      outs.extend(generate(self.sampler, params, prompts[s:s + per], [int(x) for x in seeds[s:s + per]]))
+      outs.extend(generate(self.sampler, sampler_params, prompts[s:s + per], [int(x) for x in seeds[s:s + per]]))
     t1 = time.perf_counter()
     texts = []
     for ids in outs:
