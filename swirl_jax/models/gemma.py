@@ -95,8 +95,9 @@ class LayerWeights(NamedTuple):
   """One block's projections laid out for few-token steps: each [out, in], q/k/v and gate/up fused.
 
   With activations kept feature-major ([D, N], N = tokens of the step) every projection is W @ x with
-  the weight as the contiguous left operand, which XLA:CPU runs ~1.8x faster than x @ W at N = 16
-  (benchmarks/decode.py); see ``Gemma.extend_feature_major``.
+  the weight as the contiguous left operand, which XLA:CPU runs faster than x @ W at small N (the 270M's
+  18 blocks' matmuls alone at N = 16: ~1.8x; a whole batch-16 decode step: ~10%); see
+  ``Gemma.extend_feature_major``.
   qkv: [H*Dh + 2*K*Dh, D]; o: [D, H*Dh]; gate_up: [2F, D]; down: [D, F].
   """
 
@@ -194,9 +195,9 @@ class Attention(nnx.Module):
     b, t, h, dh = q.shape
     if self.num_kv_heads == 1:
       # One kv head (Gemma 3 270M, 1B): every query row of a batch row attends the same keys, so the
-      # dots get a single batch axis. XLA:CPU runs these ~2x faster than the (B, K)-batched form at
-      # decode over a cache, and ~1.2x faster forward + backward at 8 x 512 (benchmarks/decode.py,
-      # train_step.py); the values are the same.
+      # dots get a single batch axis. The (B, K)-batched form made XLA:CPU relayout the cache; on the
+      # 270M's attention alone this is ~2x faster at batch-16 decode and ~1.2x forward + backward at
+      # 8 x 512. Same values.
       logits = jnp.einsum("bqd,bsd->bqs", q.reshape(b, t * h, dh), k[:, :, 0],
                           preferred_element_type=jnp.float32) * self.scaling  # q = t * H + head
       if self.softcap is not None:
@@ -271,8 +272,7 @@ class Block(nnx.Module):
   def layer_weights(self) -> LayerWeights:
     attn, mlp, dt = self.attn, self.mlp, self.attn.dtype
     d = attn.q.shape[0]
-    qkv = jnp.concatenate([attn.q[...].reshape(d, -1), attn.k[...].reshape(d, -1), attn.v[...].reshape(d, -1)],
-                          axis=1)
+    qkv = jnp.concatenate([p[...].reshape(d, -1) for p in (attn.q, attn.k, attn.v)], axis=1)
     gate_up = jnp.concatenate([mlp.gate[...], mlp.up[...]], axis=1)
     return LayerWeights(qkv.T.astype(dt), attn.o[...].reshape(-1, d).T.astype(dt), gate_up.T.astype(dt),
                         mlp.down[...].T.astype(dt))
