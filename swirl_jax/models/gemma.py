@@ -85,6 +85,13 @@ class KVCache(NamedTuple):
   lengths: jax.Array
 
 
+def _chunk_positions(valid: jax.Array, cache: KVCache) -> tuple[jax.Array, jax.Array]:
+  """A chunk appended to the cache: positions [B, T] continuing from each row's length, and the row
+  lengths after it [B] (valid [B, T], each row's valid tokens a prefix)."""
+  positions = cache.lengths[:, None] + jnp.arange(valid.shape[1], dtype=jnp.int32)[None, :]
+  return positions, cache.lengths + valid.sum(axis=1).astype(jnp.int32)
+
+
 def slot_positions(lengths: jax.Array, size: int) -> jax.Array:
   """[B, size]: the position held by each slot of a ring of ``size`` slots; negative = empty."""
   last = lengths[:, None] - 1
@@ -316,9 +323,7 @@ class Gemma(nnx.Module):
     tokens, valid: [B, T]; each row's valid tokens must be a prefix of the chunk (right padding), and a
     row may have none. Positions continue from ``cache.lengths``.
     """
-    n = valid.sum(axis=1).astype(jnp.int32)
-    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    lengths = cache.lengths + n
+    positions, lengths = _chunk_positions(valid, cache)
     x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
     new_layers = []
     for block, layer_cache in zip(self.layers, cache.layers):
@@ -337,9 +342,7 @@ class Gemma(nnx.Module):
     for few-token steps (decode), where x @ W with a few rows streams the weights through a slow path.
     No activation sharding constraints: meant for the sampler's single-host steps."""
     b, t = tokens.shape
-    n = valid.sum(axis=1).astype(jnp.int32)
-    positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-    lengths = cache.lengths + n
+    positions, lengths = _chunk_positions(valid, cache)
     x = self.embed(tokens).reshape(b * t, -1).T
     new_layers = []
     for block, w, layer_cache in zip(self.layers, weights, cache.layers):
