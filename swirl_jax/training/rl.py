@@ -224,7 +224,8 @@ class _Run:
     per = self.sampler.batch
     sampler_params = self.sampler.prepare(params)  # once for this step's generate calls
     for s in range(0, len(prompts), per):
-      outs.extend(generate(self.sampler, sampler_params, prompts[s:s + per], [int(x) for x in seeds[s:s + per]]))
+      outs.extend(generate(self.sampler, sampler_params, prompts[s:s + per],
+                           [int(x) for x in seeds[s:s + per]]))
     t1 = time.perf_counter()
     texts = []
     for ids in outs:
