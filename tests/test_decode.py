@@ -10,7 +10,7 @@ from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.config import preset as config_preset
 from swirl_jax.models.gemma import forward_logits
-from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, categorical, sample_logits
+from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, argmax, categorical, sample_logits
 from swirl_jax.sampling.generate import generate, write_rows
 
 
@@ -62,19 +62,47 @@ def test_cache_extend_and_rollback_equal_reencoding(preset, kv_heads, layout):
   append([list(rng.integers(3, 512, n)) for n in (5, 2, 11)])
 
 
+@pytest.mark.parametrize("t", [1, 8, 9, 40])  # x 8 heads: 8 and 64 rows take the few-query form, 72+ not
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_attention_forms_equal_a_numpy_reference(t, kv_heads):
+  """Every form of ``Attention.attend`` (single kv head with few or many query rows, grouped heads) is
+  softmax(soft-cap(q k^T * scale) masked) v, computed here in float64 numpy, with a fully masked query
+  row (finite, ignored) among them."""
+  cfg = config_preset("tiny-gemma2", num_kv_heads=kv_heads, attn_logit_softcap=5.0)
+  attn = random_model(cfg, seed=0).layers[0].attn
+  b, s, h, dh = 3, 37, cfg.num_heads, cfg.head_dim
+  rng = np.random.default_rng(t)
+  q = rng.normal(size=(b, t, h, dh)).astype(np.float32)
+  k = rng.normal(size=(b, s, kv_heads, dh)).astype(np.float32)
+  v = rng.normal(size=(b, s, kv_heads, dh)).astype(np.float32)
+  mask = rng.random((b, t, s)) < 0.6
+  mask[1, 0] = False
+  got = np.asarray(jax.jit(attn.attend)(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)))
+  kk, vv = np.repeat(k, h // kv_heads, axis=2), np.repeat(v, h // kv_heads, axis=2)  # [B, S, H, Dh]
+  logits = np.einsum("bthd,bshd->bhts", q.astype(np.float64), kk) * attn.scaling
+  logits = np.tanh(logits / 5.0) * 5.0
+  logits = np.where(mask[:, None], logits, -1e300)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  want = np.einsum("bhts,bshd->bthd", probs / probs.sum(-1, keepdims=True), vv)
+  live = mask.any(-1)  # [B, T]
+  np.testing.assert_allclose(got[live], want[live], atol=2e-5, rtol=0)
+  assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])  # 1: the few-query single-kv-head attention of decode steps
 @pytest.mark.parametrize("feature_major", [True, False])
-def test_greedy_generate_matches_argmax_of_reencoding(feature_major):
-  lm = load_model("random:tiny-gemma3", seed=2)
-  s = Sampler.create(lm.model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=20),
+def test_greedy_generate_matches_argmax_of_reencoding(feature_major, kv_heads):
+  model = random_model(config_preset("tiny-gemma3", num_kv_heads=kv_heads), seed=2)
+  s = Sampler.create(model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=20),
                      stops=_no_stops(), steps_per_call=8, max_chunk=32, exit_when_done=2,
                      feature_major=feature_major)
   prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41]]
-  outs = generate(s, nnx.state(lm.model), prompts)
+  outs = generate(s, nnx.state(model), prompts)
   assert ("decode/feature_major" if feature_major else "decode") in s.trace_counts
   assert [len(o) for o in outs] == [20, 20]
   for p, o in zip(prompts, outs):
     seq = p + o
-    logits = _reencode(lm.model, [seq])[0]
+    logits = _reencode(model, [seq])[0]
     np.testing.assert_array_equal(logits[len(p) - 1:len(seq) - 1].argmax(-1), o)
 
 
@@ -209,6 +237,22 @@ def test_two_level_categorical_is_exact():
   big = jnp.full((1100, 2), -jnp.inf).at[1099, 0].set(0.0).at[5, 1].set(1.0).at[700, 1].set(1.0)
   got = np.asarray(sample_logits(big, jax.vmap(jax.random.key)(jnp.arange(2)), SamplingConfig(temperature=1.0)))
   assert got[0] == 1099 and got[1] in (5, 700)
+
+
+@pytest.mark.parametrize("v", [50, 512, 1100, 4096])
+def test_two_level_argmax_equals_argmax(v):
+  """The blockwise greedy choice is numpy's argmax (the first maximal index) for vocabularies below,
+  equal to and not a multiple of the block, with ties inside a block, across blocks and at the padding."""
+  rng = np.random.default_rng(v)
+  logits = rng.integers(-40, 40, size=(v, 9)).astype(np.float32)  # integer values: many ties
+  logits[:, 1] = 7.0  # all tied: index 0
+  logits[[3, v - 1], 2] = 100.0  # tie across blocks: the earlier wins
+  logits[:, 3] = -np.inf
+  logits[v - 1, 3] = -1e30  # the last real id, next to the -inf padding of the last block
+  logits[:, 4] = np.float32(-3.4e38)  # all equal and below any padding value but -inf
+  got = np.asarray(jax.jit(lambda x: argmax(x, block=64))(jnp.asarray(logits)))
+  np.testing.assert_array_equal(got, logits.argmax(axis=0))
+  assert got.dtype == np.int32
 
 
 @pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])

@@ -52,11 +52,12 @@ class SamplingConfig:
       raise ValueError("sampling.top_k must be >= 0 and sampling.max_new_tokens >= 1")
 
 
-# Block width of the two-level categorical draw: 512 * 512 = Gemma 3's vocabulary, 500 * 512 = Gemma 2's.
-_CATEGORICAL_BLOCK = 512
+# Block width of the two-level categorical draw and argmax: 512 * 512 = Gemma 3's vocabulary,
+# 500 * 512 = Gemma 2's.
+_VOCAB_BLOCK = 512
 
 
-def categorical(keys: jax.Array, logits: jax.Array, block: int = _CATEGORICAL_BLOCK) -> jax.Array:
+def categorical(keys: jax.Array, logits: jax.Array, block: int = _VOCAB_BLOCK) -> jax.Array:
   """Exact draws from softmax(logits) with O(V / block + block) random numbers per row instead of O(V).
 
   keys [B] PRNG keys, logits [V, B] (vocabulary-major) -> [B] int32. P(token) = P(its block) *
@@ -74,12 +75,27 @@ def categorical(keys: jax.Array, logits: jax.Array, block: int = _CATEGORICAL_BL
   return (chosen * block + within).astype(jnp.int32)
 
 
+def argmax(logits: jax.Array, block: int = _VOCAB_BLOCK) -> jax.Array:
+  """``jnp.argmax(logits, axis=0)`` for vocabulary-major logits [V, B] -> [B] int32 (the first maximal
+  index, as argmax gives), found in two levels: each block's maximum, then the first block holding the
+  row's maximum, then the first position within it. XLA:CPU runs the one-level argmax (a variadic
+  reduce) ~10x slower: 6 vs 0.5 ms at batch 16 and 36 vs 3.5 ms at batch 64 for Gemma 3's vocabulary.
+  """
+  v, b = logits.shape
+  if v <= block:
+    return jnp.argmax(logits, axis=0).astype(jnp.int32)
+  blocks = jnp.pad(logits, ((0, -v % block), (0, 0)), constant_values=-jnp.inf).reshape(-1, block, b)
+  chosen = jnp.argmax(jnp.max(blocks, axis=1), axis=0)  # [B]
+  within = jnp.argmax(blocks[chosen, :, jnp.arange(b)], axis=1)  # row r: [block]
+  return (chosen * block + within).astype(jnp.int32)
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> jax.Array:
   """logits [V, B] float32, vocabulary-major as ``Gemma.logits_vocab_major`` gives them; keys [B] PRNG
   keys -> token ids [B] int32. Greedy and plain temperature sampling stay vocabulary-major (transposing
   262k x B logits makes XLA:CPU compute the head in its slow orientation); top-k / top-p transpose."""
   if cfg.temperature == 0:
-    return jnp.argmax(logits, axis=0).astype(jnp.int32)
+    return argmax(logits)
   logits = logits / cfg.temperature
   if cfg.top_k == 0 and cfg.top_p == 1:
     return categorical(keys, logits)
