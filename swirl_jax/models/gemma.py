@@ -29,10 +29,6 @@ from swirl_jax.models.sharding import ActivationSharding
 # key (a padding query) gives a finite, ignored result instead of NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
-# Query rows per batch row (T * H) up to which single-kv-head attention puts the keys on the dots' left
-# (``Attention._attend_few_queries``): measured on XLA:CPU, faster up to 64 rows, slower at 512.
-_FEW_QUERY_ROWS = 64
-
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, std: float) -> nnx.Param:
   return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype), axes=axes)
@@ -204,8 +200,6 @@ class Attention(nnx.Module):
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh]."""
     b, t, h, dh = q.shape
-    if self.num_kv_heads == 1 and t * h <= _FEW_QUERY_ROWS:
-      return self._attend_few_queries(q, k, v, mask)
     if self.num_kv_heads == 1:
       # One kv head (Gemma 3 270M, 1B): every query row of a batch row attends the same keys, so the
       # dots get a single batch axis. The (B, K)-batched form made XLA:CPU relayout the cache; on the
@@ -227,22 +221,6 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
-
-  def _attend_few_queries(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """``attend`` with one kv head for few query rows per batch row (decode): the keys are the dots'
-    left operand and the scores are [B, S, T*H], softmaxed over S. XLA:CPU runs these skinny batched
-    dots faster this way than with the queries on the left (one layer, 256 cached tokens, 4 heads: 0.85 vs
-    1.5 ms at batch 16, 4.3 vs 5.5 ms at batch 64); from a few hundred query rows up the other form
-    wins. Same values up to summation order."""
-    b, t, h, dh = q.shape
-    logits = jnp.einsum("bsd,bqd->bsq", k[:, :, 0], q.reshape(b, t * h, dh),
-                        preferred_element_type=jnp.float32) * self.scaling  # q = t * H + head
-    if self.softcap is not None:
-      logits = jnp.tanh(logits / self.softcap) * self.softcap
-    mask = jnp.broadcast_to(jnp.swapaxes(mask, 1, 2)[:, :, :, None], (b, mask.shape[-1], t, h))
-    logits = jnp.where(mask.reshape(b, -1, t * h), logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=1).astype(v.dtype)
-    return jnp.einsum("bsq,bsd->bqd", probs, v[:, :, 0]).reshape(b, t, h, dh)
 
 
 class MLP(nnx.Module):
