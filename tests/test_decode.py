@@ -241,15 +241,16 @@ def test_two_level_categorical_is_exact():
 
 @pytest.mark.parametrize("v", [50, 512, 1100, 4096])
 def test_two_level_argmax_equals_argmax(v):
-  """The blockwise greedy choice is numpy's argmax (the first maximal index) for vocabularies below,
-  equal to and not a multiple of the block, with ties inside a block, across blocks and at the padding."""
+  """The blockwise greedy choice is numpy's argmax (the first maximal index) for vocabularies below the
+  block (one-level path), multiples of it and not, with ties inside a block, across blocks and at the
+  padding."""
   rng = np.random.default_rng(v)
   logits = rng.integers(-40, 40, size=(v, 9)).astype(np.float32)  # integer values: many ties
   logits[:, 1] = 7.0  # all tied: index 0
   logits[[3, v - 1], 2] = 100.0  # tie across blocks: the earlier wins
   logits[:, 3] = -np.inf
   logits[v - 1, 3] = -1e30  # the last real id, next to the -inf padding of the last block
-  logits[:, 4] = np.float32(-3.4e38)  # all equal and below any padding value but -inf
+  logits[:, 4] = np.float32(-3.4e38)  # all equal, near float32's lowest finite value: index 0
   got = np.asarray(jax.jit(lambda x: argmax(x, block=64))(jnp.asarray(logits)))
   np.testing.assert_array_equal(got, logits.argmax(axis=0))
   assert got.dtype == np.int32

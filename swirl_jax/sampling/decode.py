@@ -68,11 +68,17 @@ def categorical(keys: jax.Array, logits: jax.Array, block: int = _VOCAB_BLOCK) -
   v, b = logits.shape
   if v <= block:
     return jax.vmap(jax.random.categorical, in_axes=(0, 1))(keys, logits).astype(jnp.int32)
-  blocks = jnp.pad(logits, ((0, -v % block), (0, 0)), constant_values=-jnp.inf).reshape(-1, block, b)
+  blocks = _vocab_blocks(logits, block)
   split = jax.vmap(jax.random.split)(keys)  # [B, 2]
   chosen = jax.vmap(jax.random.categorical, in_axes=(0, 1))(split[:, 0], jax.nn.logsumexp(blocks, axis=1))
   within = jax.vmap(jax.random.categorical)(split[:, 1], blocks[chosen, :, jnp.arange(b)])  # row r: [block]
   return (chosen * block + within).astype(jnp.int32)
+
+
+def _vocab_blocks(logits: jax.Array, block: int) -> jax.Array:
+  """[V, B] -> [ceil(V / block), block, B], the last block padded with -inf (never drawn or chosen)."""
+  v, b = logits.shape
+  return jnp.pad(logits, ((0, -v % block), (0, 0)), constant_values=-jnp.inf).reshape(-1, block, b)
 
 
 def argmax(logits: jax.Array, block: int = _VOCAB_BLOCK) -> jax.Array:
@@ -84,7 +90,7 @@ def argmax(logits: jax.Array, block: int = _VOCAB_BLOCK) -> jax.Array:
   v, b = logits.shape
   if v <= block:
     return jnp.argmax(logits, axis=0).astype(jnp.int32)
-  blocks = jnp.pad(logits, ((0, -v % block), (0, 0)), constant_values=-jnp.inf).reshape(-1, block, b)
+  blocks = _vocab_blocks(logits, block)
   chosen = jnp.argmax(jnp.max(blocks, axis=1), axis=0)  # [B]
   within = jnp.argmax(blocks[chosen, :, jnp.arange(b)], axis=1)  # row r: [block]
   return (chosen * block + within).astype(jnp.int32)
