@@ -1,6 +1,6 @@
 """The sharded train step on 8 CPU devices equals the 1-device step (remat and micro-batching change
 nothing either); the step never forms full-vocabulary logits at positions without loss; the state is
-donated.
+donated; on CPU the step compiles with swirl_jax.xla_options.
 
 Tolerance of the sharded comparison (stated): metrics (loss, KL, grad norm) within rtol 1e-5, and the
 parameter change of two AdamW steps within 2e-5 relative (L2 norm of the difference of the changes
@@ -100,6 +100,7 @@ for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)), ((1, 
 
 
 def test_no_full_vocabulary_logits_and_state_is_donated():
+  """Also: on CPU the step is compiled with swirl_jax.xla_options (no reduction fusion in YNNPACK)."""
   from flax import nnx
 
   from swirl_jax.checkpoints.build import abstract_model, random_model
@@ -130,6 +131,10 @@ def test_no_full_vocabulary_logits_and_state_is_donated():
   assert "f32[4,8,392]" in hlo
   for shape in ("[4,48,392]", "[4,16,392]", "[48,392]"):
     assert shape not in hlo, shape
+  if jax.default_backend() == "cpu":  # compiled with xla_options: no reduction goes to YNNPACK
+    from test_xla_options import ynn_fusion_ops
+
+    assert not [op for op in ynn_fusion_ops(hlo) if op.startswith("reduce")]
   old = jax.tree.leaves(state.params)[0]
   state2, _ = step(state, params, batch)
   assert old.is_deleted()  # donated

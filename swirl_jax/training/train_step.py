@@ -38,6 +38,7 @@ from swirl_jax.models.gemma import positions_from_valid
 from swirl_jax.models.sharding import Rules
 from swirl_jax.training import losses
 from swirl_jax.training.train_state import Params, TrainState, replicated
+from swirl_jax.xla_options import compiler_options
 
 
 class Batch(NamedTuple):
@@ -262,9 +263,11 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
   ``graphdef`` decides the model (remat comes from its config); ``state`` is donated (the batch has no
   output to alias, so donating it would only warn);
   ``ref_params`` (None unless the loss uses the reference policy) is not. The caller advances
-  ``state.data_pos`` (it is host bookkeeping).
+  ``state.data_pos`` (it is host bookkeeping). The step compiles with ``xla_options.compiler_options``
+  for the mesh's platform (on XLA:CPU: only dots go to YNNPACK, ~13% faster for the 270M).
   """
   rep = replicated(mesh)
   fn = functools.partial(_step, graphdef, optimizer, lr_fn, cfg, mesh, rules)
   return jax.jit(fn, in_shardings=(state_sh, ref_sh, batch_shardings(mesh, rules)),
-                 out_shardings=(state_sh, rep), donate_argnums=0)
+                 out_shardings=(state_sh, rep), donate_argnums=0,
+                 compiler_options=compiler_options(mesh.devices.flat[0].platform))
