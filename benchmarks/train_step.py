@@ -1,15 +1,17 @@
 """Step-wise RL update throughput: swirl_jax's jitted train step vs. the same loss in PyTorch.
 
 Usage: python benchmarks/train_step.py [--source gemma3-270m] [--batch 8] [--seq 512] [--action 128]
-           [--steps 2] [--chunk 32] [--remat 1] [--skip_torch]
+           [--steps 2] [--chunk 32] [--remat 1] [--remat_policy block] [--skip_torch]
 
 One update = the policy's forward and backward over B x T tokens, the reference policy's forward (the
 KL term), REINFORCE with a leave-one-out baseline over groups of 4 rows plus a k3 KL penalty on the
 last ``--action`` tokens of each row, global-norm clipping and AdamW. Both sides run float32 on the
 same weights (the packaged Gemma 3 270M by default), the same batch and the same algorithm: LM head
 only at the loss positions, in chunks of ``--chunk`` slots, each block rematerialised (``--remat``;
-without it neither side fits 8 GiB at 8 x 512). The PyTorch side is transformers' Gemma3ForCausalLM
-(sdpa attention, gradient checkpointing) with torch.optim.AdamW.
+without it neither side fits 8 GiB at 8 x 512; ``--remat_policy dots`` keeps our blocks' weight-matmul
+outputs, which transformers' gradient checkpointing cannot, so that run is not like for like). The
+PyTorch side is transformers' Gemma3ForCausalLM (sdpa attention, gradient checkpointing) with
+torch.optim.AdamW.
 
 Each side runs in its own subprocess, so each reports its own peak memory (max RSS; plus XLA's own
 buffer accounting for the jitted step). MFU = model FLOPs / step time / the float32 matmul peak
@@ -90,7 +92,8 @@ def run_jax(args) -> dict:
   state = ts.init_train_state(params, opt, 0, ssh)  # a copy: the step donates it
   ref = params  # the loaded weights are the reference policy (never donated)
   del params, lm
-  graphdef = nnx.graphdef(abstract_model(cfg.replace(remat=bool(args.remat)), mesh, rules))
+  graphdef = nnx.graphdef(abstract_model(cfg.replace(remat=bool(args.remat), remat_policy=args.remat_policy),
+                                         mesh, rules))
   step = make_train_step(graphdef, opt, lr, StepConfig(LossConfig(kl_coef=KL_COEF, chunk=args.chunk), GROUP), mesh,
                          rules, ssh, psh)
   tokens, mask, rewards = batch_arrays(args.batch, args.seq, args.action, cfg.vocab_size)
@@ -230,6 +233,7 @@ def main() -> None:
   p.add_argument("--chunk", type=int, default=32)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--remat", type=int, default=1)
+  p.add_argument("--remat_policy", choices=("block", "dots"), default="block")
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--part", choices=("jax", "torch"), default=None)
   args = p.parse_args()
@@ -248,6 +252,7 @@ def main() -> None:
     th = _sub("torch", argv)
   out = {"benchmark": "train_step", "source": args.source, "batch": args.batch, "seq_len": args.seq,
          "loss_tokens_per_row": args.action, "chunk": args.chunk, "remat": bool(args.remat),
+         "remat_policy": args.remat_policy,
          "dtype": "float32", "jax": jx, "torch": th}
   if "step_s" in jx:
     out["mfu"] = jx["mfu"]

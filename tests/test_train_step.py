@@ -11,6 +11,7 @@ differences of tiny gradients into whole steps; so the test uses eps = 1e-3.
 
 import jax
 import numpy as np
+import pytest
 
 from multidevice import run_with_devices
 
@@ -41,7 +42,7 @@ def batches(n=2, rows=16, seed=0):
     out.append(pack_batch(rs, rng.integers(0, 2, rows).astype(np.float32), seq_bucket=16, slot_bucket=8))
   return out
 
-def run(mesh, micro=2, remat=False, steps=2, chunk=8):
+def run(mesh, micro=2, remat=False, steps=2, chunk=8, remat_policy="block"):
   model = build_model(CFG, WEIGHTS.__getitem__, mesh, RULES)
   ref_model = build_model(CFG, REF_WEIGHTS.__getitem__, mesh, RULES)
   # eps near the gradient scale: Adam's first step is ~sign(g), which would amplify rounding-level
@@ -51,7 +52,7 @@ def run(mesh, micro=2, remat=False, steps=2, chunk=8):
   psh = ts.params_shardings(model, mesh, RULES)
   ssh = ts.state_shardings(opt, params, psh, mesh)
   state = ts.init_train_state(params, opt, 0, ssh)
-  gd = nnx.graphdef(abstract_model(CFG.replace(remat=remat), mesh, RULES))
+  gd = nnx.graphdef(abstract_model(CFG.replace(remat=remat, remat_policy=remat_policy), mesh, RULES))
   cfg = StepConfig(losses.LossConfig(kl_coef=0.1, chunk=chunk), group_size=4, micro_batches=micro)
   step = make_train_step(gd, opt, lr, cfg, mesh, RULES, ssh, psh)
   ref = ts.model_params(ref_model)
@@ -81,13 +82,14 @@ def compare(ms, ms0, d, d0, what):
 
 def test_sharded_step_equals_single_device():
   """data, fsdp and tensor layouts vs one device. The fsdp run also turns on remat and a single
-  micro-batch (the reference uses 2): neither changes the full-batch gradient."""
+  micro-batch (the reference uses 2), the tensor run remat that keeps the matmuls' outputs: none
+  changes the full-batch gradient."""
   out = run_with_devices(SETUP + """
 assert jax.device_count() == 8
 single = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
 s0, ms0 = run(single)
 d0 = delta(s0)
-for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)), ((1, 2, 4), dict(chunk=0))]:
+for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)), ((1, 2, 4), dict(chunk=0, remat=True, remat_policy="dots"))]:
   mesh = make_mesh(MeshConfig(*shape))
   s, ms = run(mesh, **kw)
   # the updated state keeps the rules' layout (no silent replication by the step)
@@ -97,6 +99,40 @@ for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)), ((1, 
 """)
   print(out)
   assert out.count("rel") == 3, out
+
+
+@pytest.mark.parametrize("policy", ["block", "dots"])
+def test_remat_gives_the_gradient_of_no_remat(policy):
+  """Both remat paths (the train step's hidden_states and Gemma.__call__'s nnx.remat), each policy."""
+  from flax import nnx
+
+  import jax.numpy as jnp
+
+  from swirl_jax.checkpoints.build import abstract_model, random_model
+  from swirl_jax.models.config import preset
+  from swirl_jax.models.gemma import positions_from_valid
+  from swirl_jax.training.train_step import hidden_states
+
+  cfg = preset("tiny-gemma3", num_layers=2, layer_types=("local", "global"))
+  params = nnx.state(random_model(cfg, seed=3))
+  graphdefs = {remat: nnx.graphdef(abstract_model(cfg.replace(remat=remat, remat_policy=policy)))
+               for remat in (False, True)}
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (2, 12)), jnp.int32)
+  valid = jnp.asarray(np.arange(12)[None] < np.array([[12], [9]]))
+  w = jnp.asarray(rng.normal(size=(2, 12, cfg.d_model)), jnp.float32)
+
+  def loss(p, remat, through_step):
+    model = nnx.merge(graphdefs[remat], p)
+    pos = positions_from_valid(valid)
+    h = hidden_states(model, tokens, pos, valid) if through_step else model(tokens, pos, valid)
+    return jnp.sum(jnp.where(valid[..., None], h * w, 0.0))
+
+  want = jax.grad(loss)(params, False, True)
+  for through_step in (True, False):
+    got = jax.grad(loss)(params, True, through_step)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_no_full_vocabulary_logits_and_state_is_donated():

@@ -15,6 +15,8 @@ import numpy as np
 
 Family = Literal["gemma2", "gemma3"]
 LayerType = Literal["local", "global"]
+RematPolicy = Literal["block", "dots"]
+REMAT_POLICIES = ("block", "dots")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -42,6 +44,9 @@ class ModelConfig:
     param_dtype: storage dtype of parameters ("float32", "bfloat16").
     dtype: compute dtype of activations and matmuls; norms, softmax and logits stay float32.
     remat: rematerialise each block in the backward pass (saves activation memory when training).
+    remat_policy: what remat recomputes: "block" the whole block from its input; "dots" keeps the
+      outputs of the block's weight matmuls and recomputes the rest (norms, activations, attention):
+      the 270M's train step at 8 x 512 on a 2-core CPU, 64.9 against 71.2 s, for 1.5 GB more memory.
   """
 
   family: Family
@@ -66,8 +71,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  remat_policy: RematPolicy = "block"
 
   def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {list(REMAT_POLICIES)}")
     if len(self.layer_types) != self.num_layers:
       raise ValueError(f"layer_types has {len(self.layer_types)} entries, num_layers is {self.num_layers}")
     if self.num_heads % self.num_kv_heads:

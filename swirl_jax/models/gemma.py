@@ -30,6 +30,11 @@ from swirl_jax.models.sharding import ActivationSharding
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
+def checkpoint_policy(remat_policy: str):
+  """The jax.checkpoint policy of a ModelConfig.remat_policy (None: save nothing, recompute the block)."""
+  return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat_policy == "dots" else None
+
+
 def _param(rngs: nnx.Rngs, shape, axes, dtype, std: float) -> nnx.Param:
   return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype), axes=axes)
 
@@ -312,7 +317,8 @@ class Gemma(nnx.Module):
     x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
     for block in self.layers:
       if self.config.remat:
-        x = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, valid)
+        x = nnx.remat(lambda blk, *a: blk(*a), policy=checkpoint_policy(self.config.remat_policy))(
+            block, x, positions, valid)
       else:
         x = block(x, positions, valid)
     return self.final_norm(x)

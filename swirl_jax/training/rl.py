@@ -35,6 +35,7 @@ from swirl_jax.checkpoints.build import abstract_model
 from swirl_jax.distributed import to_host
 from swirl_jax.judges.base import Judge, context_from_state
 from swirl_jax.loading import LoadedModel
+from swirl_jax.models.config import RematPolicy
 from swirl_jax.models.sharding import MeshConfig, make_mesh
 from swirl_jax.pipeline.decompose import tokenize_example
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
@@ -72,6 +73,8 @@ class TrainConfig:
     sample_batch: rows per sampler call (0 = every row of a step in one call).
     steps_per_call: decode steps per sampler call.
     remat: rematerialise each transformer block in the backward pass.
+    remat_policy: "block" (recompute whole blocks) or "dots" (keep the weight matmuls' outputs: faster,
+      more memory); see ModelConfig.
     seed: data order and sampling seeds.
     offline_reward: which stored label rewards a recorded action in offline mode.
     log_dir: metrics.jsonl and tensorboard/ go here (None = no files).
@@ -91,6 +94,7 @@ class TrainConfig:
   sample_batch: int = 0
   steps_per_call: int = 32
   remat: bool = False
+  remat_policy: RematPolicy = "block"
   seed: int = 0
   offline_reward: OfflineReward = "process"
   log_dir: str | None = None
@@ -338,7 +342,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
 
   opt, lr_fn = make_optimizer(optimizer)
   init_params = ts.model_params(model.model)
-  graphdef = nnx.graphdef(abstract_model(model.config.replace(remat=cfg.remat), mesh, rules))
+  graphdef = nnx.graphdef(abstract_model(model.config.replace(remat=cfg.remat, remat_policy=cfg.remat_policy), mesh, rules))
   psh = ts.params_shardings(model.model, mesh, rules)
   ssh = ts.state_shardings(opt, init_params, psh, mesh)
   group = cfg.group_size if cfg.mode == "rl" else rows

@@ -14,7 +14,7 @@ batch inside the step with ``lax.scan`` (one optimizer update per call). Micro-b
 a, a + A, a + 2A, ... so that every micro-batch is spread over every data shard.
 
 Rematerialisation follows the model config's ``remat`` flag: each block is recomputed in the backward
-pass. The step runs the blocks itself (``hidden_states``) with a remat whose recomputation depends on
+pass, whole or (``remat_policy="dots"``) all but its weight matmuls. The step runs the blocks itself (``hidden_states``) with a remat whose recomputation depends on
 the block's cotangent: XLA:CPU drops the optimization barriers of ``jax.checkpoint`` / ``nnx.remat``
 before scheduling and then hoists the recomputation into the forward pass, which keeps every block's
 activations alive (measured on Gemma 3 270M at 8 x 512: 10.1 GB of temporaries with nnx.remat or
@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from swirl_jax.models.gemma import positions_from_valid
+from swirl_jax.models.gemma import checkpoint_policy, positions_from_valid
 from swirl_jax.models.sharding import Rules
 from swirl_jax.training import losses
 from swirl_jax.training.train_state import Params, TrainState, replicated
@@ -148,8 +148,9 @@ def _micro(x: jax.Array, a: int, mesh: Mesh, rules: Rules) -> jax.Array:
   return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P(None, *spec, *([None] * (x.ndim - 1)))))
 
 
-def _ordered_remat(fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]):
-  """``fn(state, x, positions, valid) -> y`` whose backward pass recomputes ``fn`` from its inputs.
+def _ordered_remat(fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array], policy=None):
+  """``fn(state, x, positions, valid) -> y`` whose backward pass recomputes ``fn`` from its inputs
+  (``policy`` None), or keeps what the jax.checkpoint ``policy`` saves and recomputes the rest.
 
   Unlike ``jax.checkpoint``, the recomputation is tied to the arriving cotangent by an optimization
   barrier, so XLA cannot schedule it early (XLA:CPU hoists a plain checkpoint's recomputation into the
@@ -161,9 +162,17 @@ def _ordered_remat(fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Arra
     return fn(state, x, positions, valid)
 
   def fwd(state, x, positions, valid):
+    if policy is not None:  # the residuals are what the policy saves, inside the VJP function
+      return jax.vjp(jax.checkpoint(lambda s, x_: fn(s, x_, positions, valid), policy=policy), state, x)
     return fn(state, x, positions, valid), (state, x, positions, valid)
 
   def bwd(res, ct):
+    if policy is not None:
+      zero = ct.reshape(-1)[0] * 0  # the same data dependency as below, on every saved residual
+      vjp = jax.tree.map(lambda r: r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r,
+                         res)
+      d_state, d_x = vjp(ct)
+      return d_state, d_x, None, None
     state, x, positions, valid, ct = jax.lax.optimization_barrier((*res, ct))
     # XLA:CPU drops optimization barriers before scheduling; a real (numerically inert) data
     # dependency on the cotangent is what keeps the recomputation in the backward pass.
@@ -181,10 +190,11 @@ def hidden_states(model, tokens: jax.Array, positions: jax.Array, valid: jax.Arr
   each block rematerialised in the backward pass when ``model.config.remat`` (see _ordered_remat)."""
   if not model.config.remat:
     return model(tokens, positions, valid)
+  policy = checkpoint_policy(model.config.remat_policy)
   x = model.shard(model.embed(tokens), "batch", "seq", "act_embed")
   for block in model.layers:
     gd, st = nnx.split(block)
-    x = _ordered_remat(lambda s, h, p, v, gd=gd: nnx.merge(gd, s)(h, p, v))(st, x, positions, valid)
+    x = _ordered_remat(lambda s, h, p, v, gd=gd: nnx.merge(gd, s)(h, p, v), policy)(st, x, positions, valid)
   return model.final_norm(x)
 
 
