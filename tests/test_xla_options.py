@@ -43,6 +43,8 @@ def test_reductions_stay_out_of_ynnpack_dots_do_not(monkeypatch):
   h = jnp.asarray(rng.standard_normal((8, 64), np.float32))
   w = jnp.asarray(rng.standard_normal((64, 4096), np.float32))
   default = jax.jit(f).lower(h, w).compile().as_text()
+  if not ynn_fusion_ops(default):
+    pytest.skip("XLA:CPU uses no YNNPACK fusion on this CPU")
   ours = jax.jit(f, compiler_options=compiler_options()).lower(h, w).compile().as_text()
   assert "reduce_sum" in ynn_fusion_ops(default)
   assert ynn_fusion_ops(ours) and not any(op.startswith("reduce") for op in ynn_fusion_ops(ours))
