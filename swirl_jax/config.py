@@ -146,8 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.filter = dict(strategy="process", equalize=0, seed=0)
   c.train = dict(mode="rl", steps=100, states_per_step=8, group_size=4, micro_batches=1, max_len=1024,
                  temperature=1.0, max_new_tokens=96, remat=False, remat_policy="block", seed=0,
-                 offline_reward="process", learning_rate=1e-6, warmup_steps=10, weight_decay=0.0, clip_norm=1.0, baseline="",
-                 normalize_std=False, kl_coef=0.05, save_every=50, keep_checkpoints=3)
+                 offline_reward="process", learning_rate=1e-6, warmup_steps=10, weight_decay=0.0,
+                 clip_norm=1.0, baseline="", normalize_std=False, kl_coef=0.05, save_every=50,
+                 keep_checkpoints=3)
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
   c.export = dict(dtype="float32", out="")
   c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="")

@@ -89,7 +89,8 @@ assert jax.device_count() == 8
 single = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
 s0, ms0 = run(single)
 d0 = delta(s0)
-for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)), ((1, 2, 4), dict(chunk=0, remat=True, remat_policy="dots"))]:
+for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)),
+                  ((1, 2, 4), dict(chunk=0, remat=True, remat_policy="dots"))]:
   mesh = make_mesh(MeshConfig(*shape))
   s, ms = run(mesh, **kw)
   # the updated state keeps the rules' layout (no silent replication by the step)

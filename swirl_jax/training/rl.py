@@ -342,7 +342,8 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
 
   opt, lr_fn = make_optimizer(optimizer)
   init_params = ts.model_params(model.model)
-  graphdef = nnx.graphdef(abstract_model(model.config.replace(remat=cfg.remat, remat_policy=cfg.remat_policy), mesh, rules))
+  model_cfg = model.config.replace(remat=cfg.remat, remat_policy=cfg.remat_policy)
+  graphdef = nnx.graphdef(abstract_model(model_cfg, mesh, rules))
   psh = ts.params_shardings(model.model, mesh, rules)
   ssh = ts.state_shardings(opt, init_params, psh, mesh)
   group = cfg.group_size if cfg.mode == "rl" else rows

@@ -14,11 +14,11 @@ batch inside the step with ``lax.scan`` (one optimizer update per call). Micro-b
 a, a + A, a + 2A, ... so that every micro-batch is spread over every data shard.
 
 Rematerialisation follows the model config's ``remat`` flag: each block is recomputed in the backward
-pass, whole or (``remat_policy="dots"``) all but its weight matmuls. The step runs the blocks itself (``hidden_states``) with a remat whose recomputation depends on
-the block's cotangent: XLA:CPU drops the optimization barriers of ``jax.checkpoint`` / ``nnx.remat``
-before scheduling and then hoists the recomputation into the forward pass, which keeps every block's
-activations alive (measured on Gemma 3 270M at 8 x 512: 10.1 GB of temporaries with nnx.remat or
-without remat, 2.2 GB with this one).
+pass, whole or (``remat_policy="dots"``) all but its weight matmuls. The step runs the blocks itself
+(``hidden_states``) with a remat whose recomputation depends on the block's cotangent: XLA:CPU drops
+the optimization barriers of ``jax.checkpoint`` / ``nnx.remat`` before scheduling and then hoists the
+recomputation into the forward pass, which keeps every block's activations alive (measured on Gemma 3
+270M at 8 x 512: 10.1 GB of temporaries with nnx.remat or without remat, 2.2 GB with this one).
 """
 
 from __future__ import annotations
