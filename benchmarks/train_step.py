@@ -225,6 +225,8 @@ def _sub(part: str, argv: list[str]) -> dict:
 
 
 def main() -> None:
+  from swirl_jax.models.config import REMAT_POLICIES
+
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--source", default="gemma3-270m")
   p.add_argument("--batch", type=int, default=8)
@@ -233,7 +235,7 @@ def main() -> None:
   p.add_argument("--chunk", type=int, default=32)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--remat", type=int, default=1)
-  p.add_argument("--remat_policy", choices=("block", "dots"), default="block")
+  p.add_argument("--remat_policy", choices=REMAT_POLICIES, default="block")
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--part", choices=("jax", "torch"), default=None)
   args = p.parse_args()

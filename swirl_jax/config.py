@@ -15,6 +15,7 @@ import ml_collections
 from swirl_jax.data.registry import DatasetSpec, UnknownSplitError, resolve
 from swirl_jax.data.synthetic_arith import ArithConfig
 from swirl_jax.data.synthetic_multihop import MultihopConfig
+from swirl_jax.models.config import REMAT_POLICIES
 from swirl_jax.models.sharding import MeshConfig
 from swirl_jax.sampling.decode import SamplingConfig
 from swirl_jax.sampling.rollout import RolloutConfig
@@ -168,7 +169,7 @@ CHOICES: dict[str, tuple] = {
     "filter.strategy": ("none", "process", "outcome", "process_and_outcome"),
     "train.mode": ("rl", "offline", "sft"),
     "train.offline_reward": ("process", "outcome", "process_and_outcome"),
-    "train.remat_policy": ("block", "dots"),
+    "train.remat_policy": REMAT_POLICIES,
     "train.baseline": ("", "loo", "mean", "none"),
     "export.dtype": ("float32", "bfloat16", "float16"),
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 Family = Literal["gemma2", "gemma3"]
 LayerType = Literal["local", "global"]
 RematPolicy = Literal["block", "dots"]
-REMAT_POLICIES = ("block", "dots")
+REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -166,17 +166,18 @@ def _ordered_remat(fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Arra
       return jax.vjp(jax.checkpoint(lambda s, x_: fn(s, x_, positions, valid), policy=policy), state, x)
     return fn(state, x, positions, valid), (state, x, positions, valid)
 
-  def bwd(res, ct):
-    if policy is not None:
-      zero = ct.reshape(-1)[0] * 0  # the same data dependency as below, on every saved residual
-      vjp = jax.tree.map(lambda r: r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r,
-                         res)
-      d_state, d_x = vjp(ct)
-      return d_state, d_x, None, None
-    state, x, positions, valid, ct = jax.lax.optimization_barrier((*res, ct))
+  def after(ct, tree):
     # XLA:CPU drops optimization barriers before scheduling; a real (numerically inert) data
     # dependency on the cotangent is what keeps the recomputation in the backward pass.
-    x = x + (ct.reshape(-1)[0] * 0).astype(x.dtype)
+    zero = ct.reshape(-1)[0] * 0
+    return jax.tree.map(lambda r: r + zero.astype(r.dtype) if jnp.issubdtype(r.dtype, jnp.floating) else r, tree)
+
+  def bwd(res, ct):
+    if policy is not None:  # the saved residuals wait for the cotangent
+      d_state, d_x = after(ct, res)(ct)
+      return d_state, d_x, None, None
+    state, x, positions, valid, ct = jax.lax.optimization_barrier((*res, ct))
+    x = after(ct, x)
     _, vjp = jax.vjp(lambda s, x_: fn(s, x_, positions, valid), state, x)
     d_state, d_x = vjp(ct)
     return d_state, d_x, None, None
