@@ -1,11 +1,17 @@
 """Step-wise RL update throughput: swirl_jax's jitted train step vs. the same loss in PyTorch.
 
 Usage: python benchmarks/train_step.py [--source gemma3-270m] [--batch 8] [--seq 512] [--action 128]
-           [--steps 2] [--chunk 32] [--remat 1] [--remat_policy block] [--skip_torch]
+           [--steps 2] [--chunk 32] [--remat 1] [--remat_policy block] [--share_prefix 1] [--skip_torch]
 
-One update = the policy's forward and backward over B x T tokens, the reference policy's forward (the
-KL term), REINFORCE with a leave-one-out baseline over groups of 4 rows plus a k3 KL penalty on the
-last ``--action`` tokens of each row, global-norm clipping and AdamW. Both sides run float32 on the
+The batch is SWiRL's: B rows of T tokens in groups of 4 that share a state (the first T - ``--action``
+tokens) and differ in the action sampled from it (the last ``--action`` tokens; random ids). One update
+= the policy's forward and backward over the rows, the reference policy's forward (the KL term),
+REINFORCE with a leave-one-out baseline over each group plus a k3 KL penalty on the action tokens,
+global-norm clipping and AdamW. With ``--share_prefix 1`` (train.share_prefix, the default) swirl_jax
+packs each group into one sequence, the state once and the four actions after it, each attending to the
+state and itself only (train_step.pack_batch): the same loss and gradient from 2 x 896 instead of 8 x
+512 tokens. The PyTorch side runs the rows as they are, as transformers-based trainers do; with
+``--share_prefix 0`` both sides compute the same tokens. Both sides run float32 on the
 same weights (the packaged Gemma 3 270M by default), the same batch and the same algorithm: LM head
 only at the loss positions, in chunks of ``--chunk`` slots, each block rematerialised (``--remat``;
 without it neither side fits 8 GiB at 8 x 512; ``--remat_policy dots`` keeps our blocks' weight-matmul
@@ -16,10 +22,12 @@ torch.optim.AdamW.
 Each side runs in its own subprocess, so each reports its own peak memory (max RSS; plus XLA's own
 buffer accounting for the jitted step). MFU = model FLOPs / step time / the float32 matmul peak
 measured in the JAX subprocess of the same run (benchmarks/common.py). Model FLOPs (PaLM convention,
-remat recomputation not counted): 3x the policy forward (forward + backward) + 1x the reference
-forward, where a forward is 2 x (non-embedding matmul parameters) per token, 4 x T x heads x head_dim
-per token per layer for attention (full T x T scores), and 2 x d_model x vocab per loss slot for the
-LM head. Prints one JSON object.
+remat recomputation not counted) of the sequences a side computes: 3x the policy forward (forward +
+backward) + 1x the reference forward, where a forward is 2 x (non-embedding matmul parameters) per
+token, 4 x T x heads x head_dim per token per layer for attention (full T x T scores of a T-token
+sequence), and 2 x d_model x vocab per loss slot for the LM head. So MFU is what the hardware did, and
+a shared prefix lowers swirl_jax's FLOPs (``model_flops_per_step``) below those of the rows as written
+(``row_model_flops_per_step``, PyTorch's). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ KL_COEF = 0.05
 
 
 def batch_arrays(b: int, t: int, action: int, vocab: int, seed: int = 0):
-  """Random tokens with the last ``action`` tokens of each row as the action; rewards per row."""
+  """Random tokens; each group of GROUP rows shares its first t - action tokens (the state) and the last
+  ``action`` tokens of each row are its action; rewards per row."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, vocab, (b, t)).astype(np.int32)
+  tokens[:, :t - action] = np.repeat(tokens[::GROUP, :t - action], GROUP, axis=0)
   tokens[:, 0] = 2  # BOS
   mask = np.zeros((b, t), bool)
   mask[:, t - action:] = True
@@ -51,12 +61,13 @@ def batch_arrays(b: int, t: int, action: int, vocab: int, seed: int = 0):
   return tokens, mask, rewards
 
 
-def model_flops(cfg, b: int, t: int, slots: int) -> float:
-  """Model FLOPs of one update (module docstring)."""
+def model_flops(cfg, seqs: int, t: int, slots: int) -> float:
+  """Model FLOPs of one update over ``seqs`` sequences of ``t`` tokens with ``slots`` loss slots in all
+  (module docstring)."""
   d, h, k, dh, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
   per_token = 2 * cfg.num_layers * (d * dh * (2 * h + 2 * k) + 3 * d * f)
   attention = 4 * t * h * dh * cfg.num_layers
-  forward = b * t * (per_token + attention) + b * slots * 2 * d * cfg.vocab_size
+  forward = seqs * t * (per_token + attention) + slots * 2 * d * cfg.vocab_size
   return 4.0 * forward  # 3x policy (forward + backward) + 1x reference forward
 
 
@@ -97,7 +108,12 @@ def run_jax(args) -> dict:
   step = make_train_step(graphdef, opt, lr, StepConfig(LossConfig(kl_coef=KL_COEF, chunk=args.chunk), GROUP), mesh,
                          rules, ssh, psh)
   tokens, mask, rewards = batch_arrays(args.batch, args.seq, args.action, cfg.vocab_size)
-  batch = pack_batch(list(zip(tokens, mask)), rewards, seq_bucket=args.seq, slot_bucket=args.action)
+  group = GROUP if args.share_prefix else 1
+  state_len = args.seq - args.action
+  seq_len = state_len + group * args.action  # a packed group: the state once, then the actions
+  batch = pack_batch(list(zip(tokens, mask)), rewards, seq_bucket=seq_len, slot_bucket=args.action,
+                     prefix_group=group)
+  assert batch.tokens.shape == (args.batch // group, seq_len), batch.tokens.shape
   t0 = time.perf_counter()
   compiled = step.lower(state, ref, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -114,11 +130,14 @@ def run_jax(args) -> dict:
     times.append(time.perf_counter() - t0)
   peak_after = matmul_peak("float32", n=2048)
   best = min(times[1:]) if len(times) > 1 else times[0]
-  flops = model_flops(cfg, args.batch, args.seq, args.action)
+  flops = model_flops(cfg, args.batch // group, seq_len, args.batch * args.action)
   peak = max(peak_before, peak_after)
   return {
       "step_s": best, "step_s_all": times, "compile_s": compile_s, "tokens_per_s": args.batch * args.seq / best,
-      "model_flops_per_step": flops, "achieved_flops": flops / best, "matmul_peak_flops": peak,
+      "share_prefix": bool(args.share_prefix), "sequences": list(batch.tokens.shape),
+      "model_flops_per_step": flops, "row_model_flops_per_step": model_flops(
+          cfg, args.batch, args.seq, args.batch * args.action),
+      "achieved_flops": flops / best, "matmul_peak_flops": peak,
       "matmul_peak_before_after": [peak_before, peak_after], "mfu": flops / best / peak,
       "loss_first_step": losses[0], "peak_rss_bytes": peak_rss_bytes(), "xla_step_buffer_bytes": xla_bytes,
       "machine": machine_info(), "num_params": cfg.num_params(),
@@ -205,7 +224,7 @@ def run_torch(args) -> dict:
     losses.append(one_step())
     times.append(time.perf_counter() - t0)
   best = min(times[1:]) if len(times) > 1 else times[0]
-  flops = model_flops(cfg, args.batch, args.seq, args.action)
+  flops = model_flops(cfg, args.batch, args.seq, args.batch * args.action)
   return {"step_s": best, "step_s_all": times, "tokens_per_s": args.batch * args.seq / best,
           "achieved_flops": flops / best, "loss_first_step": losses[0], "peak_rss_bytes": peak_rss_bytes(),
           "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -236,6 +255,8 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--remat", type=int, default=1)
   p.add_argument("--remat_policy", choices=REMAT_POLICIES, default="block")
+  p.add_argument("--share_prefix", type=int, default=1,
+                 help="1: swirl_jax packs each group's state once (train.share_prefix); 0: one row per sequence")
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--part", choices=("jax", "torch"), default=None)
   args = p.parse_args()
@@ -254,7 +275,7 @@ def main() -> None:
     th = _sub("torch", argv)
   out = {"benchmark": "train_step", "source": args.source, "batch": args.batch, "seq_len": args.seq,
          "loss_tokens_per_row": args.action, "chunk": args.chunk, "remat": bool(args.remat),
-         "remat_policy": args.remat_policy,
+         "remat_policy": args.remat_policy, "group": GROUP, "share_prefix": bool(args.share_prefix),
          "dtype": "float32", "jax": jx, "torch": th}
   if "step_s" in jx:
     out["mfu"] = jx["mfu"]

@@ -96,6 +96,9 @@ HELP: dict[str, str] = {
     "train.remat": "rematerialise each block in the backward pass",
     "train.remat_policy": "what remat recomputes: block (everything; least memory) or dots (all but the "
                           "weight matmuls; ~9% faster on CPU for ~1.5 GB more at 270M, 8 x 512)",
+    "train.share_prefix": "rl: pack each state once with its G actions after it in one train-step sequence "
+                          "(same loss and gradient, the state computed once, not G times; needs "
+                          "states_per_step divisible by micro_batches x batch shards)",
     "train.seed": "data order and sampling seed",
     "train.offline_reward": "offline mode: which stored label rewards a recorded action (process, outcome, "
                             "process_and_outcome)",
@@ -146,8 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
                             temperature=0.0, cache_len=2048))
   c.filter = dict(strategy="process", equalize=0, seed=0)
   c.train = dict(mode="rl", steps=100, states_per_step=8, group_size=4, micro_batches=1, max_len=1024,
-                 temperature=1.0, max_new_tokens=96, remat=False, remat_policy="block", seed=0,
-                 offline_reward="process", learning_rate=1e-6, warmup_steps=10, weight_decay=0.0,
+                 temperature=1.0, max_new_tokens=96, remat=False, remat_policy="block", share_prefix=True,
+                 seed=0, offline_reward="process", learning_rate=1e-6, warmup_steps=10, weight_decay=0.0,
                  clip_norm=1.0, baseline="", normalize_std=False, kl_coef=0.05, save_every=50,
                  keep_checkpoints=3)
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")

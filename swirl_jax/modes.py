@@ -198,7 +198,7 @@ def run_train(cfg, paths: Paths) -> dict:
   result = train(
       TrainConfig(mode=t.mode, task=cfg.rollout.task, steps=t.steps, states_per_step=t.states_per_step,
                   group_size=t.group_size, micro_batches=t.micro_batches, max_len=t.max_len, remat=t.remat,
-                  remat_policy=t.remat_policy, seed=t.seed, offline_reward=t.offline_reward,
+                  remat_policy=t.remat_policy, share_prefix=t.share_prefix, seed=t.seed, offline_reward=t.offline_reward,
                   log_dir=paths.train_logs, steps_per_call=cfg.sampler.steps_per_call),
       examples, lm, jdg,
       loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from swirl_jax.checkpoints.build import random_model
+from swirl_jax.models.config import preset as config_preset
 from swirl_jax.training import losses
 from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer, schedule
+from swirl_jax.models.gemma import positions_from_valid
 from swirl_jax.training.train_step import pack_batch
 
 
@@ -139,6 +142,56 @@ def test_pack_batch_slots():
     pack_batch([([1, 2], [True, False])])
   with pytest.raises(ValueError, match="exceeds max_len"):
     pack_batch(rows, max_len=3)
+
+
+def test_pack_batch_shared_prefix_layout_by_hand():
+  """prefix_group=2: the rows' common prefix once (segment 0), then each row's rest (segments 1, 2) with
+  positions continuing from the prefix; each row's slots point at the packed index of the token before
+  its loss token, inside the prefix where the loss starts there."""
+  rows = [([5, 6, 7, 8, 9], [False, False, True, True, True]),  # loss starts inside the common prefix
+          ([5, 6, 7, 3], [False, False, False, True]),
+          ([1, 2], [False, True]), ([1, 2, 4], [False, False, True])]  # row 2 is all prefix
+  b = pack_batch(rows, [1.0, 0.0, 0.5, 0.5], seq_bucket=4, slot_bucket=2, prefix_group=2)
+  assert b.tokens.shape == (2, 8) and b.slot_pos.shape == (2, 2 * 4) and b.rows_per_sequence == 2
+  np.testing.assert_array_equal(b.tokens[0, :6], [5, 6, 7, 8, 9, 3])
+  np.testing.assert_array_equal(b.positions[0, :6], [0, 1, 2, 3, 4, 3])
+  np.testing.assert_array_equal(b.segments[0, :6], [0, 0, 0, 1, 1, 2])
+  np.testing.assert_array_equal(b.valid[0], [1] * 6 + [0] * 2)
+  np.testing.assert_array_equal(b.slot_target[0], [7, 8, 9, 0, 3, 0, 0, 0])
+  np.testing.assert_array_equal(b.slot_pos[0, :3], [1, 2, 3])  # row 0: tokens 7, 8, 9 after 6, 7, 8
+  np.testing.assert_array_equal(b.slot_pos[0, 4], 2)  # row 1: token 3 after the shared 7
+  np.testing.assert_array_equal(b.slot_mask[0], [1, 1, 1, 0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(b.tokens[1, :3], [1, 2, 4])
+  np.testing.assert_array_equal(b.segments[1, :3], [0, 0, 2])
+  np.testing.assert_array_equal(b.slot_pos[1], [0, 0, 0, 0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(b.slot_mask[1], [1, 0, 0, 0, 1, 0, 0, 0])
+  assert b.row_tokens() == 5 + 4 + 2 + 3
+  with pytest.raises(ValueError, match="prefix_group=3"):
+    pack_batch(rows, prefix_group=3)
+
+
+def test_packed_rows_have_their_own_hidden_states():
+  """A sequence holding a shared prefix and three continuations (gemma.attention_mask's segments)
+  gives every token the hidden state it has in its own row: sliding window and global layers, Gemma 2
+  and 3 (the window is shorter than the rows, so it must count positions, not packed indices)."""
+  for name in ("tiny-gemma2", "tiny-gemma3"):
+    cfg = config_preset(name, sliding_window=4)
+    lm = random_model(cfg, seed=3)
+    rng = np.random.default_rng(0)
+    prefix = list(rng.integers(3, cfg.vocab_size, 6))
+    rows = [prefix + list(rng.integers(3, cfg.vocab_size, n)) for n in (3, 5, 1)]
+    b = pack_batch([(r, [False] * len(r)) for r in rows], seq_bucket=8, prefix_group=3)
+    packed = np.asarray(lm(jnp.asarray(b.tokens), jnp.asarray(b.positions), jnp.asarray(b.valid),
+                           jnp.asarray(b.segments)))[0]
+    offset = len(prefix)
+    for r in rows:
+      tokens = jnp.asarray([r])
+      valid = jnp.ones_like(tokens, bool)
+      alone = np.asarray(lm(tokens, positions_from_valid(valid), valid))[0]
+      np.testing.assert_allclose(packed[:len(prefix)], alone[:len(prefix)], rtol=1e-5, atol=1e-5)
+      tail = len(r) - len(prefix)
+      np.testing.assert_allclose(packed[offset:offset + tail], alone[len(prefix):], rtol=1e-5, atol=1e-5)
+      offset += tail
 
 
 def test_train_step_loss_equals_numpy_reinforce_with_loo_baseline_and_k3():

@@ -30,19 +30,41 @@ WEIGHTS = model_weights(random_model(CFG, seed=1))
 REF_WEIGHTS = model_weights(random_model(CFG, seed=2))
 RULES = Rules()
 
-def batches(n=2, rows=16, seed=0):
+def group_rows(rng, g=4):
+  # g rows that share a state (a common prefix) and each add an action; the loss mask starts inside
+  # the state in one row and two actions begin with the same token (the common prefix runs into them).
+  state = rng.integers(3, CFG.vocab_size, int(rng.integers(8, 20)))
+  first = rng.integers(3, CFG.vocab_size)
+  rows = []
+  for i in range(g):
+    action = rng.integers(3, CFG.vocab_size, int(rng.integers(3, 11)))
+    if i < 2:
+      action[0] = first
+    toks = np.concatenate([state, action])
+    m = np.zeros(len(toks), bool); m[len(state) - (2 if i == 3 else 0):] = True
+    rows.append((toks, m))
+  return rows
+
+def batches(n=2, rows=16, seed=0, shared=None):
+  # shared = None: independent random rows, one per sequence; False / True: groups of 4 rows sharing a
+  # state, packed one row per sequence / one group per sequence (pack_batch's prefix_group).
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(n):
     rs = []
-    for _ in range(rows):
-      k = int(rng.integers(12, 30))
-      m = np.zeros(k, bool); m[int(rng.integers(4, k - 2)):] = True
-      rs.append((rng.integers(3, CFG.vocab_size, k), m))
-    out.append(pack_batch(rs, rng.integers(0, 2, rows).astype(np.float32), seq_bucket=16, slot_bucket=8))
+    if shared is None:
+      for _ in range(rows):
+        k = int(rng.integers(12, 30))
+        m = np.zeros(k, bool); m[int(rng.integers(4, k - 2)):] = True
+        rs.append((rng.integers(3, CFG.vocab_size, k), m))
+    else:
+      for _ in range(rows // 4):
+        rs.extend(group_rows(rng))
+    out.append(pack_batch(rs, rng.integers(0, 2, rows).astype(np.float32), seq_bucket=16, slot_bucket=8,
+                          prefix_group=4 if shared else 1))
   return out
 
-def run(mesh, micro=2, remat=False, steps=2, chunk=8, remat_policy="block"):
+def run(mesh, micro=2, remat=False, steps=2, chunk=8, remat_policy="block", shared=None):
   model = build_model(CFG, WEIGHTS.__getitem__, mesh, RULES)
   ref_model = build_model(CFG, REF_WEIGHTS.__getitem__, mesh, RULES)
   # eps near the gradient scale: Adam's first step is ~sign(g), which would amplify rounding-level
@@ -57,7 +79,7 @@ def run(mesh, micro=2, remat=False, steps=2, chunk=8, remat_policy="block"):
   step = make_train_step(gd, opt, lr, cfg, mesh, RULES, ssh, psh)
   ref = ts.model_params(ref_model)
   ms = []
-  for b in batches(steps):
+  for b in batches(steps, shared=shared):
     state, m = step(state, ref, b)
     ms.append({k: float(v) for k, v in m.items()})
   return state, ms
@@ -100,6 +122,27 @@ for shape, kw in [((8, 1, 1), {}), ((1, 8, 1), dict(micro=1, remat=True)),
 """)
   print(out)
   assert out.count("rel") == 3, out
+
+
+def test_shared_prefix_step_equals_one_row_per_sequence():
+  """Groups of 4 rows that share a state, packed one group per sequence (the state once, the actions
+  after it, pack_batch's prefix_group), give the loss, metrics and updated parameters of the same rows
+  packed one per sequence: on one device without remat, and on a (data 2, tensor 4) mesh with remat
+  and micro-batching. Same tolerances as the sharded comparison (different summation order)."""
+  out = run_with_devices(SETUP + """
+single = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+b0, b1 = batches(1, shared=False)[0], batches(1, shared=True)[0]
+assert b1.tokens.shape[0] == b0.tokens.shape[0] // 4 and b1.rows_per_sequence == 4
+assert b1.row_tokens() == b0.row_tokens() == np.count_nonzero(b0.valid) > np.count_nonzero(b1.valid)
+s0, ms0 = run(single, shared=False)
+d0 = delta(s0)
+for shape, kw in [((1, 1, 1), dict(micro=1)), ((2, 1, 4), dict(micro=2, remat=True))]:
+  mesh = single if shape == (1, 1, 1) else make_mesh(MeshConfig(*shape))
+  s, ms = run(mesh, shared=True, **kw)
+  compare(ms, ms0, delta(s), d0, shape)
+""")
+  print(out)
+  assert out.count("rel") == 2, out
 
 
 @pytest.mark.parametrize("policy", ["block", "dots"])

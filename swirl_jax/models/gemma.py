@@ -67,12 +67,20 @@ def rope(x: jax.Array, positions: jax.Array, base: float, scale: float) -> jax.A
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention_mask(q_pos: jax.Array, kv_pos: jax.Array, kv_valid: jax.Array, window: int | None) -> jax.Array:
-  """[B, T, S] bool: causal by position, valid keys only, and within ``window`` positions if given."""
+def attention_mask(q_pos: jax.Array, kv_pos: jax.Array, kv_valid: jax.Array, window: int | None,
+                   q_seg: jax.Array | None = None, kv_seg: jax.Array | None = None) -> jax.Array:
+  """[B, T, S] bool: causal by position, valid keys only, and within ``window`` positions if given.
+
+  With segment ids (q_seg [B, T], kv_seg [B, S] int) a key of segment 0 is seen by every query and a key
+  of segment s > 0 only by queries of segment s: a sequence that holds a shared prefix (segment 0) and
+  several continuations of it (segments 1, 2, ...), each continuation blind to the others.
+  """
   delta = q_pos[:, :, None] - kv_pos[:, None, :]
   mask = (delta >= 0) & kv_valid[:, None, :]
   if window is not None:
     mask &= delta < window
+  if q_seg is not None:
+    mask &= (kv_seg[:, None, :] == 0) | (kv_seg[:, None, :] == q_seg[:, :, None])
   return mask
 
 
@@ -143,8 +151,10 @@ class Attention(nnx.Module):
     self.shard = shard
 
   def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array,
-               cache: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None):
-    """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding).
+               cache: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
+               segments: jax.Array | None = None):
+    """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding); segments: None or
+    [B, T] int segment ids (``attention_mask``; uncached calls only).
 
     Without ``cache`` returns [B, T, D]. With ``cache`` = (k, v) ring buffers and ``lengths`` (the row
     lengths after this chunk), writes the chunk's keys and values first, attends over the ring, and
@@ -159,7 +169,7 @@ class Attention(nnx.Module):
     v = self.shard(v, "batch", "seq", "act_kv_heads", None)
     if cache is None:
       q, k = self._position(q, k, positions)
-      mask = attention_mask(positions, positions, valid, self.window)
+      mask = attention_mask(positions, positions, valid, self.window, segments, segments)
       out = self.attend(q, k, v, mask)
       return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
     out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths)
@@ -259,9 +269,10 @@ class Block(nnx.Module):
     self.post_mlp_norm = RMSNorm(cfg.d_model, eps, ("norm",), pd)
     self.shard = shard
 
-  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache=None, lengths=None):
+  def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache=None, lengths=None,
+               segments=None):
     if cache is None:
-      x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid))
+      x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid, segments=segments))
     else:
       h, cache = self.attn(self.pre_attn_norm(x), positions, valid, cache, lengths)
       x = x + self.post_attn_norm(h)
@@ -312,15 +323,18 @@ class Gemma(nnx.Module):
     # HF multiplies by sqrt(d) rounded to the weights' dtype; do the same for bit-level parity.
     return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.jnp_param_dtype).astype(cfg.jnp_dtype)
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
-    """tokens, positions: [B, T] int32; valid: [B, T] bool. Returns hidden states [B, T, D]."""
+  def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array,
+               segments: jax.Array | None = None) -> jax.Array:
+    """tokens, positions: [B, T] int32; valid: [B, T] bool; segments: None or [B, T] int32, segment ids
+    of a row that holds a shared prefix and its continuations (``attention_mask``). Returns hidden
+    states [B, T, D]."""
     x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
     for block in self.layers:
       if self.config.remat:
-        x = nnx.remat(lambda blk, *a: blk(*a), policy=checkpoint_policy(self.config.remat_policy))(
-            block, x, positions, valid)
+        x = nnx.remat(lambda blk, *a: blk(*a[:3], segments=a[3]),
+                      policy=checkpoint_policy(self.config.remat_policy))(block, x, positions, valid, segments)
       else:
-        x = block(x, positions, valid)
+        x = block(x, positions, valid, segments=segments)
     return self.final_norm(x)
 
   def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:

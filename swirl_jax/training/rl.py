@@ -73,6 +73,10 @@ class TrainConfig:
     sample_batch: rows per sampler call (0 = every row of a step in one call).
     steps_per_call: decode steps per sampler call.
     remat: rematerialise each transformer block in the backward pass.
+    share_prefix: RL mode: each state goes through the train step once per group, its G actions packed
+      after it in one sequence (``pack_batch``'s ``prefix_group``): the same loss and gradient, the state's
+      tokens computed once instead of G times. Needs states_per_step divisible by micro_batches x the
+      mesh's batch shards. Off: one sequence per row.
     remat_policy: "block" (recompute whole blocks) or "dots" (keep the weight matmuls' outputs: faster,
       more memory); see ModelConfig.
     seed: data order and sampling seeds.
@@ -95,6 +99,7 @@ class TrainConfig:
   steps_per_call: int = 32
   remat: bool = False
   remat_policy: RematPolicy = "block"
+  share_prefix: bool = True
   seed: int = 0
   offline_reward: OfflineReward = "process"
   log_dir: str | None = None
@@ -110,6 +115,11 @@ class TrainConfig:
   @property
   def rows_per_step(self) -> int:
     return self.states_per_step * (self.group_size if self.mode == "rl" else 1)
+
+  @property
+  def prefix_group(self) -> int:
+    """Rows packed per train-step sequence (``pack_batch``)."""
+    return self.group_size if self.mode == "rl" and self.share_prefix else 1
 
 
 @dataclasses.dataclass
@@ -244,7 +254,7 @@ class _Run:
                 mean_action_tokens=float(np.mean([len(o) for o in outs])),
                 zero_variance_groups=float(np.mean(rewards.reshape(-1, g).std(axis=1) == 0)))
     batch = pack_batch(rows, rewards, seq_bucket=self.cfg.seq_bucket, slot_bucket=self.cfg.slot_bucket,
-                       max_len=self.cfg.max_len, pad_id=self.tok.pad_id)
+                       max_len=self.cfg.max_len, pad_id=self.tok.pad_id, prefix_group=self.cfg.prefix_group)
     return batch, exs, rewards, verdicts
 
   def recorded_batch(self, idx: Sequence[int], info: dict[str, float]):
@@ -335,9 +345,11 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
   rules = model.rules
   shards = batch_shards(mesh, rules)
   rows = cfg.rows_per_step
-  if rows % (cfg.micro_batches * shards):
-    raise ValueError(f"{rows} rows per step must divide into micro_batches={cfg.micro_batches} x "
-                     f"{shards} batch shards of the mesh")
+  seqs = rows // cfg.prefix_group
+  if seqs % (cfg.micro_batches * shards):
+    shared = " (train.share_prefix: one per state)" if cfg.prefix_group > 1 else ""
+    raise ValueError(f"{seqs} sequences per step{shared} must divide into train.micro_batches="
+                     f"{cfg.micro_batches} x {shards} batch shards of the mesh")
   run = _Run(cfg, examples, model, judge, sampling)
 
   opt, lr_fn = make_optimizer(optimizer)
@@ -400,14 +412,15 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
         m = {k: float(to_host(v)) for k, v in dev_metrics.items()}
         t2 = time.perf_counter()
         step += 1
-        tokens = float(np.count_nonzero(batch.valid))
+        tokens = float(batch.row_tokens())  # the rows' tokens, a shared state counted once per row
         m.update(info)
         m.update(_reward_metrics(exs, rewards, verdicts))
         # tokens_per_s: the update alone; step_tokens_per_s: including sampling and judging.
         m.update(update_s=t2 - t1, step_s=t2 - t0, train_tokens=tokens, tokens_per_s=tokens / (t2 - t1),
                  step_tokens_per_s=tokens / (t2 - t0),
                  loss_tokens_per_s=m["loss_tokens"] / (t2 - t1), epoch=pos / len(run.kept), data_pos=pos,
-                 seq_len=float(batch.tokens.shape[1]), loss_slots=float(batch.slot_mask.shape[1]))
+                 sequence_tokens=float(np.count_nonzero(batch.valid)), seq_len=float(batch.tokens.shape[1]),
+                 loss_slots=float(batch.slot_mask.shape[1] // batch.rows_per_sequence))
         history.append({"step": step, **m})
         if logger:
           logger.write(step, m)
