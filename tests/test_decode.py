@@ -65,7 +65,8 @@ def test_cache_extend_and_rollback_equal_reencoding(preset, kv_heads, layout):
 @pytest.mark.parametrize("t", [1, 40])
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_attention_forms_equal_a_numpy_reference(t, kv_heads):
-  """Both forms of ``Attention.attend`` (one kv head: one batch axis; grouped: (B, K)-batched) are
+  """Every form of ``Attention.attend`` (one kv head: one batch axis, keys on the left for one query
+  token; grouped: (B, K)-batched) is
   softmax(soft-cap(q k^T * scale) masked) v, computed here in float64 numpy, with a fully masked query
   row (finite, ignored) among them."""
   cfg = config_preset("tiny-gemma2", num_kv_heads=kv_heads, attn_logit_softcap=5.0)

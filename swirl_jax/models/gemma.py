@@ -215,6 +215,8 @@ class Attention(nnx.Module):
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh]."""
     b, t, h, dh = q.shape
+    if self.num_kv_heads == 1 and t == 1 and k.dtype == jnp.float32:
+      return self._attend_one_query(q, k, v, mask)
     if self.num_kv_heads == 1:
       # One kv head (Gemma 3 270M, 1B): every query row of a batch row attends the same keys, so the
       # dots get a single batch axis. The (B, K)-batched form made XLA:CPU relayout the cache; on the
@@ -236,6 +238,23 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
+
+
+  def _attend_one_query(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """``attend`` for a float32 decode step (one query token per row) with one kv head: the keys are the
+    scores' dot's left operand, the scores [B, S, H] are softmaxed over S, and the values' dot contracts
+    S, the major axis of both operands. XLA:CPU (YNNPACK) runs these skinny batched dots faster than with
+    the queries on the left: one layer's attention at batch 16 over 256 cached tokens, 0.53 vs 1.26 ms
+    alone; the whole batch-16 decode step of the 270M, compiled both ways in one process and run
+    alternately, 139-151 vs 155-169 ms per step (batch 1 and 64: within noise). In bfloat16 it was
+    slower (166-193 vs 161-173 ms), so bfloat16 keeps the other form. Same values up to summation
+    order."""
+    b, _, h, dh = q.shape
+    logits = jnp.einsum("bsd,bhd->bsh", k[:, :, 0], q[:, 0], preferred_element_type=jnp.float32) * self.scaling
+    if self.softcap is not None:
+      logits = jnp.tanh(logits / self.softcap) * self.softcap
+    probs = jax.nn.softmax(jnp.where(mask[:, 0, :, None], logits, _MASK_VALUE), axis=1).astype(v.dtype)
+    return jnp.einsum("bsh,bsd->bhd", probs, v[:, :, 0]).reshape(b, 1, h, dh)
 
 
 class MLP(nnx.Module):
