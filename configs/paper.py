@@ -82,6 +82,8 @@ def get_config(arg: str = "gemma2-27b,hotpot_qa"):
   c.train.steps = 1000
   c.train.states_per_step = 64
   c.train.group_size = 4
+  # share_prefix (the default) packs each state with its 4 actions: 64 sequences per step, so
+  # micro_batches x the mesh's batch shards must divide 64 (e.g. micro_batches=1 on 64 data shards).
   c.train.micro_batches = 4
   c.train.max_len = context
   c.train.max_new_tokens = 256
