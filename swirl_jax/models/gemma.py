@@ -239,7 +239,6 @@ class Attention(nnx.Module):
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
 
-
   def _attend_one_query(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """``attend`` for a float32 decode step (one query token per row) with one kv head: the keys are the
     scores' dot's left operand, the scores [B, S, H] are softmaxed over S, and the values' dot contracts
@@ -250,7 +249,8 @@ class Attention(nnx.Module):
     slower (166-193 vs 161-173 ms), so bfloat16 keeps the other form. Same values up to summation
     order."""
     b, _, h, dh = q.shape
-    logits = jnp.einsum("bsd,bhd->bsh", k[:, :, 0], q[:, 0], preferred_element_type=jnp.float32) * self.scaling
+    logits = jnp.einsum("bsd,bhd->bsh", k[:, :, 0], q[:, 0],
+                        preferred_element_type=jnp.float32) * self.scaling  # [B, S, H]
     if self.softcap is not None:
       logits = jnp.tanh(logits / self.softcap) * self.softcap
     probs = jax.nn.softmax(jnp.where(mask[:, 0, :, None], logits, _MASK_VALUE), axis=1).astype(v.dtype)
