@@ -114,3 +114,14 @@ def test_offline_variant_learns_from_stored_labels(sft_policy):
   print(f"offline: held-out reward {before:.3f} -> {after:.3f}")
   assert abs(np.mean([h["mean_reward"] for h in res.history]) - 1 / 3) < 0.1  # a third are labelled GOOD
   assert after - before >= 0.2, (before, after)
+
+
+def test_share_prefix_asks_for_states_divisible_by_micro_batches():
+  """With train.share_prefix a step has one sequence per state: 3 states cannot split into 2
+  micro-batches (though their 12 rows could), and the error names the settings."""
+  tok = tiny_tokenizer()
+  cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"))
+  lm = LoadedModel(random_model(cfg, seed=0), tok, cfg, "random:share-prefix-test")
+  with pytest.raises(ValueError, match=r"3 sequences per step \(train.share_prefix.*train.micro_batches=2"):
+    rl.train(rl.TrainConfig(mode="rl", steps=1, states_per_step=3, group_size=4, micro_batches=2, **COMMON),
+             _examples(6, seed=2), lm)
