@@ -68,7 +68,8 @@ class Batch(NamedTuple):
 
   @property
   def rows_per_sequence(self) -> int:
-    return self.rewards.shape[0] // self.tokens.shape[0]
+    # size, not shape[0]: inside the step the rewards of a micro-batch are [R', k]
+    return self.rewards.size // self.tokens.shape[0]
 
   def row_tokens(self) -> int:
     """Tokens of the N rows as written (a shared prefix counts once per row that holds it)."""
@@ -286,7 +287,7 @@ def _step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, lr_fn
     raise ValueError(f"batch of {n} rows in {r} sequences: the sequences are not a multiple of "
                      f"micro_batches={a} x {shards} batch shards, or the rows not of "
                      f"group_size={cfg.group_size}")
-  k = n // r  # rows per sequence (pack_batch's prefix_group)
+  k = batch.rows_per_sequence  # pack_batch's prefix_group
   normalizer = jnp.maximum(jnp.sum(batch.slot_mask), 1).astype(jnp.float32)
   rewards = batch.rewards.astype(jnp.float32)
   if lc.kind == "pg":
