@@ -184,9 +184,8 @@ class Attention(nnx.Module):
     b, t = positions.shape
     h, kv, dh = self.q.shape[1], self.num_kv_heads, self.q.shape[2]
     # The barrier keeps XLA from folding the transpose into the dot: folded, the dot becomes x^T @ W^T,
-    # which XLA:CPU runs in Eigen rather than YNNPACK, ~3x slower at 16 columns. Decode of the 270M, ms
-    # per step with and without it (fewest of 6-8 alternating runs in one process): float32 batch 16 135
-    # vs 152 (91 vs 101 on a faster host), batch 64 311 vs 332, batch 1 equal; bfloat16 batch 16 167 vs 185.
+    # which XLA:CPU runs in Eigen rather than YNNPACK, ~3x slower at 16 columns (a batch-16 float32 decode
+    # step of the 270M: 135 vs 152 ms; the README's decode section has the rest).
     qkv = jax.lax.optimization_barrier(w.qkv @ x).T.reshape(b, t, -1)  # [B, T, (H + 2K) * Dh]
     q = qkv[..., :h * dh].reshape(b, t, h, dh)
     k = qkv[..., h * dh:(h + kv) * dh].reshape(b, t, kv, dh)
