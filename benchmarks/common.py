@@ -24,7 +24,8 @@ import numpy as np
 # Import the library from the checkout when run as `python benchmarks/x.py`.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from swirl_jax.xla_options import compiler_options  # noqa: E402  (after the path line above)
+from swirl_jax import host_cpu  # noqa: E402  (after the path line above)
+from swirl_jax.xla_options import compiler_options  # noqa: E402
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
@@ -83,24 +84,13 @@ def load_average() -> float | None:
 
 
 def cpu_description() -> dict[str, Any]:
-  """The CPU's model name and its vector extensions, from /proc/cpuinfo (empty off Linux).
+  """The CPU's model name and its vector extensions (``swirl_jax.host_cpu``; empty off Linux).
 
   The development machine's 2 cores measured a 190 GFLOP/s float32 matmul peak in one session and 72
   (on an AVX2-only "AMD EPYC") in another: every rate and roofline share moves with the host, so runs
   are only comparable on the same CPU model and extensions.
   """
-  try:
-    with open("/proc/cpuinfo") as f:
-      text = f.read()
-  except OSError:
-    return {}
-  fields = {}
-  for line in text.splitlines():
-    key, _, value = line.partition(":")
-    fields.setdefault(key.strip(), value.strip())
-  wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-  flags = set(fields.get("flags", "").split())
-  return {"cpu_model": fields.get("model name"), "cpu_extensions": [x for x in wanted if x in flags]}
+  return dict(host_cpu.cpu_description())
 
 
 def machine_info() -> dict[str, Any]:

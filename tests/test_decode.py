@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from swirl_jax import host_cpu
 from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.config import preset as config_preset
@@ -264,6 +265,64 @@ def test_vocab_major_head_equals_the_head(preset):
   hidden = jnp.asarray(np.random.default_rng(0).normal(size=(5, model.config.d_model)), jnp.float32)
   np.testing.assert_allclose(np.asarray(model.logits_vocab_major(hidden)).T, np.asarray(model.logits(hidden)),
                              atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_upcast_weights_multiply_like_bfloat16(kv_heads):
+  """A bfloat16 model's decode step with float32 copies of its relaid weights and head (the sampler's
+  ``upcast_weights``) gives bit for bit the hidden states of the bfloat16 weights, and the logits up to
+  the float32 summation order, once XLA may not keep excess precision (by default it may skip a
+  float32 -> bfloat16 -> float32 rounding; then values differ within bfloat16 rounding)."""
+  model = random_model(config_preset("tiny-gemma3", num_kv_heads=kv_heads, dtype="bfloat16",
+                                     param_dtype="bfloat16"), seed=1)
+  tokens, valid = pad_batch([[5, 6, 7, 8], [9, 10], [11]], 0, length=16)
+  strict = {"xla_allow_excess_precision": False}
+  got = []
+  for dtype in (None, jnp.float32):
+    weights = jax.jit(lambda m: m.layer_weights(dtype))(model)
+    assert weights[0].qkv.dtype == (dtype or jnp.bfloat16)
+    head = None if dtype is None else model.embedding[...].astype(dtype)
+    step = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights), compiler_options=strict)
+    hidden, _ = step(model, jnp.asarray(tokens), jnp.asarray(valid), model.init_cache(3, 64, 16))
+    assert hidden.dtype == jnp.bfloat16
+    logits = jax.jit(lambda m, x: m.logits_vocab_major(x, head), compiler_options=strict)(model, hidden[:, 0])
+    got.append((np.asarray(hidden.astype(jnp.float32)), np.asarray(logits)))
+  np.testing.assert_array_equal(got[0][0], got[1][0])
+  np.testing.assert_allclose(got[0][1], got[1][1], atol=1e-5, rtol=0)
+
+
+def test_sampler_upcasts_a_bfloat16_models_weights_only():
+  """``prepare`` holds float32 relaid weights and head for a bfloat16 model with ``upcast_weights``, none
+  for a float32 model; the upcast sampler decodes like the plain one (same greedy tokens on this model)."""
+  bf16 = random_model(config_preset("tiny-gemma3", dtype="bfloat16", param_dtype="bfloat16"), seed=4)
+  kw = dict(batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12), stops=_no_stops(),
+            steps_per_call=6, max_chunk=16, exit_when_done=2, feature_major=True)
+  prompts = [[5, 6, 7, 8, 9], [40, 41]]
+  outs = []
+  for upcast in (True, False):
+    s = Sampler.create(bf16, upcast_weights=upcast, **kw)
+    p = s.prepare(nnx.state(bf16))
+    assert p.layers[0].gate_up.dtype == (jnp.float32 if upcast else jnp.bfloat16)
+    assert (p.head is not None) == upcast
+    if upcast:
+      assert p.head.dtype == jnp.float32 and p.head.shape == bf16.embedding.shape
+    outs.append(generate(s, p, prompts))
+  assert outs[0] == outs[1] and [len(o) for o in outs[0]] == [12, 12]
+  f32 = random_model(config_preset("tiny-gemma3"), seed=4)
+  p = Sampler.create(f32, upcast_weights=True, **kw).prepare(nnx.state(f32))
+  assert p.head is None and p.layers[0].qkv.dtype == jnp.float32
+
+
+def test_upcast_weights_default_follows_the_cpus_bfloat16_arithmetic():
+  avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+  spr = "model name\t: Intel Xeon\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n"
+  assert host_cpu.parse_cpuinfo(avx2) == {"cpu_model": "AMD EPYC", "cpu_extensions": ["avx2", "fma"]}
+  assert not host_cpu.has_bf16_arithmetic(host_cpu.parse_cpuinfo(avx2))
+  assert host_cpu.has_bf16_arithmetic(host_cpu.parse_cpuinfo(spr))
+  assert host_cpu.has_bf16_arithmetic({})  # unknown host: leave XLA's own bfloat16 path alone
+  s = Sampler.create(random_model(config_preset("tiny-gemma3"), seed=0), batch=1, cache_len=32,
+                     sampling=SamplingConfig(max_new_tokens=4), stops=_no_stops())
+  assert s.upcast_weights == (jax.default_backend() == "cpu" and not host_cpu.has_bf16_arithmetic())
 
 
 def test_a_row_samples_the_same_whatever_shares_its_batch():

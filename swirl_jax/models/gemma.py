@@ -111,6 +111,16 @@ def slot_positions(lengths: jax.Array, size: int) -> jax.Array:
   return last - jnp.mod(last - jnp.arange(size)[None, :], size)
 
 
+def project(w: jax.Array, x: jax.Array) -> jax.Array:
+  """w [out, in] @ x [in, N] -> [out, N] in x's dtype, multiplied in w's dtype.
+
+  Relaid weights may be held in float32 for a bfloat16 model (``Sampler``'s ``upcast_weights``): the
+  activations are upcast, multiplied in float32 and rounded back, exactly what XLA:CPU does with a
+  bfloat16 matmul on a CPU without bfloat16 arithmetic, minus converting the weights at every step.
+  """
+  return (w @ x.astype(w.dtype)).astype(x.dtype)
+
+
 class LayerWeights(NamedTuple):
   """One block's projections laid out for few-token steps: each [out, in], q/k/v and gate/up fused.
 
@@ -186,12 +196,13 @@ class Attention(nnx.Module):
     # The barrier keeps XLA from folding the transpose into the dot: folded, the dot becomes x^T @ W^T,
     # which XLA:CPU runs in Eigen rather than YNNPACK, ~3x slower at 16 columns (a batch-16 float32 decode
     # step of the 270M: 135 vs 152 ms; the README's decode section has the rest).
-    qkv = jax.lax.optimization_barrier(w.qkv @ x).T.reshape(b, t, -1)  # [B, T, (H + 2K) * Dh]
+    qkv = jax.lax.optimization_barrier(w.qkv @ x.astype(w.qkv.dtype)).astype(x.dtype)
+    qkv = qkv.T.reshape(b, t, -1)  # [B, T, (H + 2K) * Dh]
     q = qkv[..., :h * dh].reshape(b, t, h, dh)
     k = qkv[..., h * dh:(h + kv) * dh].reshape(b, t, kv, dh)
     v = qkv[..., (h + kv) * dh:].reshape(b, t, kv, dh)
     out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths)
-    return w.o @ out.reshape(b * t, h * dh).T, cache
+    return project(w.o, out.reshape(b * t, h * dh).T), cache
 
   def _position(self, q: jax.Array, k: jax.Array, positions: jax.Array):
     """QK-norm (Gemma 3) and RoPE."""
@@ -310,12 +321,13 @@ class Block(nnx.Module):
                                               lengths)
     x = x + self.post_attn_norm(h, axis=0)
     f = w.down.shape[1]
-    gate_up = w.gate_up @ self.pre_mlp_norm(x, axis=0)
+    gate_up = project(w.gate_up, self.pre_mlp_norm(x, axis=0))
     hidden = jax.nn.gelu(gate_up[:f], approximate=True) * gate_up[f:]
-    return x + self.post_mlp_norm(w.down @ hidden, axis=0), cache
+    return x + self.post_mlp_norm(project(w.down, hidden), axis=0), cache
 
-  def layer_weights(self) -> LayerWeights:
-    attn, mlp, dt = self.attn, self.mlp, self.attn.dtype
+  def layer_weights(self, dtype=None) -> LayerWeights:
+    attn, mlp = self.attn, self.mlp
+    dt = dtype or attn.dtype
     d = attn.q.shape[0]
     qkv = jnp.concatenate([p[...].reshape(d, -1) for p in (attn.q, attn.k, attn.v)], axis=1)
     gate_up = jnp.concatenate([mlp.gate[...], mlp.up[...]], axis=1)
@@ -373,9 +385,10 @@ class Gemma(nnx.Module):
       new_layers.append(layer_cache)
     return self.final_norm(x), KVCache(tuple(new_layers), lengths)
 
-  def layer_weights(self) -> tuple[LayerWeights, ...]:
-    """Every block's projections relaid for ``extend_feature_major`` (a copy of the block weights)."""
-    return tuple(block.layer_weights() for block in self.layers)
+  def layer_weights(self, dtype=None) -> tuple[LayerWeights, ...]:
+    """Every block's projections relaid for ``extend_feature_major`` (a copy of the block weights), in
+    ``dtype`` (default: the compute dtype; float32 for a bfloat16 model is ``project``'s exact upcast)."""
+    return tuple(block.layer_weights(dtype) for block in self.layers)
 
   def extend_feature_major(self, tokens: jax.Array, valid: jax.Array, cache: KVCache,
                            weights: Sequence[LayerWeights]) -> tuple[jax.Array, KVCache]:
@@ -412,14 +425,17 @@ class Gemma(nnx.Module):
     out = jnp.einsum("...d,vd->...v", hidden, emb, preferred_element_type=jnp.float32)
     return self._softcap(out)
 
-  def logits_vocab_major(self, hidden: jax.Array) -> jax.Array:
+  def logits_vocab_major(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
     """hidden: [B, D] -> float32 logits [V, B], the same values as ``logits(hidden).T``.
 
     For sampling a few rows: with the embedding as the matmul's left operand XLA:CPU runs the head
     ~1.7x faster at batch 16 than in the [B, V] orientation (benchmarks/decode.py); accelerators do not care.
+    ``head``: the embedding [V, D] held in another dtype (float32 for a bfloat16 model, see ``project``);
+    None = the embedding in the compute dtype.
     """
-    emb = self.embedding[...].astype(self.config.jnp_dtype)
-    return self._softcap(jnp.einsum("vd,bd->vb", emb, hidden, preferred_element_type=jnp.float32))
+    emb = self.embedding[...].astype(self.config.jnp_dtype) if head is None else head
+    return self._softcap(jnp.einsum("vd,bd->vb", emb, hidden.astype(emb.dtype),
+                                    preferred_element_type=jnp.float32))
 
   def _softcap(self, logits: jax.Array) -> jax.Array:
     cap = self.config.final_logit_softcap

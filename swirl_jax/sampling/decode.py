@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swirl_jax import host_cpu
 from swirl_jax.models.gemma import Gemma, KVCache, LayerWeights
 
 
@@ -191,21 +192,30 @@ class SamplerParams(NamedTuple):
   layers: the block weights relaid for the feature-major decode step (``Gemma.layer_weights``), or
     None where the sampler decodes row-major (accelerators, or ``feature_major=False``). A copy of the
     block weights: ~0.4 GB for the 270M in float32, held as long as the caller holds this tuple.
+  head: the LM head (the embedding [V, D]) in float32 where a bfloat16 model's weights are upcast
+    (``Sampler.upcast_weights``; 0.67 GB for the 270M), else None (the model's embedding is used).
   """
 
   state: nnx.State
   layers: tuple[LayerWeights, ...] | None
+  head: jax.Array | None = None
 
 
 def prepare_params(graphdef: nnx.GraphDef, params: nnx.State | SamplerParams,
-                   feature_major: bool | None = None) -> SamplerParams:
+                   feature_major: bool | None = None, upcast_weights: bool | None = None) -> SamplerParams:
   """SamplerParams for any Sampler of this model graph (``Sampler.prepare`` for one sampler's setting);
-  ``feature_major`` None = on for the CPU backend. Already prepared params are returned as they are."""
+  None = the default for this backend and CPU (``Sampler.create``). Already prepared params are returned
+  as they are."""
   if isinstance(params, SamplerParams):
     return params
   if feature_major is None:
     feature_major = _feature_major_default()
-  return SamplerParams(params, _relayout(graphdef, params) if feature_major else None)
+  if upcast_weights is None:
+    upcast_weights = _upcast_weights_default()
+  layers, head = None, None
+  if feature_major:
+    layers, head = _relayout(graphdef, params, upcast_weights)
+  return SamplerParams(params, layers, head)
 
 
 def _feature_major_default() -> bool:
@@ -213,9 +223,20 @@ def _feature_major_default() -> bool:
   return jax.default_backend() == "cpu"
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _relayout(graphdef: nnx.GraphDef, params: nnx.State) -> tuple[LayerWeights, ...]:
-  return nnx.merge(graphdef, params).layer_weights()
+def _upcast_weights_default() -> bool:
+  """XLA:CPU without bfloat16 arithmetic upcasts a bfloat16 matmul's weights at every call; holding
+  float32 copies once is faster (README, Benchmarks). Accelerators multiply bfloat16 natively."""
+  return jax.default_backend() == "cpu" and not host_cpu.has_bf16_arithmetic()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _relayout(graphdef: nnx.GraphDef, params: nnx.State,
+              upcast: bool) -> tuple[tuple[LayerWeights, ...], jax.Array | None]:
+  """The relaid block weights and, where a low-precision model's weights are upcast, the float32 head."""
+  model = nnx.merge(graphdef, params)
+  if not upcast or model.config.jnp_dtype == jnp.float32:
+    return model.layer_weights(), None
+  return model.layer_weights(jnp.float32), model.embedding[...].astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -238,6 +259,12 @@ class Sampler:
       left (``Gemma.extend_feature_major``); XLA:CPU runs the few-row matmuls of a decode step faster
       so (a batch-16 step of the 270M: ~10%). Used when the params come from ``prepare``; ``create``
       turns it on for the CPU backend only.
+    upcast_weights: with ``feature_major``, ``prepare`` holds a bfloat16 model's relaid block weights
+      and LM head in float32 (exact copies, ~2x their memory) and the steps multiply in float32 with the
+      activations still rounded to bfloat16 (``gemma.project``): the same values as multiplying in
+      bfloat16 on a CPU without bfloat16 arithmetic, where XLA upcasts the weights at every step
+      instead (the 270M at batch 16: ~1.4x faster steps). ``create`` turns it on for CPUs without
+      AVX512-BF16 or AMX. No effect on a float32 model.
   """
 
   graphdef: nnx.GraphDef
@@ -250,6 +277,7 @@ class Sampler:
   exit_when_done: int = 1
   row_buckets: tuple[int, ...] = ()
   feature_major: bool = False
+  upcast_weights: bool = False
   trace_counts: dict = dataclasses.field(default_factory=dict, repr=False)
   device_stops: StopTable | None = dataclasses.field(default=None, repr=False)
 
@@ -263,8 +291,10 @@ class Sampler:
   @classmethod
   def create(cls, model: Gemma, *, batch: int, cache_len: int, sampling: SamplingConfig,
              stops: StopTable, steps_per_call: int = 64, min_chunk: int = 16, exit_when_done: int = 1,
-             max_chunk: int | None = None, feature_major: bool | None = None) -> "Sampler":
-    """A Sampler for ``model``'s graph; ``feature_major`` None = on for the CPU backend."""
+             max_chunk: int | None = None, feature_major: bool | None = None,
+             upcast_weights: bool | None = None) -> "Sampler":
+    """A Sampler for ``model``'s graph; ``feature_major`` None = on for the CPU backend;
+    ``upcast_weights`` None = on for a CPU without bfloat16 arithmetic."""
     max_chunk = max_chunk or max(sampling.max_new_tokens, 256)
     buckets, b = [], min_chunk
     while b < max_chunk:
@@ -275,14 +305,17 @@ class Sampler:
       raise ValueError(f"max_chunk={max_chunk} must be >= sampling.max_new_tokens (rollback bound)")
     if feature_major is None:
       feature_major = _feature_major_default()
+    if upcast_weights is None:
+      upcast_weights = _upcast_weights_default()
     return cls(nnx.graphdef(model), batch, cache_len, tuple(buckets), steps_per_call, sampling, stops,
-               exit_when_done, feature_major=feature_major)
+               exit_when_done, feature_major=feature_major, upcast_weights=upcast_weights)
 
   def prepare(self, params: nnx.State | SamplerParams) -> SamplerParams:
     """The params every call of this sampler takes, made once per parameter version: with
     ``feature_major`` the block weights are relaid here (0.2-0.4 s for the 270M on a 2-core CPU), not per
-    call. Raw nnx.State is accepted by every call too, and then decodes row-major."""
-    return prepare_params(self.graphdef, params, self.feature_major)
+    call (with ``upcast_weights``, in float32 with a float32 head). Raw nnx.State is accepted by every
+    call too, and then decodes row-major."""
+    return prepare_params(self.graphdef, params, self.feature_major, self.upcast_weights)
 
   @property
   def max_chunk(self) -> int:
@@ -342,9 +375,10 @@ class Sampler:
     hit |= lengths + 1 >= self.cache_len  # the pending token must still fit
     return hit
 
-  def _sample(self, model: Gemma, hidden_last: jax.Array, keys: jax.Array, positions: jax.Array):
+  def _sample(self, model: Gemma, head: jax.Array | None, hidden_last: jax.Array, keys: jax.Array,
+              positions: jax.Array):
     step_keys = jax.vmap(jax.random.fold_in)(keys, positions)
-    return sample_logits(model.logits_vocab_major(hidden_last), step_keys, self.sampling)
+    return sample_logits(model.logits_vocab_major(hidden_last, head), step_keys, self.sampling)
 
   def extend(self, params: nnx.State | SamplerParams, state: DecodeState, rows: jax.Array, tokens: jax.Array,
              valid: jax.Array, set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array) -> DecodeState:
@@ -358,8 +392,8 @@ class Sampler:
     token sampled from the chunk's last position.
     """
     # Chunks of many tokens gain nothing from the feature-major layout; extend stays row-major.
-    return self._extend(_model_state(params), state, rows, tokens, valid, set_lengths, seeds, reseed,
-                        self.device_stops)
+    return self._extend(_model_state(params), _head(params), state, rows, tokens, valid, set_lengths, seeds,
+                        reseed, self.device_stops)
 
   def decode(self, params: nnx.State | SamplerParams, state: DecodeState) -> tuple[DecodeState, jax.Array]:
     """Generates until ``exit_when_done`` rows stop, no row is active, or ``steps_per_call`` steps.
@@ -368,10 +402,10 @@ class Sampler:
     row's last). A stopped row's final token stays ``pending`` (not in the cache).
     """
     layers = params.layers if isinstance(params, SamplerParams) else None
-    return self._decode(_model_state(params), layers, state, self.device_stops)
+    return self._decode(_model_state(params), layers, _head(params), state, self.device_stops)
 
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-  def _extend(self, params: nnx.State, state: DecodeState, rows: jax.Array, tokens: jax.Array, valid: jax.Array,
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+  def _extend(self, params: nnx.State, head: jax.Array | None, state: DecodeState, rows: jax.Array, tokens: jax.Array, valid: jax.Array,
               set_lengths: jax.Array, seeds: jax.Array, reseed: jax.Array, stops: StopTable) -> DecodeState:
     self._count(f"extend/{rows.shape[0]}x{tokens.shape[1]}")
     model = nnx.merge(self.graphdef, params)
@@ -385,7 +419,7 @@ class Sampler:
     hidden, cache = model.extend(tokens, valid, cache)
     n = valid.sum(axis=1)
     last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
-    token = self._sample(model, last, keys, cache.lengths)
+    token = self._sample(model, head, last, keys, cache.lengths)
     started = n > 0
     recent = jnp.where(started[:, None], jnp.full_like(sub.recent, -1).at[:, -1].set(token), sub.recent)
     turn_len = jnp.where(started, 1, sub.turn_len)
@@ -394,9 +428,9 @@ class Sampler:
                       turn_len, recent, keys)
     return jax.tree.map(put, state, sub)
 
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
-  def _decode(self, params: nnx.State, layers: tuple[LayerWeights, ...] | None, state: DecodeState,
-              stops: StopTable) -> tuple[DecodeState, jax.Array]:
+  @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+  def _decode(self, params: nnx.State, layers: tuple[LayerWeights, ...] | None, head: jax.Array | None,
+              state: DecodeState, stops: StopTable) -> tuple[DecodeState, jax.Array]:
     self._count("decode" if layers is None else "decode/feature_major")
     model = nnx.merge(self.graphdef, params)
     out0 = jnp.full((self.batch, self.steps_per_call), -1, jnp.int32)
@@ -414,7 +448,7 @@ class Sampler:
         hidden, cache = model.extend(st.pending[:, None], valid, st.cache)
       else:
         hidden, cache = model.extend_feature_major(st.pending[:, None], valid, st.cache, layers)
-      token = self._sample(model, hidden[:, 0], st.keys, cache.lengths)
+      token = self._sample(model, head, hidden[:, 0], st.keys, cache.lengths)
       token = jnp.where(st.active, token, -1)
       recent = jnp.where(st.active[:, None], jnp.concatenate([st.recent[:, 1:], token[:, None]], 1), st.recent)
       turn_len = st.turn_len + st.active
@@ -430,3 +464,7 @@ class Sampler:
 
 def _model_state(params: nnx.State | SamplerParams) -> nnx.State:
   return params.state if isinstance(params, SamplerParams) else params
+
+
+def _head(params: nnx.State | SamplerParams) -> jax.Array | None:
+  return params.head if isinstance(params, SamplerParams) else None

@@ -1,0 +1,40 @@
+"""What the host CPU can do, from /proc/cpuinfo: the sampler's weight dtype and the benchmarks' machine
+records depend on it."""
+
+from __future__ import annotations
+
+import functools
+
+# Vector extensions that change what XLA:CPU's matmuls can do (and how fast).
+EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+BF16_ARITHMETIC = ("avx512_bf16", "amx_bf16")
+
+
+def parse_cpuinfo(text: str) -> dict:
+  """{"cpu_model": str | None, "cpu_extensions": [those of EXTENSIONS the first CPU lists]}."""
+  fields = {}
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())
+  flags = set(fields.get("flags", "").split())
+  return {"cpu_model": fields.get("model name"), "cpu_extensions": [x for x in EXTENSIONS if x in flags]}
+
+
+@functools.cache
+def cpu_description() -> dict:
+  """``parse_cpuinfo`` of this host; empty where /proc/cpuinfo cannot be read (off Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return parse_cpuinfo(f.read())
+  except OSError:
+    return {}
+
+
+def has_bf16_arithmetic(description: dict | None = None) -> bool:
+  """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). Without it XLA:CPU runs each
+  bfloat16 matmul as a float32 one on upcast copies of both operands. Unknown hosts count as capable,
+  so nothing changes where /proc/cpuinfo is missing."""
+  d = cpu_description() if description is None else description
+  if not d:
+    return True
+  return any(x in d.get("cpu_extensions", ()) for x in BF16_ARITHMETIC)
