@@ -83,22 +83,15 @@ def load_average() -> float | None:
   return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def cpu_description() -> dict[str, Any]:
-  """The CPU's model name and its vector extensions (``swirl_jax.host_cpu``; empty off Linux).
-
-  The development machine's 2 cores measured a 190 GFLOP/s float32 matmul peak in one session and 72
-  (on an AVX2-only "AMD EPYC") in another: every rate and roofline share moves with the host, so runs
-  are only comparable on the same CPU model and extensions.
-  """
-  return dict(host_cpu.cpu_description())
-
-
 def machine_info() -> dict[str, Any]:
   """What ran the benchmark: enough to tell runs on different machines apart."""
   return {
       "platform": platform.platform(),
       "processor": platform.processor() or platform.machine(),
-      **cpu_description(),
+      # The CPU model and vector extensions: the development machine's 2 cores measured a 190 GFLOP/s
+      # float32 matmul peak in one session and 72 (an AVX2-only "AMD EPYC") in another, so runs are only
+      # comparable on the same ones.
+      **host_cpu.cpu_description(),
       "cpu_count": os.cpu_count(),
       "load_average_1m_at_start": load_average(),
       "jax": jax.__version__,

@@ -148,7 +148,7 @@ def bench_swirl(dtype: str, batches: list[int], args) -> tuple[dict, dict, dict]
         "decode_tokens_per_s": (args.new_tokens - 1) * b / decode,
         "end_to_end_tokens_per_s": args.new_tokens * b / e2e,
         "warmup_compile_s": compile_s, "prepare_s": prepare_s, "feature_major": sampler.feature_major,
-        "upcast_weights": sampler.upcast_weights and dtype != "float32",
+        "upcast_weights": sampler_params.head is not None,
         "prepared_copy_bytes": int(sum(x.size * x.dtype.itemsize
                                        for x in jax.tree.leaves((sampler_params.layers, sampler_params.head)))),
         "runs": len(runs), "outputs": outs,

@@ -195,7 +195,8 @@ class Attention(nnx.Module):
     h, kv, dh = self.q.shape[1], self.num_kv_heads, self.q.shape[2]
     # The barrier keeps XLA from folding the transpose into the dot: folded, the dot becomes x^T @ W^T,
     # which XLA:CPU runs in Eigen rather than YNNPACK, ~3x slower at 16 columns (a batch-16 float32 decode
-    # step of the 270M: 135 vs 152 ms; the README's decode section has the rest).
+    # step of the 270M: 135 vs 152 ms; the README's decode section has the rest). So this is ``project``
+    # written out, with the barrier between the dot and the rounding.
     qkv = jax.lax.optimization_barrier(w.qkv @ x.astype(w.qkv.dtype)).astype(x.dtype)
     qkv = qkv.T.reshape(b, t, -1)  # [B, T, (H + 2K) * Dh]
     q = qkv[..., :h * dh].reshape(b, t, h, dh)
