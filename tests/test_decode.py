@@ -268,49 +268,76 @@ def test_vocab_major_head_equals_the_head(preset):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 1])
-def test_upcast_weights_multiply_like_bfloat16(kv_heads):
-  """A bfloat16 model's decode step with float32 copies of its relaid weights and head (the sampler's
-  ``upcast_weights``) gives bit for bit the hidden states of the bfloat16 weights, and the logits up to
-  the float32 summation order, once XLA may not keep excess precision (by default it may skip a
-  float32 -> bfloat16 -> float32 rounding; then values differ within bfloat16 rounding)."""
+@pytest.mark.parametrize("rows", [3, 1])
+def test_upcast_weights_and_cache_keep_bfloat16_values(kv_heads, rows):
+  """A bfloat16 model's feature-major decode step with float32 copies of its relaid weights and head
+  (the sampler's ``upcast_weights``) and/or a float32 KV cache (``upcast_cache``) keeps the bfloat16
+  model's values, once XLA may not keep excess precision (by default it may skip a float32 -> bfloat16
+  -> float32 rounding; then values differ within bfloat16 rounding):
+
+  * the float32 cache changes nothing, bit for bit, whatever the weights (the keys and values it holds
+    are bfloat16-rounded, and attention rounds its probabilities and output as with the bfloat16 cache);
+  * float32 weights give bit for bit the hidden states of bfloat16 weights where XLA:CPU multiplies
+    bfloat16 by upcasting to float32; on a CPU with bfloat16 arithmetic (AVX512-BF16) YNNPACK's bfloat16
+    kernels sum in another order, and the two differ by bfloat16 rounding steps. Logits agree to float32
+    summation order or, there, to that rounding.
+
+  The second step has one token per row: with ``rows`` = 1, the single column ``project`` pads to two."""
   model = random_model(config_preset("tiny-gemma3", num_kv_heads=kv_heads, dtype="bfloat16",
                                      param_dtype="bfloat16"), seed=1)
-  tokens, valid = pad_batch([[5, 6, 7, 8], [9, 10], [11]], 0, length=16)
+  tokens, valid = pad_batch([[5, 6, 7, 8], [9, 10], [11]][:rows], 0, length=16)
   strict = {"xla_allow_excess_precision": False}
-  got = []
-  for dtype in (None, jnp.float32):
-    weights = jax.jit(lambda m: m.layer_weights(dtype))(model)
-    assert weights[0].qkv.dtype == (dtype or jnp.bfloat16)
-    head = None if dtype is None else model.embedding[...].astype(dtype)
-    step = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights), compiler_options=strict)
-    hidden, _ = step(model, jnp.asarray(tokens), jnp.asarray(valid), model.init_cache(3, 64, 16))
-    assert hidden.dtype == jnp.bfloat16
-    logits = jax.jit(lambda m, x: m.logits_vocab_major(x, head), compiler_options=strict)(model, hidden[:, 0])
-    got.append((np.asarray(hidden.astype(jnp.float32)), np.asarray(logits)))
-  np.testing.assert_array_equal(got[0][0], got[1][0])
-  np.testing.assert_allclose(got[0][1], got[1][1], atol=1e-5, rtol=0)
+  got = {}
+  for weights_dtype in (None, jnp.float32):
+    weights = jax.jit(lambda m: m.layer_weights(weights_dtype))(model)
+    assert weights[0].qkv.dtype == (weights_dtype or jnp.bfloat16)
+    head = None if weights_dtype is None else model.embedding[...].astype(weights_dtype)
+    for cache_dtype in (None, jnp.float32):
+      step = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights), compiler_options=strict)
+      cache = model.init_cache(rows, 64, 16, cache_dtype)
+      hidden, cache = step(model, jnp.asarray(tokens), jnp.asarray(valid), cache)
+      # a second step attends over what the first one cached
+      hidden, cache = step(model, jnp.asarray(tokens[:, :1]) + 1, jnp.asarray(valid[:, :1]), cache)
+      assert hidden.dtype == jnp.bfloat16 and cache.layers[0][0].dtype == (cache_dtype or jnp.bfloat16)
+      logits = jax.jit(lambda m, x: m.logits_vocab_major(x, head), compiler_options=strict)(model, hidden[:, 0])
+      assert logits.shape == (model.config.vocab_size, rows)
+      got[weights_dtype, cache_dtype] = (np.asarray(hidden.astype(jnp.float32)), np.asarray(logits))
+  for w in (None, jnp.float32):
+    np.testing.assert_array_equal(got[w, jnp.float32][0], got[w, None][0])
+    np.testing.assert_array_equal(got[w, jnp.float32][1], got[w, None][1])
+  (h_bf16, l_bf16), (h_f32, l_f32) = got[None, None], got[jnp.float32, None]
+  if host_cpu.has_bf16_arithmetic() or jax.default_backend() != "cpu":
+    np.testing.assert_allclose(h_f32, h_bf16, rtol=2 ** -6, atol=2 ** -6)
+    np.testing.assert_allclose(l_f32, l_bf16, rtol=0, atol=0.05)
+  else:
+    np.testing.assert_array_equal(h_f32, h_bf16)
+    np.testing.assert_allclose(l_f32, l_bf16, atol=1e-5, rtol=0)
 
 
-def test_sampler_upcasts_a_bfloat16_models_weights_only():
+def test_sampler_upcasts_a_bfloat16_models_weights_and_cache_only():
   """``prepare`` holds float32 relaid weights and head for a bfloat16 model with ``upcast_weights``, none
-  for a float32 model; the upcast sampler decodes like the plain one (same greedy tokens on this model)."""
+  for a float32 model; ``upcast_cache`` makes the state's cache float32; the upcast samplers decode like
+  the plain one (same greedy tokens on this model)."""
   bf16 = random_model(config_preset("tiny-gemma3", dtype="bfloat16", param_dtype="bfloat16"), seed=4)
   kw = dict(batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12), stops=_no_stops(),
             steps_per_call=6, max_chunk=16, exit_when_done=2, feature_major=True)
   prompts = [[5, 6, 7, 8, 9], [40, 41]]
   outs = []
-  for upcast in (True, False):
-    s = Sampler.create(bf16, upcast_weights=upcast, **kw)
+  for upcast, cache in ((True, True), (False, False), (False, True), (True, False)):
+    s = Sampler.create(bf16, upcast_weights=upcast, upcast_cache=cache, **kw)
     p = s.prepare(nnx.state(bf16))
     assert p.layers[0].gate_up.dtype == (jnp.float32 if upcast else jnp.bfloat16)
     assert (p.head is not None) == upcast
     if upcast:
       assert p.head.dtype == jnp.float32 and p.head.shape == bf16.embedding.shape
+    assert s.init_state(p, [0, 1]).cache.layers[0][1].dtype == (jnp.float32 if cache else jnp.bfloat16)
     outs.append(generate(s, p, prompts))
-  assert outs[0] == outs[1] and [len(o) for o in outs[0]] == [12, 12]
+  assert all(o == outs[0] for o in outs) and [len(o) for o in outs[0]] == [12, 12]
   f32 = random_model(config_preset("tiny-gemma3"), seed=4)
-  p = Sampler.create(f32, upcast_weights=True, **kw).prepare(nnx.state(f32))
+  s = Sampler.create(f32, upcast_weights=True, upcast_cache=True, **kw)
+  p = s.prepare(nnx.state(f32))
   assert p.head is None and p.layers[0].qkv.dtype == jnp.float32
+  assert s.init_state(p, [0, 1]).cache.layers[0][0].dtype == jnp.float32
 
 
 def test_upcast_weights_default_follows_the_cpus_bfloat16_arithmetic():
@@ -323,6 +350,7 @@ def test_upcast_weights_default_follows_the_cpus_bfloat16_arithmetic():
   s = Sampler.create(random_model(config_preset("tiny-gemma3"), seed=0), batch=1, cache_len=32,
                      sampling=SamplingConfig(max_new_tokens=4), stops=_no_stops())
   assert s.upcast_weights == (jax.default_backend() == "cpu" and not host_cpu.has_bf16_arithmetic())
+  assert s.upcast_cache == (jax.default_backend() == "cpu")
 
 
 def test_a_row_samples_the_same_whatever_shares_its_batch():

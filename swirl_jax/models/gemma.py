@@ -111,14 +111,40 @@ def slot_positions(lengths: jax.Array, size: int) -> jax.Array:
   return last - jnp.mod(last - jnp.arange(size)[None, :], size)
 
 
-def project(w: jax.Array, x: jax.Array) -> jax.Array:
-  """w [out, in] @ x [in, N] -> [out, N] in x's dtype, multiplied in w's dtype.
+def _round_to(x: jax.Array, dtype, held) -> jax.Array:
+  """x rounded to ``dtype`` and held in ``held`` (a bfloat16 model's attention over a float32 cache)."""
+  return x.astype(dtype).astype(held)
 
-  Relaid weights may be held in float32 for a bfloat16 model (``Sampler``'s ``upcast_weights``): the
-  activations are upcast, multiplied in float32 and rounded back, exactly what XLA:CPU does with a
-  bfloat16 matmul on a CPU without bfloat16 arithmetic, minus converting the weights at every step.
+
+def project(w: jax.Array, x: jax.Array, barrier: bool = False) -> jax.Array:
+  """w [out, in] @ x [in, N] -> [out, N] in x's dtype, accumulated in float32 and rounded once (as XLA's
+  own bfloat16 dot does).
+
+  float32 weights of a bfloat16 model (``Sampler``'s ``upcast_weights``): the activations are upcast,
+  multiplied in float32 and rounded back, exactly what XLA:CPU does with a bfloat16 matmul on a CPU
+  without bfloat16 arithmetic, minus converting the weights at every step.
+
+  bfloat16 weights: written so that XLA:CPU hands the dot to YNNPACK's bfloat16 kernels on a CPU with
+  AVX512-BF16 instead of converting both operands to float32 first (measured on such a CPU, the 270M's
+  18 gate/up matmuls at 2 columns: 3.3 against 50 ms). That takes a float32 result type, the activations
+  as the contracted-minor [N, in] operand (the residual stream's [D, N] is a transposed [N, D] array, and
+  as [in, N] XLA upcasts the dot and hoists the weights' conversion out of the decode loop), and at
+  least two columns: a bfloat16 matrix times one column takes XLA's slow path either way (the LM head:
+  164 against 14 ms), so one column is padded to two.
+
+  ``barrier``: an optimization barrier between the dot and what follows (see
+  ``Attention.extend_feature_major``).
   """
-  return (w @ x.astype(w.dtype)).astype(x.dtype)
+  n = x.shape[1]
+  xw = x.astype(w.dtype)
+  if w.dtype == jnp.float32:
+    y = w @ xw
+  else:
+    xt = xw.T if n > 1 else jnp.pad(xw.T, ((0, 1), (0, 0)))
+    y = jax.lax.dot_general(w, xt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  if barrier:
+    y = jax.lax.optimization_barrier(y)
+  return y[:, :n].astype(x.dtype)
 
 
 class LayerWeights(NamedTuple):
@@ -195,9 +221,8 @@ class Attention(nnx.Module):
     h, kv, dh = self.q.shape[1], self.num_kv_heads, self.q.shape[2]
     # The barrier keeps XLA from folding the transpose into the dot: folded, the dot becomes x^T @ W^T,
     # which XLA:CPU runs in Eigen rather than YNNPACK, ~3x slower at 16 columns (a batch-16 float32 decode
-    # step of the 270M: 135 vs 152 ms; the README's decode section has the rest). So this is ``project``
-    # written out, with the barrier between the dot and the rounding.
-    qkv = jax.lax.optimization_barrier(w.qkv @ x.astype(w.qkv.dtype)).astype(x.dtype)
+    # step of the 270M: 135 vs 152 ms; the README's decode section has the rest).
+    qkv = project(w.qkv, x, barrier=True)
     qkv = qkv.T.reshape(b, t, -1)  # [B, T, (H + 2K) * Dh]
     q = qkv[..., :h * dh].reshape(b, t, h, dh)
     k = qkv[..., h * dh:(h + kv) * dh].reshape(b, t, kv, dh)
@@ -225,10 +250,20 @@ class Attention(nnx.Module):
     cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
     kv_pos = slot_positions(lengths, size)
     mask = attention_mask(positions, kv_pos, kv_pos >= 0, self.window)
-    return self.attend(q, ck.astype(dt), cv.astype(dt), mask), (ck, cv)
+    # A float32 cache of a low-precision model is attended as it is (``attend``).
+    read = (lambda c: c) if ck.dtype == jnp.float32 else (lambda c: c.astype(dt))
+    return self.attend(q, read(ck), read(cv), mask), (ck, cv)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh]."""
+    """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh] in the compute dtype.
+
+    k and v may be float32 holding a bfloat16 model's keys and values (the sampler's float32 cache on
+    CPU): XLA:CPU multiplies bfloat16 in float32 anyway, and would otherwise convert the whole cache to
+    float32 and back at every decode step. The queries are upcast and the probabilities and output
+    rounded to the compute dtype, so the values are those of the bfloat16 cache.
+    """
+    dt = self.dtype
+    q = q.astype(k.dtype)
     b, t, h, dh = q.shape
     if self.num_kv_heads == 1 and t == 1 and k.dtype == jnp.float32:
       return self._attend_one_query(q, k, v, mask)
@@ -242,34 +277,35 @@ class Attention(nnx.Module):
       if self.softcap is not None:
         logits = jnp.tanh(logits / self.softcap) * self.softcap
       mask = jnp.broadcast_to(mask[:, :, None, :], (b, t, h, mask.shape[-1])).reshape(b, t * h, -1)
-      probs = jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1).astype(v.dtype)
-      return jnp.einsum("bqs,bsd->bqd", probs, v[:, :, 0]).reshape(b, t, h, dh)
+      probs = _round_to(jax.nn.softmax(jnp.where(mask, logits, _MASK_VALUE), axis=-1), dt, v.dtype)
+      return jnp.einsum("bqs,bsd->bqd", probs, v[:, :, 0]).reshape(b, t, h, dh).astype(dt)
     g = h // self.num_kv_heads
     qg = q.reshape(b, t, self.num_kv_heads, g, dh)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * self.scaling
     if self.softcap is not None:
       logits = jnp.tanh(logits / self.softcap) * self.softcap
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = _round_to(jax.nn.softmax(logits, axis=-1), dt, v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, dh)
+    return out.reshape(b, t, h, dh).astype(dt)
 
   def _attend_one_query(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """``attend`` for a float32 decode step (one query token per row) with one kv head: the keys are the
-    scores' dot's left operand, the scores [B, S, H] are softmaxed over S, and the values' dot contracts
-    S, the major axis of both operands. XLA:CPU (YNNPACK) runs these skinny batched dots faster than with
-    the queries on the left: one layer's attention at batch 16 over 256 cached tokens, 0.53 vs 1.26 ms
-    alone; the whole batch-16 decode step of the 270M, compiled both ways in one process and run
-    alternately, 139-151 vs 155-169 ms per step (batch 1 and 64: within noise). In bfloat16 it was
-    slower (166-193 vs 161-173 ms), so bfloat16 keeps the other form. Same values up to summation
-    order."""
+    """``attend`` for a decode step (one query token per row) with one kv head over float32 keys and
+    values (a float32 model's, or a bfloat16 model's float32 cache): the keys are the scores' dot's left
+    operand, the scores [B, S, H] are softmaxed over S, and the values' dot contracts S, the major axis
+    of both operands. XLA:CPU (YNNPACK) runs these skinny batched dots faster than with the queries on
+    the left: one layer's attention at batch 16 over 256 cached tokens, 0.53 vs 1.26 ms alone; the whole
+    batch-16 decode step of the 270M, compiled both ways in one process and run alternately, 139-151 vs
+    155-169 ms per step (batch 1 and 64: within noise). Over a bfloat16 cache it was slower (166-193 vs
+    161-173 ms), so that keeps the other form. Same values up to summation order."""
     b, _, h, dh = q.shape
     logits = jnp.einsum("bsd,bhd->bsh", k[:, :, 0], q[:, 0],
                         preferred_element_type=jnp.float32) * self.scaling  # [B, S, H]
     if self.softcap is not None:
       logits = jnp.tanh(logits / self.softcap) * self.softcap
-    probs = jax.nn.softmax(jnp.where(mask[:, 0, :, None], logits, _MASK_VALUE), axis=1).astype(v.dtype)
-    return jnp.einsum("bsh,bsd->bhd", probs, v[:, :, 0]).reshape(b, 1, h, dh)
+    probs = _round_to(jax.nn.softmax(jnp.where(mask[:, 0, :, None], logits, _MASK_VALUE), axis=1),
+                      self.dtype, v.dtype)
+    return jnp.einsum("bsh,bsd->bhd", probs, v[:, :, 0]).reshape(b, 1, h, dh).astype(self.dtype)
 
 
 class MLP(nnx.Module):
@@ -435,8 +471,12 @@ class Gemma(nnx.Module):
     None = the embedding in the compute dtype.
     """
     emb = self.embedding[...].astype(self.config.jnp_dtype) if head is None else head
-    return self._softcap(jnp.einsum("vd,bd->vb", emb, hidden.astype(emb.dtype),
-                                    preferred_element_type=jnp.float32))
+    b = hidden.shape[0]
+    rows = hidden.astype(emb.dtype)
+    if b == 1 and emb.dtype != jnp.float32:  # a bfloat16 matrix-vector product is XLA:CPU's slow path
+      rows = jnp.pad(rows, ((0, 1), (0, 0)))  # (``project``)
+    logits = jnp.einsum("vd,bd->vb", emb, rows, preferred_element_type=jnp.float32)
+    return self._softcap(logits[:, :b])
 
   def _softcap(self, logits: jax.Array) -> jax.Array:
     cap = self.config.final_logit_softcap

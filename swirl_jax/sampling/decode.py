@@ -263,8 +263,16 @@ class Sampler:
       and LM head in float32 (exact copies, ~2x their memory) and the steps multiply in float32 with the
       activations still rounded to bfloat16 (``gemma.project``): the same values as multiplying in
       bfloat16 on a CPU without bfloat16 arithmetic, where XLA upcasts the weights at every step
-      instead (the 270M at batch 16: 209 vs 257 ms per step). ``create`` turns it on for CPUs without
-      AVX512-BF16 or AMX. No effect on a float32 model.
+      instead (the 270M at batch 16 on an AVX2 CPU: 209 vs 257 ms per step). ``create`` turns it on for
+      CPUs without AVX512-BF16 or AMX; on those the bfloat16 weights go to YNNPACK's bfloat16 kernels
+      (``gemma.project``) and upcasting is slower (batch 16: 103 against 48 ms). No effect on a float32
+      model.
+    upcast_cache: a bfloat16 model's KV cache is held in float32 (its bfloat16-rounded keys and values,
+      2x the cache's memory) and attended in float32 with the probabilities and output rounded to
+      bfloat16 (``Attention.attend``): the same values. XLA:CPU has no bfloat16 kernel for attention's
+      batched dots, and with a bfloat16 cache converts every layer's whole cache to float32 and back at
+      every decode step (the 270M at batch 16 on an AVX512-BF16 CPU: 48 against 69 ms per step; batch 64:
+      128 against 191). ``create`` turns it on for the CPU backend. No effect on a float32 model.
   """
 
   graphdef: nnx.GraphDef
@@ -278,6 +286,7 @@ class Sampler:
   row_buckets: tuple[int, ...] = ()
   feature_major: bool = False
   upcast_weights: bool = False
+  upcast_cache: bool = False
   trace_counts: dict = dataclasses.field(default_factory=dict, repr=False)
   device_stops: StopTable | None = dataclasses.field(default=None, repr=False)
 
@@ -292,9 +301,9 @@ class Sampler:
   def create(cls, model: Gemma, *, batch: int, cache_len: int, sampling: SamplingConfig,
              stops: StopTable, steps_per_call: int = 64, min_chunk: int = 16, exit_when_done: int = 1,
              max_chunk: int | None = None, feature_major: bool | None = None,
-             upcast_weights: bool | None = None) -> "Sampler":
-    """A Sampler for ``model``'s graph; ``feature_major`` None = on for the CPU backend;
-    ``upcast_weights`` None = on for a CPU without bfloat16 arithmetic."""
+             upcast_weights: bool | None = None, upcast_cache: bool | None = None) -> "Sampler":
+    """A Sampler for ``model``'s graph; ``feature_major`` and ``upcast_cache`` None = on for the CPU
+    backend; ``upcast_weights`` None = on for a CPU without bfloat16 arithmetic."""
     max_chunk = max_chunk or max(sampling.max_new_tokens, 256)
     buckets, b = [], min_chunk
     while b < max_chunk:
@@ -307,8 +316,11 @@ class Sampler:
       feature_major = _feature_major_default()
     if upcast_weights is None:
       upcast_weights = _upcast_weights_default()
+    if upcast_cache is None:
+      upcast_cache = jax.default_backend() == "cpu"
     return cls(nnx.graphdef(model), batch, cache_len, tuple(buckets), steps_per_call, sampling, stops,
-               exit_when_done, feature_major=feature_major, upcast_weights=upcast_weights)
+               exit_when_done, feature_major=feature_major, upcast_weights=upcast_weights,
+               upcast_cache=upcast_cache)
 
   def prepare(self, params: nnx.State | SamplerParams) -> SamplerParams:
     """The params every call of this sampler takes, made once per parameter version: with
@@ -344,7 +356,8 @@ class Sampler:
   @functools.partial(jax.jit, static_argnums=0)
   def _init_state(self, params: nnx.State, seeds: jax.Array) -> DecodeState:
     model = nnx.merge(self.graphdef, params)
-    cache = model.init_cache(self.batch, self.cache_len, self.max_chunk)
+    cache = model.init_cache(self.batch, self.cache_len, self.max_chunk,
+                             jnp.float32 if self.upcast_cache else None)
     width = self.stops.tails.shape[1]
     keys = jax.vmap(jax.random.key)(seeds)
     z = jnp.zeros((self.batch,), jnp.int32)
