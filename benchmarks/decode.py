@@ -20,7 +20,8 @@ Decode tokens/s = (new_tokens - 1) * batch / decode seconds. swirl_jax's params 
 the block weights; its seconds are reported as ``prepare_s``), as every caller of the sampler does once
 per parameter version. On a CPU without bfloat16 arithmetic the bfloat16 run's relaid weights and LM head
 are float32 copies (``Sampler.upcast_weights``; ``upcast_weights`` and ``prepared_copy_bytes`` say so):
-its steps stream float32 weights, while its roofline below still counts bfloat16 bytes.
+its steps stream float32 weights, while its roofline below still counts bfloat16 bytes. On the CPU
+backend the bfloat16 run's KV cache is float32 (``Sampler.upcast_cache``; ``cache_dtype`` says so).
 
 Roofline (per decode step, measured on this machine in this run):
   * weight bytes: every parameter once per step, the embedding included (the tied LM head reads all of
@@ -149,6 +150,7 @@ def bench_swirl(dtype: str, batches: list[int], args) -> tuple[dict, dict, dict]
         "end_to_end_tokens_per_s": args.new_tokens * b / e2e,
         "warmup_compile_s": compile_s, "prepare_s": prepare_s, "feature_major": sampler.feature_major,
         "upcast_weights": sampler_params.head is not None,
+        "cache_dtype": str(sampler.init_state(sampler_params, [0] * b).cache.layers[0][0].dtype),
         "prepared_copy_bytes": int(sum(x.size * x.dtype.itemsize
                                        for x in jax.tree.leaves((sampler_params.layers, sampler_params.head)))),
         "runs": len(runs), "outputs": outs,

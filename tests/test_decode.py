@@ -10,7 +10,7 @@ from swirl_jax import host_cpu
 from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.config import preset as config_preset
-from swirl_jax.models.gemma import forward_logits
+from swirl_jax.models.gemma import forward_logits, project
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, argmax, categorical, sample_logits
 from swirl_jax.sampling.generate import generate, write_rows
 
@@ -265,6 +265,33 @@ def test_vocab_major_head_equals_the_head(preset):
   hidden = jnp.asarray(np.random.default_rng(0).normal(size=(5, model.config.d_model)), jnp.float32)
   np.testing.assert_allclose(np.asarray(model.logits_vocab_major(hidden)).T, np.asarray(model.logits(hidden)),
                              atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("token_major", [True, False])
+def test_project_is_a_float32_accumulated_matmul(weights, n, token_major):
+  """``project`` = numpy's float32 matmul of the operands' values, rounded to the activations' dtype, for
+  every path: float32 (upcast) or bfloat16 weights, one column (padded to two) or several, activations
+  that are a transposed token-major array or a dot's output. Where YNNPACK multiplies bfloat16 natively
+  the float32 sum may differ in order, so the rounded result may be one bfloat16 step off."""
+  rng = np.random.default_rng(n)
+  w = jnp.asarray(rng.normal(size=(48, 40)), jnp.float32).astype(weights)
+  xt = jnp.asarray(rng.normal(size=(n, 40)), jnp.bfloat16)  # token-major, as the residual stream is held
+  got = jax.jit(lambda w, xt: project(w, xt.T, token_major=token_major))(w, xt)
+  assert got.shape == (48, n) and got.dtype == jnp.bfloat16
+  want = (np.asarray(w.astype(jnp.float32)) @ np.asarray(xt.astype(jnp.float32)).T).astype(jnp.bfloat16)
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2 ** -7, atol=1e-6)
+
+
+def test_bitwise_embedding_lookup_is_the_lookup():
+  """The cached paths' lookup of a bfloat16 table as raw bits gives the same rows, bit for bit."""
+  for dtype in ("bfloat16", "float32"):
+    model = random_model(config_preset("tiny-gemma3", dtype=dtype, param_dtype=dtype), seed=2)
+    tokens = jnp.asarray([[3, 0, model.config.vocab_size - 1], [7, 7, 1]])
+    a, b = (np.asarray(jax.jit(lambda m, t, bw=bw: m.embed(t, bitwise=bw))(model, tokens).astype(jnp.float32))
+            for bw in (False, True))
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 1])

@@ -116,7 +116,7 @@ def _round_to(x: jax.Array, dtype, held) -> jax.Array:
   return x.astype(dtype).astype(held)
 
 
-def project(w: jax.Array, x: jax.Array, barrier: bool = False) -> jax.Array:
+def project(w: jax.Array, x: jax.Array, barrier: bool = False, token_major: bool = True) -> jax.Array:
   """w [out, in] @ x [in, N] -> [out, N] in x's dtype, accumulated in float32 and rounded once (as XLA's
   own bfloat16 dot does).
 
@@ -140,8 +140,11 @@ def project(w: jax.Array, x: jax.Array, barrier: bool = False) -> jax.Array:
   if w.dtype == jnp.float32:
     y = w @ xw
   else:
-    xt = xw.T if n > 1 else jnp.pad(xw.T, ((0, 1), (0, 0)))
-    y = jax.lax.dot_general(w, xt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    if n > 1 and not token_major:
+      y = jnp.matmul(w, xw, preferred_element_type=jnp.float32)
+    else:
+      xt = xw.T if n > 1 else jnp.pad(xw.T, ((0, 1), (0, 0)))
+      y = jax.lax.dot_general(w, xt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   if barrier:
     y = jax.lax.optimization_barrier(y)
   return y[:, :n].astype(x.dtype)
@@ -360,7 +363,7 @@ class Block(nnx.Module):
     f = w.down.shape[1]
     gate_up = project(w.gate_up, self.pre_mlp_norm(x, axis=0))
     hidden = jax.nn.gelu(gate_up[:f], approximate=True) * gate_up[f:]
-    return x + self.post_mlp_norm(project(w.down, hidden), axis=0), cache
+    return x + self.post_mlp_norm(project(w.down, hidden, token_major=False), axis=0), cache
 
   def layer_weights(self, dtype=None) -> LayerWeights:
     attn, mlp = self.attn, self.mlp
@@ -388,9 +391,18 @@ class Gemma(nnx.Module):
     self.final_norm = RMSNorm(cfg.d_model, cfg.rms_eps, ("norm",), cfg.jnp_param_dtype)
     self.shard = shard
 
-  def embed(self, tokens: jax.Array) -> jax.Array:
+  def embed(self, tokens: jax.Array, bitwise: bool = False) -> jax.Array:
+    """tokens [...] -> scaled embeddings [..., D]. ``bitwise`` (the cached paths; no gradient): a 16-bit
+    embedding's rows are looked up as raw bits. XLA:CPU has no bfloat16 gather and otherwise converts
+    the whole table to float32 first (~150 ms for the 270M, once per decode or extend call)."""
     cfg = self.config
-    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+    emb = self.embedding[...]
+    if bitwise and emb.dtype.itemsize == 2 and jnp.issubdtype(emb.dtype, jnp.floating):
+      bits = jnp.take(jax.lax.bitcast_convert_type(emb, jnp.uint16), tokens, axis=0)
+      x = jax.lax.bitcast_convert_type(bits, emb.dtype)
+    else:
+      x = jnp.take(emb, tokens, axis=0)
+    x = x.astype(cfg.jnp_dtype)
     # HF multiplies by sqrt(d) rounded to the weights' dtype; do the same for bit-level parity.
     return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.jnp_param_dtype).astype(cfg.jnp_dtype)
 
@@ -415,7 +427,7 @@ class Gemma(nnx.Module):
     row may have none. Positions continue from ``cache.lengths``.
     """
     positions, lengths = _chunk_positions(valid, cache)
-    x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
+    x = self.shard(self.embed(tokens, bitwise=True), "batch", "seq", "act_embed")
     new_layers = []
     for block, layer_cache in zip(self.layers, cache.layers):
       x, layer_cache = block(x, positions, valid, layer_cache, lengths)
@@ -435,7 +447,7 @@ class Gemma(nnx.Module):
     No activation sharding constraints: meant for the sampler's single-host steps."""
     b, t = tokens.shape
     positions, lengths = _chunk_positions(valid, cache)
-    x = self.embed(tokens).reshape(b * t, -1).T
+    x = self.embed(tokens, bitwise=True).reshape(b * t, -1).T
     new_layers = []
     for block, w, layer_cache in zip(self.layers, weights, cache.layers):
       x, layer_cache = block.extend_feature_major(x, w, positions, valid, layer_cache, lengths)
