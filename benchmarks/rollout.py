@@ -141,8 +141,9 @@ def main() -> None:
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--questions", type=int, default=32)
   ap.add_argument("--dtype", default="float32",
-                  help="param and compute dtype (float32: on a CPU without bf16 units XLA upcasts bf16 "
-                       "weights to float32 in every call, so bfloat16 is slower here)")
+                  help="param and compute dtype (float32 by default: on a CPU without bf16 units bfloat16 "
+                       "is slower, and in bfloat16 a trajectory may depend on what shares its batch, so "
+                       "the two modes may not produce the same trajectories; see identical_trajectories)")
   ap.add_argument("--temperature", type=float, default=0.7)
   ap.add_argument("--top_k", type=int, default=64)
   ap.add_argument("--max_new_tokens", type=int, default=64)
