@@ -150,7 +150,7 @@ def bench_swirl(dtype: str, batches: list[int], args) -> tuple[dict, dict, dict]
         "end_to_end_tokens_per_s": args.new_tokens * b / e2e,
         "warmup_compile_s": compile_s, "prepare_s": prepare_s, "feature_major": sampler.feature_major,
         "upcast_weights": sampler_params.head is not None,
-        "cache_dtype": str(sampler.init_state(sampler_params, [0] * b).cache.layers[0][0].dtype),
+        "cache_dtype": "float32" if sampler.upcast_cache else dtype,
         "prepared_copy_bytes": int(sum(x.size * x.dtype.itemsize
                                        for x in jax.tree.leaves((sampler_params.layers, sampler_params.head)))),
         "runs": len(runs), "outputs": outs,

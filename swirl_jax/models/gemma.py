@@ -116,6 +116,16 @@ def _round_to(x: jax.Array, dtype, held) -> jax.Array:
   return x.astype(dtype).astype(held)
 
 
+def dot_rows(w: jax.Array, rows: jax.Array) -> jax.Array:
+  """w [out, in] . rows [N, in] -> float32 [out, N]: the form XLA:CPU hands to YNNPACK's bfloat16 kernels
+  for a bfloat16 ``w`` (see ``project``). A single row is padded to two for a low-precision ``w``: a
+  bfloat16 matrix times one vector takes XLA's slow path (the 270M's LM head: 164 against 14 ms)."""
+  n = rows.shape[0]
+  if n == 1 and w.dtype != jnp.float32:
+    rows = jnp.pad(rows, ((0, 1), (0, 0)))
+  return jax.lax.dot_general(w, rows, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)[:, :n]
+
+
 def project(w: jax.Array, x: jax.Array, barrier: bool = False, token_major: bool = True) -> jax.Array:
   """w [out, in] @ x [in, N] -> [out, N] in x's dtype, accumulated in float32 and rounded once (as XLA's
   own bfloat16 dot does).
@@ -128,26 +138,23 @@ def project(w: jax.Array, x: jax.Array, barrier: bool = False, token_major: bool
   AVX512-BF16 instead of converting both operands to float32 first (measured on such a CPU, the 270M's
   18 gate/up matmuls at 2 columns: 3.3 against 50 ms). That takes a float32 result type, the activations
   as the contracted-minor [N, in] operand (the residual stream's [D, N] is a transposed [N, D] array, and
-  as [in, N] XLA upcasts the dot and hoists the weights' conversion out of the decode loop), and at
-  least two columns: a bfloat16 matrix times one column takes XLA's slow path either way (the LM head:
-  164 against 14 ms), so one column is padded to two.
+  as [in, N] XLA upcasts the dot and hoists the weights' conversion out of the decode loop; ``dot_rows``),
+  and at least two columns (``dot_rows`` pads one). A dot's output (``token_major`` False) is held
+  [in, N] and multiplies as it is.
 
   ``barrier``: an optimization barrier between the dot and what follows (see
   ``Attention.extend_feature_major``).
   """
-  n = x.shape[1]
   xw = x.astype(w.dtype)
   if w.dtype == jnp.float32:
     y = w @ xw
+  elif x.shape[1] > 1 and not token_major:
+    y = jnp.matmul(w, xw, preferred_element_type=jnp.float32)
   else:
-    if n > 1 and not token_major:
-      y = jnp.matmul(w, xw, preferred_element_type=jnp.float32)
-    else:
-      xt = xw.T if n > 1 else jnp.pad(xw.T, ((0, 1), (0, 0)))
-      y = jax.lax.dot_general(w, xt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    y = dot_rows(w, xw.T)
   if barrier:
     y = jax.lax.optimization_barrier(y)
-  return y[:, :n].astype(x.dtype)
+  return y.astype(x.dtype)
 
 
 class LayerWeights(NamedTuple):
@@ -254,8 +261,8 @@ class Attention(nnx.Module):
     kv_pos = slot_positions(lengths, size)
     mask = attention_mask(positions, kv_pos, kv_pos >= 0, self.window)
     # A float32 cache of a low-precision model is attended as it is (``attend``).
-    read = (lambda c: c) if ck.dtype == jnp.float32 else (lambda c: c.astype(dt))
-    return self.attend(q, read(ck), read(cv), mask), (ck, cv)
+    k_read, v_read = (c if c.dtype == jnp.float32 else c.astype(dt) for c in (ck, cv))
+    return self.attend(q, k_read, v_read, mask), (ck, cv)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] -> [B, T, H, Dh] in the compute dtype.
@@ -483,12 +490,7 @@ class Gemma(nnx.Module):
     None = the embedding in the compute dtype.
     """
     emb = self.embedding[...].astype(self.config.jnp_dtype) if head is None else head
-    b = hidden.shape[0]
-    rows = hidden.astype(emb.dtype)
-    if b == 1 and emb.dtype != jnp.float32:  # a bfloat16 matrix-vector product is XLA:CPU's slow path
-      rows = jnp.pad(rows, ((0, 1), (0, 0)))  # (``project``)
-    logits = jnp.einsum("vd,bd->vb", emb, rows, preferred_element_type=jnp.float32)
-    return self._softcap(logits[:, :b])
+    return self._softcap(dot_rows(emb, hidden.astype(emb.dtype)))
 
   def _softcap(self, logits: jax.Array) -> jax.Array:
     cap = self.config.final_logit_softcap
