@@ -1,5 +1,7 @@
 """The KV cache, the jitted decode loop, sampling and stop rules (tiny random models)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -292,6 +294,24 @@ def test_bitwise_embedding_lookup_is_the_lookup():
     a, b = (np.asarray(jax.jit(lambda m, t, bw=bw: m.embed(t, bitwise=bw))(model, tokens).astype(jnp.float32))
             for bw in (False, True))
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's loop-invariant code motion")
+@pytest.mark.parametrize("feature_major", [True, False])
+def test_decode_loop_reads_embedding_rows_without_copying_the_table(feature_major):
+  """A bfloat16 model's decode call does not copy or convert the whole embedding table ahead of its loop
+  (as XLA:CPU does with a loop-invariant table: the 270M's 335 MB at every call); the loop's lookups
+  read single rows."""
+  model = random_model(config_preset("tiny-gemma3", dtype="bfloat16", param_dtype="bfloat16"), seed=4)
+  s = Sampler.create(model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12),
+                     stops=_no_stops(), steps_per_call=6, max_chunk=16, exit_when_done=2,
+                     feature_major=feature_major, upcast_weights=False)
+  p = s.prepare(nnx.state(model))
+  hlo = s._decode.lower(s, p.state, p.layers, p.head, s.init_state(p, [0, 1]), s.device_stops).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):]
+  v, d = model.embedding.shape
+  whole_table = re.findall(rf"= \w+\[{v},{d}\]\S* (?:fusion|convert|copy|bitcast-convert)\(", entry)
+  assert not whole_table, whole_table
 
 
 @pytest.mark.parametrize("kv_heads", [4, 1])
