@@ -1,5 +1,6 @@
 """The KV cache, the jitted decode loop, sampling and stop rules (tiny random models)."""
 
+import dataclasses
 import re
 
 import jax
@@ -26,23 +27,25 @@ def _reencode(model, seqs):
   return np.asarray(forward_logits(model, jnp.asarray(tokens), jnp.asarray(valid)))
 
 
-@pytest.mark.parametrize("layout", ["row_major", "feature_major"])
+@pytest.mark.parametrize("layout,span", [("row_major", None), ("feature_major", None), ("row_major", 48),
+                                         ("feature_major", 48)])
 @pytest.mark.parametrize("preset,kv_heads", [("tiny-gemma3", 4), ("tiny-gemma2", 4), ("tiny-gemma3", 1)])
-def test_cache_extend_and_rollback_equal_reencoding(preset, kv_heads, layout):
+def test_cache_extend_and_rollback_equal_reencoding(preset, kv_heads, layout, span):
   """Chunks appended to ring-buffer caches (local rings wrap: window 8, chunk 16 -> 23 slots) give the
   logits of re-encoding the whole conversation; rolling a row back by its length does too. Both the
   row-major extend and the feature-major one (relaid [out, in] fused weights, the CPU decode step),
-  with grouped kv heads and with the single-kv-head attention path."""
+  with grouped kv heads and with the single-kv-head attention path; with ``span`` 48 (no row holds more
+  than 46 tokens) the global layers' 96-slot rings are read up to slot 48 only."""
   model = random_model(config_preset(preset, num_kv_heads=kv_heads), seed=1)
   rng = np.random.default_rng(0)
   cache = model.init_cache(3, 96, 16)
   assert cache.layers[0][0].shape[1] == 8 + 16 - 1  # a local layer keeps window + chunk - 1 slots
   history = [[], [], []]
   if layout == "row_major":
-    extend = jax.jit(lambda m, t, v, c: m.extend(t, v, c))
+    extend = jax.jit(lambda m, t, v, c: m.extend(t, v, c, span))
   else:
     weights = jax.jit(lambda m: m.layer_weights())(model)
-    extend = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights))
+    extend = jax.jit(lambda m, t, v, c: m.extend_feature_major(t, v, c, weights, span))
 
   def append(chunks):
     nonlocal cache
@@ -96,13 +99,17 @@ def test_attention_forms_equal_a_numpy_reference(t, kv_heads):
 @pytest.mark.parametrize("kv_heads", [4, 1])  # 1: the single-kv-head attention in the decode step
 @pytest.mark.parametrize("feature_major", [True, False])
 def test_greedy_generate_matches_argmax_of_reencoding(feature_major, kv_heads):
+  """Greedy decode calls, each attending over the cache's first 16 or 32 slots (span buckets), give the
+  argmax of re-encoding every sequence."""
   model = random_model(config_preset("tiny-gemma3", num_kv_heads=kv_heads), seed=2)
   s = Sampler.create(model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=20),
                      stops=_no_stops(), steps_per_call=8, max_chunk=32, exit_when_done=2,
                      feature_major=feature_major)
+  s = dataclasses.replace(s, span_buckets=(16, 32, 64), trace_counts={})
   prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41]]
   outs = generate(s, nnx.state(model), prompts)
-  assert ("decode/feature_major" if feature_major else "decode") in s.trace_counts
+  name = "decode/feature_major" if feature_major else "decode"
+  assert s.trace_counts == {"extend/2x16": 1, f"{name}/span16": 1, f"{name}/span32": 1}  # 7+8, 15+8, 23+8
   assert [len(o) for o in outs] == [20, 20]
   for p, o in zip(prompts, outs):
     seq = p + o
@@ -120,12 +127,13 @@ def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
   for lengths in [(5, 9, 14), (16, 1, 3), (2, 2, 2)]:
     generate(s, params, [[7] * n for n in lengths])
   # generate() prepares the params, so on CPU the decode step is the feature-major program
-  assert s.trace_counts == {"extend/3x16": 1, "decode/feature_major": 1}
+  assert s.span_buckets == (96,)  # cache_len / 8 is below the smallest default bucket, 256
+  assert s.trace_counts == {"extend/3x16": 1, "decode/feature_major/span96": 1}
   generate(s, params, [[7] * 20, [8] * 3])  # 2 rows: padded to the 3-row bucket
   for _ in range(2):
     generate(s, params, [[7] * 40])  # one row, split into a 32 and a 16 chunk
   assert s.trace_counts == {"extend/3x16": 1, "extend/3x32": 1, "extend/1x32": 1, "extend/1x16": 1,
-                            "decode/feature_major": 1}
+                            "decode/feature_major/span96": 1}
 
 
 def test_extending_some_rows_equals_extending_the_whole_batch():
@@ -149,7 +157,7 @@ def test_extending_some_rows_equals_extending_the_whole_batch():
     st = write_rows(s, params, st, {3: [9, 9, 9]}, set_lengths={3: 0}, seeds={3: 99})
     st = write_rows(s, params, st, {0: [4, 5], 4: [6, 7, 8, 9, 10]})
     states.append(st)
-  assert subset.trace_counts.keys() == {"extend/5x16", "extend/1x16", "extend/4x16", "decode"}
+  assert subset.trace_counts.keys() == {"extend/5x16", "extend/1x16", "extend/4x16", "decode/span64"}
   a, b = states
   np.testing.assert_array_equal(np.asarray(a.cache.lengths), np.asarray(b.cache.lengths))
   for name in ("pending", "active", "turn_len", "recent"):
@@ -307,7 +315,8 @@ def test_decode_loop_reads_embedding_rows_without_copying_the_table(feature_majo
                      stops=_no_stops(), steps_per_call=6, max_chunk=16, exit_when_done=2,
                      feature_major=feature_major, upcast_weights=False)
   p = s.prepare(nnx.state(model))
-  hlo = s._decode.lower(s, p.state, p.layers, p.head, s.init_state(p, [0, 1]), s.device_stops).compile().as_text()
+  hlo = s._decode.lower(s, p.state, p.layers, p.head, s.init_state(p, [0, 1]), s.device_stops,
+                        s.cache_len).compile().as_text()
   entry = hlo[hlo.index("\nENTRY"):]
   v, d = model.embedding.shape
   whole_table = re.findall(rf"= \w+\[{v},{d}\]\S* (?:fusion|convert|copy|bitcast-convert)\(", entry)

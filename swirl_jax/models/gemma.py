@@ -198,13 +198,13 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array,
                cache: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
-               segments: jax.Array | None = None):
+               segments: jax.Array | None = None, span: int | None = None):
     """x: [B, T, D]; positions: [B, T] int; valid: [B, T] bool (False = padding); segments: None or
     [B, T] int segment ids (``attention_mask``; uncached calls only).
 
     Without ``cache`` returns [B, T, D]. With ``cache`` = (k, v) ring buffers and ``lengths`` (the row
-    lengths after this chunk), writes the chunk's keys and values first, attends over the ring, and
-    returns ([B, T, D], (k, v)).
+    lengths after this chunk), writes the chunk's keys and values first, attends over the ring (its first
+    ``span`` slots, see ``_attend_cached``), and returns ([B, T, D], (k, v)).
     """
     dt = self.dtype
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
@@ -218,11 +218,11 @@ class Attention(nnx.Module):
       mask = attention_mask(positions, positions, valid, self.window, segments, segments)
       out = self.attend(q, k, v, mask)
       return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt))
-    out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths)
+    out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths, span)
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), cache
 
   def extend_feature_major(self, x: jax.Array, w: LayerWeights, positions: jax.Array, valid: jax.Array,
-                           cache: tuple[jax.Array, jax.Array], lengths: jax.Array):
+                           cache: tuple[jax.Array, jax.Array], lengths: jax.Array, span: int | None = None):
     """The cached path on feature-major activations: x [D, B*T] -> ([D, B*T], (k, v)).
 
     Only the step's small activations are transposed (to and from the attention's [B, T, H, Dh]).
@@ -237,7 +237,7 @@ class Attention(nnx.Module):
     q = qkv[..., :h * dh].reshape(b, t, h, dh)
     k = qkv[..., h * dh:(h + kv) * dh].reshape(b, t, kv, dh)
     v = qkv[..., (h + kv) * dh:].reshape(b, t, kv, dh)
-    out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths)
+    out, cache = self._attend_cached(q, k, v, positions, valid, cache, lengths, span)
     return project(w.o, out.reshape(b * t, h * dh).T), cache
 
   def _position(self, q: jax.Array, k: jax.Array, positions: jax.Array):
@@ -247,9 +247,16 @@ class Attention(nnx.Module):
     return (rope(q, positions, self.rope_base, self.rope_scale),
             rope(k, positions, self.rope_base, self.rope_scale))
 
-  def _attend_cached(self, q, k, v, positions, valid, cache, lengths):
+  def _attend_cached(self, q, k, v, positions, valid, cache, lengths, span=None):
     """Writes the chunk's keys and values into the ring buffers, then attends over them.
-    q: [B, T, H, Dh]; k, v: [B, T, K, Dh] (before QK-norm and RoPE) -> ([B, T, H, Dh], (k, v))."""
+    q: [B, T, H, Dh]; k, v: [B, T, K, Dh] (before QK-norm and RoPE) -> ([B, T, H, Dh], (k, v)).
+
+    ``span`` (static): no row holds more than ``span`` tokens after this chunk (``lengths`` <= span; the
+    caller's promise, not checked). Then a ring longer than ``span`` has not wrapped, its slots from
+    ``span`` on are empty, and attention reads only the first ``span``: a mostly empty cache costs
+    nothing (the 270M decoding at batch 16 with 160 tokens per row in a 1024-token cache: 71 ms per step
+    over the whole ring).
+    """
     dt = self.dtype
     q, k = self._position(q, k, positions)
     ck, cv = cache
@@ -259,9 +266,12 @@ class Attention(nnx.Module):
     ck = ck.at[rows, slots].set(k.astype(ck.dtype), mode="drop")
     cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
     kv_pos = slot_positions(lengths, size)
+    k_read, v_read = ck, cv
+    if span is not None and span < size:
+      k_read, v_read, kv_pos = ck[:, :span], cv[:, :span], kv_pos[:, :span]
     mask = attention_mask(positions, kv_pos, kv_pos >= 0, self.window)
     # A float32 cache of a low-precision model is attended as it is (``attend``).
-    k_read, v_read = (c if c.dtype == jnp.float32 else c.astype(dt) for c in (ck, cv))
+    k_read, v_read = (c if c.dtype == jnp.float32 else c.astype(dt) for c in (k_read, v_read))
     return self.attend(q, k_read, v_read, mask), (ck, cv)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -350,22 +360,22 @@ class Block(nnx.Module):
     self.shard = shard
 
   def __call__(self, x: jax.Array, positions: jax.Array, valid: jax.Array, cache=None, lengths=None,
-               segments=None):
+               segments=None, span: int | None = None):
     if cache is None:
       x = x + self.post_attn_norm(self.attn(self.pre_attn_norm(x), positions, valid, segments=segments))
     else:
-      h, cache = self.attn(self.pre_attn_norm(x), positions, valid, cache, lengths)
+      h, cache = self.attn(self.pre_attn_norm(x), positions, valid, cache, lengths, span=span)
       x = x + self.post_attn_norm(h)
     x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
     x = self.shard(x, "batch", "seq", "act_embed")
     return x if cache is None else (x, cache)
 
   def extend_feature_major(self, x: jax.Array, w: LayerWeights, positions: jax.Array, valid: jax.Array,
-                           cache, lengths):
+                           cache, lengths, span: int | None = None):
     """``__call__``'s cached path on feature-major activations x [D, N] with ``w`` = this block's
     LayerWeights."""
     h, cache = self.attn.extend_feature_major(self.pre_attn_norm(x, axis=0), w, positions, valid, cache,
-                                              lengths)
+                                              lengths, span)
     x = x + self.post_attn_norm(h, axis=0)
     f = w.down.shape[1]
     gate_up = project(w.gate_up, self.pre_mlp_norm(x, axis=0))
@@ -427,17 +437,20 @@ class Gemma(nnx.Module):
         x = block(x, positions, valid, segments=segments)
     return self.final_norm(x)
 
-  def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+  def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache,
+             span: int | None = None) -> tuple[jax.Array, KVCache]:
     """Appends a chunk to each row of the cache; returns its hidden states [B, T, D] and the new cache.
 
     tokens, valid: [B, T]; each row's valid tokens must be a prefix of the chunk (right padding), and a
-    row may have none. Positions continue from ``cache.lengths``.
+    row may have none. Positions continue from ``cache.lengths``. ``span`` (static, optional): a bound on
+    every row's length after the chunk, which lets attention skip the cache's empty tail
+    (``Attention._attend_cached``); a row beyond it would attend to a truncated cache.
     """
     positions, lengths = _chunk_positions(valid, cache)
     x = self.shard(self.embed(tokens, bitwise=True), "batch", "seq", "act_embed")
     new_layers = []
     for block, layer_cache in zip(self.layers, cache.layers):
-      x, layer_cache = block(x, positions, valid, layer_cache, lengths)
+      x, layer_cache = block(x, positions, valid, layer_cache, lengths, span=span)
       new_layers.append(layer_cache)
     return self.final_norm(x), KVCache(tuple(new_layers), lengths)
 
@@ -447,7 +460,8 @@ class Gemma(nnx.Module):
     return tuple(block.layer_weights(dtype) for block in self.layers)
 
   def extend_feature_major(self, tokens: jax.Array, valid: jax.Array, cache: KVCache,
-                           weights: Sequence[LayerWeights]) -> tuple[jax.Array, KVCache]:
+                           weights: Sequence[LayerWeights],
+                           span: int | None = None) -> tuple[jax.Array, KVCache]:
     """``extend`` with the residual stream kept feature-major ([D, B*T]) and the projections taken from
     ``weights`` (``layer_weights()``). Same results as ``extend`` up to float rounding; faster on XLA:CPU
     for few-token steps (decode), where x @ W with a few rows streams the weights through a slow path.
@@ -457,7 +471,7 @@ class Gemma(nnx.Module):
     x = self.embed(tokens, bitwise=True).reshape(b * t, -1).T
     new_layers = []
     for block, w, layer_cache in zip(self.layers, weights, cache.layers):
-      x, layer_cache = block.extend_feature_major(x, w, positions, valid, layer_cache, lengths)
+      x, layer_cache = block.extend_feature_major(x, w, positions, valid, layer_cache, lengths, span)
       new_layers.append(layer_cache)
     return self.final_norm(x.T.reshape(b, t, -1)), KVCache(tuple(new_layers), lengths)
 
