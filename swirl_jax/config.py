@@ -27,6 +27,9 @@ HELP: dict[str, str] = {
     "model.dtype": "compute dtype: float32 or bfloat16",
     "model.param_dtype": "parameter storage dtype: float32 or bfloat16",
     "model.cache_dir": "where packaged models are converted once ('' = $SWIRL_JAX_CACHE or ~/.cache/swirl_jax)",
+    "compile_cache_dir": "JAX's persistent compilation cache, reused by later runs ('' = MODEL_CACHE/xla/HOST "
+                         "beside the packaged models, one folder per host CPU; 'none' = off; "
+                         "$JAX_COMPILATION_CACHE_DIR wins)",
     "mesh.data": "devices on the data-parallel mesh axis (-1 = the rest)",
     "mesh.fsdp": "devices on the FSDP mesh axis (-1 = the rest)",
     "mesh.tensor": "devices on the tensor-parallel mesh axis (-1 = the rest)",
@@ -134,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every setting with its default; see HELP for the meaning of each."""
   c = ml_collections.ConfigDict()
   c.mode = "pipeline"
+  c.compile_cache_dir = ""
   c.model = dict(source="gemma3-270m", dtype="float32", param_dtype="float32", cache_dir="")
   c.mesh = dict(data=1, fsdp=-1, tensor=1, replicate_kv_heads=False)
   c.data = dict(name="synthetic_arith", split="train", source="tfds", path="", manual_dir="", data_dir="",

@@ -4,6 +4,8 @@ records depend on it."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import platform
 
 # Vector extensions that change what XLA:CPU's matmuls can do (and how fast).
 EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -28,6 +30,23 @@ def cpu_description() -> dict:
       return parse_cpuinfo(f.read())
   except OSError:
     return {}
+
+
+@functools.cache
+def host_id() -> str:
+  """A short name for this CPU's instruction set: the machine type and a hash of /proc/cpuinfo's model
+  name and full flags line (e.g. ``x86_64-3f2a9c01b7d4``). Code XLA:CPU compiled for one host may use
+  instructions another lacks, so anything holding compiled programs is kept per host id."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      fields = {}
+      for line in f.read().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    ident = fields.get("model name", "") + "|" + " ".join(sorted(fields.get("flags", "").split()))
+  except OSError:
+    ident = platform.platform() + "|" + platform.processor()
+  return f"{platform.machine() or 'cpu'}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
 def has_bf16_arithmetic(description: dict | None = None) -> bool:

@@ -72,6 +72,9 @@ def main(argv):
     validate(cfg, modes.MODES)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  from swirl_jax import compilation_cache
+
+  compilation_cache.enable(cfg.compile_cache_dir, cfg.model.cache_dir)  # before anything compiles
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # written once; holds no secret (API keys come from the environment only)

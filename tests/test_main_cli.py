@@ -32,6 +32,7 @@ def _config_module(name):
 def _run(args, env_extra=None, timeout=600):
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.update(env_extra or {})
   return subprocess.run([sys.executable, "-m", "swirl_jax.main", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
@@ -140,10 +141,13 @@ def test_pipeline_end_to_end_then_every_stage_skips(tiny_hf_dir, tmp_path):
           "--config.sampling.max_new_tokens=12", "--config.sampler.cache_len=1024", "--config.filter.strategy=none",
           "--config.train.steps=2", "--config.train.save_every=1", "--config.train.max_len=1024",
           "--config.train.max_new_tokens=12", "--config.eval.limit=2",
-          "--config.judge.openai.api_key_env=SWIRL_TEST_KEY"]
+          "--config.judge.openai.api_key_env=SWIRL_TEST_KEY", f"--config.compile_cache_dir={tmp_path / 'xla'}"]
   secret = "sk-test-never-written-0123456789"
-  r = _run(args, {"SWIRL_TEST_KEY": secret})
+  # every program goes to the persistent compilation cache, however fast it compiled
+  r = _run(args, {"SWIRL_TEST_KEY": secret, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+  cached = os.listdir(tmp_path / "xla")
+  assert any(n.startswith("jit__decode") for n in cached) and any(n.startswith("jit__extend") for n in cached)
 
   # 3 questions x 2 samples, judged, filtered (none: all kept), one example per step.
   assert _jsonl_count(os.path.join(workdir, "trajectories.jsonl")) == 6

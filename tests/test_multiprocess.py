@@ -45,7 +45,8 @@ def _args(model_dir, workdir):
           # the recorded turns gives a real update to compare.
           "--config.filter.strategy=none", "--config.train.mode=sft", "--config.train.steps=2",
           "--config.train.states_per_step=4", "--config.train.max_len=512", "--config.train.save_every=1",
-          "--config.train.learning_rate=1e-3", "--config.eval.limit=2"]
+          "--config.train.learning_rate=1e-3", "--config.eval.limit=2",
+          "--config.compile_cache_dir=none"]  # nothing written outside the test's directories
 
 
 def _records(path):
