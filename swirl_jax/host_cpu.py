@@ -12,12 +12,18 @@ EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 BF16_ARITHMETIC = ("avx512_bf16", "amx_bf16")
 
 
-def parse_cpuinfo(text: str) -> dict:
-  """{"cpu_model": str | None, "cpu_extensions": [those of EXTENSIONS the first CPU lists]}."""
+def _first_cpu_fields(text: str) -> dict[str, str]:
+  """/proc/cpuinfo's "key: value" lines, the first CPU's value of each key."""
   fields = {}
   for line in text.splitlines():
     key, _, value = line.partition(":")
     fields.setdefault(key.strip(), value.strip())
+  return fields
+
+
+def parse_cpuinfo(text: str) -> dict:
+  """{"cpu_model": str | None, "cpu_extensions": [those of EXTENSIONS the first CPU lists]}."""
+  fields = _first_cpu_fields(text)
   flags = set(fields.get("flags", "").split())
   return {"cpu_model": fields.get("model name"), "cpu_extensions": [x for x in EXTENSIONS if x in flags]}
 
@@ -39,10 +45,7 @@ def host_id() -> str:
   instructions another lacks, so anything holding compiled programs is kept per host id."""
   try:
     with open("/proc/cpuinfo") as f:
-      fields = {}
-      for line in f.read().splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+      fields = _first_cpu_fields(f.read())
     ident = fields.get("model name", "") + "|" + " ".join(sorted(fields.get("flags", "").split()))
   except OSError:
     ident = platform.platform() + "|" + platform.processor()
