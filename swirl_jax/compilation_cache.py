@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache for ``python -m swirl_jax.main``: compiled programs are kept on
 disk and reused by later runs with the same shapes and settings, in any workdir (the quick start on a
-2-core CPU: 307 s of stages on a first run, 254 s on a second one in a new workdir).
+2-core CPU: 301 s of stages on a first run, 257 s on a second one in a new workdir).
 
 The default directory sits beside the converted packaged models, one folder per host CPU
 (``host_cpu.host_id``): XLA:CPU compiles for the host's instruction set, and a home directory shared by
