@@ -323,6 +323,22 @@ def test_decode_loop_reads_embedding_rows_without_copying_the_table(feature_majo
   assert not whole_table, whole_table
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion of a one-row cache write")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_batch_one_decode_writes_the_cache_without_copying_it(dtype):
+  """At batch 1 the decode loop updates each layer's cache in place: no copy of a cache buffer in the
+  compiled program (a one-row write lowered as a dynamic-update-slice was copied twice per layer and step)."""
+  model = random_model(config_preset("tiny-gemma3", dtype=dtype, param_dtype=dtype, num_kv_heads=1), seed=4)
+  s = Sampler.create(model, batch=1, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12),
+                     stops=_no_stops(), steps_per_call=6, max_chunk=16)
+  p = s.prepare(nnx.state(model))
+  state = s.init_state(p, [0])
+  hlo = s._decode.lower(s, p.state, p.layers, p.head, state, s.device_stops, s.cache_len).compile().as_text()
+  shapes = {",".join(map(str, x.shape)) for layer in state.cache.layers for x in layer}
+  copied = [m for m in re.findall(r"= \w+\[([\d,]+)\]\S* copy\(", hlo) if m in shapes]
+  assert not copied, copied
+
+
 @pytest.mark.parametrize("kv_heads", [4, 1])
 @pytest.mark.parametrize("rows", [3, 1])
 def test_upcast_weights_and_cache_keep_bfloat16_values(kv_heads, rows):
