@@ -294,33 +294,27 @@ def test_project_is_a_float32_accumulated_matmul(weights, n, token_major):
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2 ** -7, atol=1e-6)
 
 
-def test_bitwise_embedding_lookup_is_the_lookup():
-  """The cached paths' lookup of a bfloat16 table as raw bits gives the same rows, bit for bit."""
-  for dtype in ("bfloat16", "float32"):
-    model = random_model(config_preset("tiny-gemma3", dtype=dtype, param_dtype=dtype), seed=2)
-    tokens = jnp.asarray([[3, 0, model.config.vocab_size - 1], [7, 7, 1]])
-    a, b = (np.asarray(jax.jit(lambda m, t, bw=bw: m.embed(t, bitwise=bw))(model, tokens).astype(jnp.float32))
-            for bw in (False, True))
-    np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's loop-invariant code motion")
 @pytest.mark.parametrize("feature_major", [True, False])
-def test_decode_loop_reads_embedding_rows_without_copying_the_table(feature_major):
-  """A bfloat16 model's decode call does not copy or convert the whole embedding table ahead of its loop
+def test_decode_and_extend_read_embedding_rows_without_converting_the_table(feature_major):
+  """A bfloat16 model's decode call does not convert or copy the whole embedding table ahead of its loop
   (as XLA:CPU does with a loop-invariant table: the 270M's 335 MB at every call); the loop's lookups
-  read single rows."""
+  read single rows. Neither does an extend call."""
   model = random_model(config_preset("tiny-gemma3", dtype="bfloat16", param_dtype="bfloat16"), seed=4)
   s = Sampler.create(model, batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12),
                      stops=_no_stops(), steps_per_call=6, max_chunk=16, exit_when_done=2,
                      feature_major=feature_major, upcast_weights=False)
   p = s.prepare(nnx.state(model))
-  hlo = s._decode.lower(s, p.state, p.layers, p.head, s.init_state(p, [0, 1]), s.device_stops,
-                        s.cache_len).compile().as_text()
-  entry = hlo[hlo.index("\nENTRY"):]
+  state = s.init_state(p, [0, 1])
+  rows, tokens, valid = np.arange(2, dtype=np.int32), np.ones((2, 16), np.int32), np.ones((2, 16), bool)
   v, d = model.embedding.shape
-  whole_table = re.findall(rf"= \w+\[{v},{d}\]\S* (?:fusion|convert|copy|bitcast-convert)\(", entry)
-  assert not whole_table, whole_table
+  for program in (s._decode.lower(s, p.state, p.layers, p.head, state, s.device_stops, s.cache_len),
+                  s._extend.lower(s, p.state, p.head, state, rows, tokens, valid, np.full(2, -1, np.int32),
+                                  np.zeros(2, np.uint32), np.zeros(2, bool), s.device_stops)):
+    hlo = program.compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    whole_table = re.findall(rf"= \w+\[{v},{d}\]\S* (?:fusion|convert|copy|bitcast-convert)\(", entry)
+    assert not whole_table, whole_table
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion of a one-row cache write")

@@ -416,18 +416,10 @@ class Gemma(nnx.Module):
     self.final_norm = RMSNorm(cfg.d_model, cfg.rms_eps, ("norm",), cfg.jnp_param_dtype)
     self.shard = shard
 
-  def embed(self, tokens: jax.Array, bitwise: bool = False) -> jax.Array:
-    """tokens [...] -> scaled embeddings [..., D]. ``bitwise`` (the cached paths; no gradient): a 16-bit
-    embedding's rows are looked up as raw bits. XLA:CPU has no bfloat16 gather and otherwise converts
-    the whole table to float32 first (~150 ms for the 270M, once per decode or extend call)."""
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    """tokens [...] -> scaled embeddings [..., D]."""
     cfg = self.config
-    emb = self.embedding[...]
-    if bitwise and emb.dtype.itemsize == 2 and jnp.issubdtype(emb.dtype, jnp.floating):
-      bits = jnp.take(jax.lax.bitcast_convert_type(emb, jnp.uint16), tokens, axis=0)
-      x = jax.lax.bitcast_convert_type(bits, emb.dtype)
-    else:
-      x = jnp.take(emb, tokens, axis=0)
-    x = x.astype(cfg.jnp_dtype)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
     # HF multiplies by sqrt(d) rounded to the weights' dtype; do the same for bit-level parity.
     return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.jnp_param_dtype).astype(cfg.jnp_dtype)
 
@@ -455,7 +447,7 @@ class Gemma(nnx.Module):
     (``Attention._attend_cached``); a row beyond it would attend to a truncated cache.
     """
     positions, lengths = _chunk_positions(valid, cache)
-    x = self.shard(self.embed(tokens, bitwise=True), "batch", "seq", "act_embed")
+    x = self.shard(self.embed(tokens), "batch", "seq", "act_embed")
     new_layers = []
     for block, layer_cache in zip(self.layers, cache.layers):
       x, layer_cache = block(x, positions, valid, layer_cache, lengths, span=span)
@@ -476,7 +468,7 @@ class Gemma(nnx.Module):
     No activation sharding constraints: meant for the sampler's single-host steps."""
     b, t = tokens.shape
     positions, lengths = _chunk_positions(valid, cache)
-    x = self.embed(tokens, bitwise=True).reshape(b * t, -1).T
+    x = self.embed(tokens).reshape(b * t, -1).T
     new_layers = []
     for block, w, layer_cache in zip(self.layers, weights, cache.layers):
       x, layer_cache = block.extend_feature_major(x, w, positions, valid, layer_cache, lengths, span)
