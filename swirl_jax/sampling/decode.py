@@ -301,7 +301,8 @@ class Sampler:
       object.__setattr__(self, "row_buckets", tuple(4 ** i for i in range(8) if 4 ** i < self.batch)
                          + (self.batch,))
     if not self.span_buckets:
-      object.__setattr__(self, "span_buckets", default_span_buckets(self.cache_len))
+      # cache_len / 8 (at least 256) doubling up to cache_len: at most four decode programs
+      object.__setattr__(self, "span_buckets", doubling_buckets(max(256, self.cache_len // 8), self.cache_len))
     if self.span_buckets[-1] != self.cache_len or list(self.span_buckets) != sorted(set(self.span_buckets)):
       raise ValueError(f"span_buckets {self.span_buckets} must ascend and end at cache_len={self.cache_len}")
     if self.device_stops is None:
@@ -315,11 +316,7 @@ class Sampler:
     """A Sampler for ``model``'s graph; ``feature_major`` and ``upcast_cache`` None = on for the CPU
     backend; ``upcast_weights`` None = on for a CPU without bfloat16 arithmetic."""
     max_chunk = max_chunk or max(sampling.max_new_tokens, 256)
-    buckets, b = [], min_chunk
-    while b < max_chunk:
-      buckets.append(b)
-      b *= 2
-    buckets.append(max_chunk)
+    buckets = doubling_buckets(min_chunk, max_chunk)
     if max_chunk < sampling.max_new_tokens:
       raise ValueError(f"max_chunk={max_chunk} must be >= sampling.max_new_tokens (rollback bound)")
     if feature_major is None:
@@ -328,7 +325,7 @@ class Sampler:
       upcast_weights = _upcast_weights_default()
     if upcast_cache is None:
       upcast_cache = jax.default_backend() == "cpu"
-    return cls(nnx.graphdef(model), batch, cache_len, tuple(buckets), steps_per_call, sampling, stops,
+    return cls(nnx.graphdef(model), batch, cache_len, buckets, steps_per_call, sampling, stops,
                exit_when_done, feature_major=feature_major, upcast_weights=upcast_weights,
                upcast_cache=upcast_cache)
 
@@ -510,13 +507,13 @@ def _embedding_behind_barrier(params: nnx.State) -> nnx.State:
   return jax.tree_util.tree_map_with_path(mark, params)
 
 
-def default_span_buckets(cache_len: int) -> tuple[int, ...]:
-  """cache_len / 8 (at least 256) doubling up to cache_len: at most four decode programs."""
-  spans, b = [], max(256, cache_len // 8)
-  while b < cache_len:
-    spans.append(b)
+def doubling_buckets(first: int, last: int) -> tuple[int, ...]:
+  """first, 2 * first, ... while below ``last``, then ``last`` (chunk and span buckets)."""
+  buckets, b = [], first
+  while b < last:
+    buckets.append(b)
     b *= 2
-  return tuple(spans) + (cache_len,)
+  return tuple(buckets) + (last,)
 
 
 def _model_state(params: nnx.State | SamplerParams) -> nnx.State:
