@@ -57,3 +57,41 @@ def test_export_of_the_packaged_270m(tmp_path):
   assert diff <= 2e-3, diff
   gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
   assert gen["eos_token_id"] == [1, 106]
+
+
+def test_hf_directory_imported_then_exported_loads_in_transformers(tmp_path):
+  """A Hugging Face checkpoint imported, then exported again (after training, say): transformers 5 checks
+  config.json field types, and query_pre_attn_scalar must stay an int."""
+  from transformers import AutoModelForCausalLM
+
+  from hf_reference import tiny_hf_model
+
+  src = tiny_hf_model("gemma3", seed=2)
+  src.save_pretrained(tmp_path / "src")
+  lm = load_model(str(tmp_path / "src"))
+  out = export_hf(lm.config, model_weights(lm.model), str(tmp_path / "out"))
+  cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert cfg["query_pre_attn_scalar"] == 16 and isinstance(cfg["query_pre_attn_scalar"], int)
+  hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  tokens, valid = pad_batch([[2, 5, 9, 33, 70, 11]], 0)
+  np.testing.assert_allclose(hf_logits(hf, tokens, valid), hf_logits(src, tokens, valid), atol=1e-5)
+
+
+def test_untied_lm_head_is_refused(tmp_path):
+  """A checkpoint with its own lm_head.weight would load with the embedding as the head (wrong logits)."""
+  from hf_reference import tiny_hf_model
+
+  tiny_hf_model("gemma3", tie_word_embeddings=False).save_pretrained(tmp_path / "untied")
+  with pytest.raises(ValueError, match="config.json: tie_word_embeddings is false"):
+    load_model(str(tmp_path / "untied"))
+
+
+def test_export_refuses_a_gemma3_attention_softcap(tmp_path):
+  """transformers' Gemma 3 ignores attn_logit_softcapping: the export would compute other logits."""
+  from swirl_jax.checkpoints.build import random_model
+  from swirl_jax.models.config import preset
+
+  cfg = preset("tiny-gemma3", attn_logit_softcap=5.0)
+  with pytest.raises(ValueError, match="model.attn_logit_softcap=5.0"):
+    export_hf(cfg, model_weights(random_model(cfg, 1)), str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists()

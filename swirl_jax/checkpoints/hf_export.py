@@ -69,6 +69,8 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
     hf_cfg = to_hf_config(cfg)
     hf_cfg["torch_dtype"] = dtype
+    if tokenizer is not None:
+      hf_cfg.update(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
     with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
       json.dump(hf_cfg, f, indent=1)
     gen = {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": [1]}

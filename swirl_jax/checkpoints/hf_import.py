@@ -29,6 +29,10 @@ def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callab
   known = {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"}
   if archs and not set(archs) & known:
     raise ValueError(f"{cfg_path}: architectures {archs} are not among {sorted(known)}")
+  text_cfg = hf.get("text_config") if hf.get("model_type") == "gemma3" else None
+  if not (text_cfg or hf).get("tie_word_embeddings", hf.get("tie_word_embeddings", True)):
+    raise ValueError(f"{cfg_path}: tie_word_embeddings is false (a separate lm_head.weight); swirl_jax's Gemma "
+                     "computes the logits with the embedding, as the published Gemma 2 and 3 checkpoints do")
   cfg = from_hf_config(hf, **overrides)
   tensors = ShardedSafetensors(directory)
   names = set(tensors.keys())

@@ -245,7 +245,8 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
       rope_base_global=rope_global,
       rope_base_local=rope_local,
       rope_scale_global=scale,
-      attn_logit_softcap=hf.get("attn_logit_softcapping"),
+      # transformers' Gemma 3 attention ignores attn_logit_softcapping; so does the model it defines
+      attn_logit_softcap=hf.get("attn_logit_softcapping") if family == "gemma2" else None,
       final_logit_softcap=hf.get("final_logit_softcapping"),
       use_qk_norm=family == "gemma3",
       rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
@@ -255,7 +256,15 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
 
 
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
-  """The Hugging Face config.json for ``cfg`` (Gemma2ForCausalLM or Gemma3ForCausalLM)."""
+  """The Hugging Face config.json for ``cfg`` (Gemma2ForCausalLM or Gemma3ForCausalLM).
+
+  Raises ValueError for a setting transformers' model would not reproduce (Gemma 3 with an attention
+  logit soft-cap: its attention ignores ``attn_logit_softcapping``).
+  """
+  if cfg.family == "gemma3" and cfg.attn_logit_softcap is not None:
+    raise ValueError(f"model.attn_logit_softcap={cfg.attn_logit_softcap}: transformers' Gemma 3 ignores "
+                     "attn_logit_softcapping, so the exported model would compute different logits")
+  scalar = cfg.query_pre_attn_scalar
   common = {
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.d_model,
@@ -267,7 +276,8 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
       "hidden_activation": "gelu_pytorch_tanh",
       "max_position_embeddings": cfg.max_seq_len,
       "rms_norm_eps": cfg.rms_eps,
-      "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+      # an int where whole: transformers 5 validates the field as int and refuses 256.0
+      "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,
       "sliding_window": cfg.sliding_window,
       "layer_types": ["sliding_attention" if t == "local" else "full_attention" for t in cfg.layer_types],
       "attn_logit_softcapping": cfg.attn_logit_softcap,
