@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from swirl_jax.data.registry import DatasetSpec, UnknownSplitError, resolve
+from swirl_jax.data.registry import DatasetSpec, UnknownDatasetError, UnknownSplitError, resolve
 from swirl_jax.data.synthetic_arith import ArithConfig
 from swirl_jax.data.synthetic_multihop import MultihopConfig
 from swirl_jax.models.config import REMAT_POLICIES
@@ -111,7 +111,7 @@ HELP: dict[str, str] = {
     "train.clip_norm": "global gradient-norm clip",
     "train.baseline": "baseline of the advantage: loo (leave-one-out over the group), mean (group mean), none, "
                       "or '' = loo for rl and none for offline (a baseline there pushes down off-policy text)",
-    "train.normalize_std": "divide advantages by the group's reward std",
+    "train.normalize_std": "divide advantages by the group's reward std (needs train.baseline loo or mean)",
     "train.kl_coef": "weight of the KL penalty to the initial policy",
     "train.save_every": "checkpoint every N steps (and at the end and on SIGTERM)",
     "train.keep_checkpoints": "checkpoints kept",
@@ -207,6 +207,21 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
   for name, low in MINIMUM.items():
     if get(name) < low:
       errors.append(f"--config.{name}={get(name)!r}: must be >= {low}")
+  t = cfg.train
+  if t.normalize_std and (t.baseline or ("none" if t.mode == "offline" else "loo")) == "none":
+    errors.append(f"--config.train.normalize_std=True needs --config.train.baseline=loo or mean (it is "
+                  f"{t.baseline or 'none, the default of train.mode=offline'}): without a baseline a group of "
+                  "equal rewards would be divided by a zero std")
+  if cfg.mode in ("pipeline", "generate", "eval"):
+    # name and split typos surface now, not after hours of generation and training
+    checks = {"data.name / data.split": lambda: resolve(dataset_spec(cfg))}
+    if cfg.mode in ("pipeline", "eval"):
+      checks["eval.datasets / eval.split"] = lambda: [resolve(spec) for spec in eval_dataset_specs(cfg)]
+    for keys, check in checks.items():
+      try:
+        check()
+      except (UnknownDatasetError, UnknownSplitError) as e:
+        errors.append(f"--config.{keys}: {e}")
   if errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
 

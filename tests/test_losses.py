@@ -266,3 +266,18 @@ def test_schedule_and_clipping():
   state = opt.init(params)
   updates, _ = opt.update(grads, state, params)
   np.testing.assert_allclose(np.asarray(updates["w"]), -1.0, rtol=1e-5)  # Adam with b1=b2=0: -sign(g)
+
+
+def test_loss_and_train_configs_refuse_settings_that_fail_later():
+  from swirl_jax.training.rl import TrainConfig
+
+  with pytest.raises(ValueError, match="normalize_std needs baseline loo or mean"):
+    losses.LossConfig(baseline="none", normalize_std=True)
+  with pytest.raises(ValueError, match="std_eps must be > 0"):
+    losses.LossConfig(std_eps=0.0)
+  with pytest.raises(ValueError, match=r"seq_bucket=0 \(must be >= 1\), steps_per_call=0 \(must be >= 1\)"):
+    TrainConfig(seq_bucket=0, steps_per_call=0)
+  with pytest.raises(ValueError, match="task must be math or search"):
+    TrainConfig(task="maths")
+  with pytest.raises(ValueError, match="offline_reward"):
+    TrainConfig(offline_reward="proces")

@@ -183,3 +183,27 @@ def test_pipeline_end_to_end_then_every_stage_skips(tiny_hf_dir, tmp_path):
   for stage in ("generate", "label", "filter", "train", "export"):
     assert f"== {stage}: already complete, skipped" in r.stdout
   assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
+
+
+def test_validate_refuses_cross_setting_and_dataset_mistakes_up_front():
+  """Mistakes that used to surface late: normalize_std without a baseline (offline's default) and an
+  eval dataset or split typo (found only when the eval stage ran, after generation and training)."""
+  cfg = config_lib.base_config()
+  cfg.train.mode = "offline"
+  cfg.train.normalize_std = True
+  cfg.eval.datasets = "synthetic_arith,hotpotqa"
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  msg = str(e.value)
+  assert "--config.train.normalize_std=True needs --config.train.baseline=loo or mean" in msg
+  assert "--config.eval.datasets / eval.split: unknown dataset 'hotpotqa'" in msg
+  cfg = config_lib.base_config()
+  cfg.eval.split = "tset"
+  with pytest.raises(ValueError, match="has no split 'tset'"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.mode = "train"
+  config_lib.validate(cfg, ("pipeline", "train"))  # eval settings do not matter to a train run
+  cfg.train.mode = "offline"
+  cfg.train.normalize_std = True
+  cfg.train.baseline = "mean"
+  config_lib.validate(cfg, ("pipeline", "train"))

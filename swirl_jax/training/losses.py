@@ -50,8 +50,10 @@ class LossConfig:
       (negative log-likelihood of the recorded actions: the paper's baseline).
     baseline: per group of G actions of one state: "loo" (leave-one-out mean of the other G - 1
       rewards; unbiased), "mean" (the group mean, including the action itself), "none" (A = r).
-    normalize_std: divide advantages by the group's reward standard deviation (+ std_eps).
-    std_eps: keeps a group of equal rewards (std 0) finite: its advantages are 0 anyway.
+    normalize_std: divide advantages by the group's reward standard deviation (+ std_eps). Needs a
+      baseline ("loo" or "mean"): a group of equal rewards has std 0, and only centred advantages are 0
+      there (with "none", A = r would become r / std_eps).
+    std_eps: keeps a group of equal rewards (std 0) finite (> 0).
     kl_coef: weight of the KL penalty to the reference (initial) policy; 0 skips the reference
       forward pass entirely.
     kl_estimator: "k3" or "k2" (module docstring).
@@ -75,6 +77,11 @@ class LossConfig:
       raise ValueError(f"loss.kl_estimator must be k3 or k2, got {self.kl_estimator!r}")
     if self.kl_coef < 0 or self.chunk < 0:
       raise ValueError("loss.kl_coef and loss.chunk must be >= 0")
+    if self.normalize_std and self.baseline == "none":
+      raise ValueError("loss.normalize_std needs baseline loo or mean: with baseline none (A = r) a group of "
+                       f"equal rewards r would get advantages r / std_eps = r * {1 / self.std_eps:g}")
+    if not self.std_eps > 0:
+      raise ValueError(f"loss.std_eps must be > 0, got {self.std_eps}")
 
   @property
   def uses_reference(self) -> bool:

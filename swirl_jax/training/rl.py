@@ -109,8 +109,16 @@ class TrainConfig:
   def __post_init__(self):
     if self.mode not in ("rl", "offline", "sft"):
       raise ValueError(f"train mode must be rl, offline or sft, got {self.mode!r}")
-    if self.steps < 0 or self.states_per_step < 1 or self.group_size < 1 or self.micro_batches < 1:
-      raise ValueError(f"invalid train settings: {self}")
+    if self.task not in ("math", "search"):
+      raise ValueError(f"train task must be math or search, got {self.task!r}")
+    if self.offline_reward not in ("process", "outcome", "process_and_outcome"):
+      raise ValueError(f"train offline_reward must be process, outcome or process_and_outcome, "
+                       f"got {self.offline_reward!r}")
+    low = dict(steps=0, states_per_step=1, group_size=1, micro_batches=1, max_len=2, seq_bucket=1,
+               slot_bucket=1, sample_batch=0, steps_per_call=1)
+    bad = [f"{k}={getattr(self, k)!r} (must be >= {v})" for k, v in low.items() if getattr(self, k) < v]
+    if bad:
+      raise ValueError("invalid train settings: " + ", ".join(bad))
 
   @property
   def rows_per_step(self) -> int:
@@ -206,6 +214,9 @@ class _Run:
       self.rows.append(item)
     self.kept = [i for i, r in enumerate(self.rows) if r is not None]
     if not self.kept:
+      if cfg.mode == "rl" and cfg.max_len <= sampling.max_new_tokens:
+        raise ValueError(f"train max_len={cfg.max_len} leaves no room for a state: RL rows hold the state and "
+                         f"max_new_tokens={sampling.max_new_tokens} sampled tokens (train.max_new_tokens)")
       raise ValueError(f"none of the {len(self.examples)} examples fits max_len={cfg.max_len}")
     self.dropped = dropped
     self._perm: dict[int, np.ndarray] = {}
@@ -341,6 +352,9 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
   """
   cfg = config
   loss = dataclasses.replace(loss, kind="sft" if cfg.mode == "sft" else "pg")
+  if loss.chunk and cfg.slot_bucket % loss.chunk:
+    # every step's loss-slot count is a multiple of slot_bucket, and the loss cuts it into chunks
+    raise ValueError(f"loss.chunk={loss.chunk} must divide slot_bucket={cfg.slot_bucket}")
   mesh = mesh or model.mesh or make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
   rules = model.rules
   shards = batch_shards(mesh, rules)
