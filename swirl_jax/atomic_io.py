@@ -25,6 +25,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would follow the umask
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
       yield f
       f.flush()
@@ -34,3 +35,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def current_umask() -> int:
+  """The process umask (read by setting it and putting it back: Python has no getter)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask

@@ -24,3 +24,18 @@ def test_replaces_whole_file_or_nothing(tmp_path):
   with pytest.raises(ValueError, match="mode"):
     with atomic_open(path, "a"):
       pass
+
+
+def test_written_files_follow_the_umask(tmp_path):
+  """mkstemp creates 0600; a file written atomically gets what open() would give (0644 under umask 022),
+  so other users and services can read reports and exported models."""
+  old = os.umask(0o022)
+  try:
+    with atomic_open(tmp_path / "a.jsonl") as f:
+      f.write("{}\n")
+    with open(tmp_path / "plain.txt", "w") as f:
+      f.write("x")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644

@@ -95,3 +95,30 @@ def test_export_refuses_a_gemma3_attention_softcap(tmp_path):
   with pytest.raises(ValueError, match="model.attn_logit_softcap=5.0"):
     export_hf(cfg, model_weights(random_model(cfg, 1)), str(tmp_path / "hf"))
   assert not (tmp_path / "hf").exists()
+
+
+def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path):
+  """overwrite=True replaces an earlier export, never a directory of other files (a parent folder given
+  as export.out); the export is readable by others under umask 022 (mkdtemp alone makes 0700)."""
+  import os
+
+  lm = load_model("random:tiny-gemma3", seed=1)
+  w = model_weights(lm.model)
+  mine = tmp_path / "models"
+  mine.mkdir()
+  (mine / "important.txt").write_text("keep me")
+  with pytest.raises(FileExistsError, match="not an earlier export"):
+    export_hf(lm.config, w, str(mine), overwrite=True)
+  assert (mine / "important.txt").read_text() == "keep me"
+  old = os.umask(0o022)
+  try:
+    out = export_hf(lm.config, w, str(tmp_path / "hf"))
+    (tmp_path / "hf" / "stale.safetensors").write_bytes(b"")
+    export_hf(lm.config, w, out, overwrite=True, dtype="bfloat16")
+  finally:
+    os.umask(old)
+  assert not (tmp_path / "hf" / "stale.safetensors").exists()
+  assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+  assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
+  assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "models"]  # nothing left aside

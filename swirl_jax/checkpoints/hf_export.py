@@ -16,6 +16,7 @@ import tempfile
 import ml_dtypes
 import numpy as np
 
+from swirl_jax.atomic_io import current_umask
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import save_file
 from swirl_jax.models.config import ModelConfig, to_hf_config
@@ -38,11 +39,16 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
   """
   if dtype not in _NP_DTYPES:
     raise ValueError(f"export dtype {dtype!r}; choose one of {sorted(_NP_DTYPES)}")
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+  if os.path.exists(out_dir):
+    if not overwrite:
+      raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    if not _is_replaceable(out_dir):
+      raise FileExistsError(f"{out_dir} exists and is not an earlier export (config.json + *.safetensors, or an "
+                            "empty directory); refusing to delete it: export into a new directory")
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
+  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: others could not read the model
   try:
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
@@ -80,10 +86,22 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
              "eos_token_id": [tokenizer.eos_id, tokenizer.end_of_turn_id]}
     with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
       json.dump(gen, f, indent=1)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
+    old = None
+    if os.path.exists(out_dir):  # set aside, not deleted, until the new export is in place
+      old = tempfile.mkdtemp(dir=parent, prefix=".replaced-export-")
+      os.replace(out_dir, os.path.join(old, "hf"))
     os.replace(tmp, out_dir)
+    if old:
+      shutil.rmtree(old)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
   return out_dir
+
+
+def _is_replaceable(path: str) -> bool:
+  """An empty directory, or one holding an export: config.json and safetensors weights."""
+  if not os.path.isdir(path):
+    return False
+  names = os.listdir(path)
+  return not names or ("config.json" in names and any(n.endswith(".safetensors") for n in names))

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from swirl_jax.atomic_io import current_umask
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import SafetensorsFile, save_file
 from swirl_jax.models.config import ModelConfig
@@ -80,11 +81,14 @@ def convert(name: str, cache: str | None = None) -> Path:
   cfg, fetch, _ = read_gguf(str(gguf_path))
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a shared cache must stay readable
   try:
     save_file({e.path: fetch(e.path) for e in entries(cfg)}, str(tmp / "weights.safetensors"))
     (tmp / "model_config.json").write_text(json.dumps(cfg.to_json(), indent=1))
     Tokenizer.from_gguf(str(gguf_path)).save(str(tmp / "tokenizer"))
     (tmp / "done").write_text("ok\n")
+    if (out / "done").exists():  # another process converted it meanwhile: keep theirs (it may be in use)
+      return out
     if out.exists():  # a half-written copy from a crashed conversion: replace it
       shutil.rmtree(out)
     os.replace(tmp, out)
