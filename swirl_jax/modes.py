@@ -174,8 +174,10 @@ def run_filter(cfg, paths: Paths) -> dict:
     out["filter"] = stages.filter_stage(paths.labelled, paths.kept, paths.filter_report, f.strategy,
                                         equalize="auto" if f.equalize < 0 else (f.equalize or None), seed=f.seed)
     r = rollout_config(cfg)
-    out["decompose"] = stages.decompose_stage(paths.kept, paths.step_examples, task=r.task,
-                                              num_demos=r.num_demos, budget=r.budget)
+    # the states show the prompt each trajectory was generated with (its provenance); the run's rollout
+    # settings only fill in for trajectories that do not record them
+    out["decompose"] = stages.decompose_stage(paths.kept, paths.step_examples, defaults=dict(
+        task=r.task, num_demos=r.num_demos, budget=r.budget))
   _barrier("filter done")
   return out
 

@@ -378,10 +378,16 @@ def test_p_good_and_unparseable_replies():
 
 
 def test_stage_two_context_matches_stage_one():
-  """A decomposed state plus its recorded action gives the judge the same prompt as the trajectory."""
-  for t, task in ((MATH_TRAJ, "math"), (SEARCH_TRAJ, "search")):
-    examples = decompose(t, task, demos=task_prompts.DEFAULT_DEMOS[task])
+  """A decomposed state plus its recorded action gives the judge the same prompt as the trajectory, with
+  the step budget the rollout recorded (a budget other than the task's default included)."""
+  cases = [(MATH_TRAJ, "math", None), (SEARCH_TRAJ, "search", None), (MATH_TRAJ, "math", 6)]
+  for t, task, budget in cases:
+    if budget:
+      t = dataclasses.replace(t, provenance={**t.provenance, "budget": budget})
+    examples = decompose(t, task, demos=task_prompts.DEFAULT_DEMOS[task], budget=budget)
     for ex, ctx in zip(examples, step_contexts(t, task)):
+      if budget:
+        assert f"at most {budget} times" in ctx.prompt
       again = context_from_state(task, ex.state, ex.step_index, ex.action)
       assert again.prompt == ctx.prompt
       assert judge_prompts.process_prompt(task, again.prompt, again.previous, again.action.text) == \

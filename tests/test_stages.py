@@ -164,3 +164,9 @@ def test_decompose_stage(traj_file, tmp_path):
   with pytest.raises(ValueError, match="num_demos"):
     decompose_stage(bare, out)
   assert decompose_stage(bare, out, task="math", num_demos=0)["examples"] == 1
+  # Defaults (the run's settings, as mode=filter passes them) only fill in what provenance lacks.
+  decompose_stage(labelled, out, defaults=dict(task="math", num_demos=0, budget=6))
+  assert list(read_jsonl(StepExample, out)[0].state) == want  # provenance: 1 demo, budget 10
+  decompose_stage(bare, out, defaults=dict(task="math", num_demos=0, budget=6))
+  state = read_jsonl(StepExample, out)[0].state
+  assert state == tuple(task_prompts.initial_messages("math", question("x").text, [], 6))

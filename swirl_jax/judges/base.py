@@ -66,8 +66,9 @@ def step_from_text(text: str, task: task_prompts.Task) -> Step:
 
 
 def step_contexts(trajectory: Trajectory, task: task_prompts.Task) -> list[StepContext]:
-  """The context of every step of a trajectory: step k sees the prompt and steps < k."""
-  prompt = task_prompts.user_prompt(task, trajectory.question.text)
+  """The context of every step of a trajectory: step k sees the prompt (with the step budget the rollout
+  recorded, as the model saw it) and steps < k."""
+  prompt = task_prompts.user_prompt(task, trajectory.question.text, trajectory.provenance.get("budget"))
   return [StepContext(task, prompt, trajectory.steps[:k], step) for k, step in enumerate(trajectory.steps)]
 
 

@@ -18,7 +18,7 @@ import collections
 import logging
 import os
 import time
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from swirl_jax import prompts as task_prompts
 from swirl_jax.judges.base import Judge
@@ -169,12 +169,14 @@ def _setting(t: Trajectory, name: str, given: Any, fallback: Callable[[], Any] |
 
 
 def decompose_stage(in_path: str | Sequence[str], out_path: str, task: task_prompts.Task | None = None,
-                    num_demos: int | None = None, budget: int | None = None) -> dict[str, Any]:
+                    num_demos: int | None = None, budget: int | None = None,
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes the step examples of every kept trajectory (StepExample JSON Lines), atomically.
 
   The states must show what the model saw when it generated: the task prompt, the demonstrations and
-  the step budget. Each defaults to what the rollout recorded in the trajectory's provenance ("task",
-  "num_demos", "budget"; the task falls back to ``infer_task``); an explicit argument overrides all.
+  the step budget. Each is what the rollout recorded in the trajectory's provenance ("task",
+  "num_demos", "budget"); where provenance lacks one, ``defaults[name]`` (e.g. the run's settings), then
+  ``infer_task`` / the task's step budget. An explicit argument overrides all.
 
   Returns:
     {"examples_file", "trajectories", "examples", "input_duplicates", "by_task", "process_labels"
@@ -182,15 +184,22 @@ def decompose_stage(in_path: str | Sequence[str], out_path: str, task: task_prom
   """
   trajectories, dups = read_trajectories(in_path)
   examples, by_task, labels = [], collections.Counter(), collections.Counter()
+  defaults = dict(defaults or {})
+
+  def setting(t, name, given, fallback=None):
+    if name in defaults and not (t.provenance.get(name) is not None or given is not None):
+      return defaults[name]
+    return _setting(t, name, given, fallback)
+
   for t in trajectories:
-    t_task = _setting(t, "task", task, lambda: infer_task(t))
+    t_task = setting(t, "task", task, lambda: infer_task(t))
     if t_task not in ("math", "search"):
       raise ValueError(f"trajectory {t.key}: task must be math or search, got {t_task!r}")
-    n_demos = int(_setting(t, "num_demos", num_demos))
+    n_demos = int(setting(t, "num_demos", num_demos))
     demos = task_prompts.DEFAULT_DEMOS[t_task][:n_demos]
     if len(demos) < n_demos:
       raise ValueError(f"trajectory {t.key}: num_demos={n_demos} but only {len(demos)} {t_task} demonstrations exist")
-    t_budget = _setting(t, "budget", budget, lambda: task_prompts.step_budget(t_task))
+    t_budget = setting(t, "budget", budget, lambda: task_prompts.step_budget(t_task))
     exs = decompose(t, t_task, demos, int(t_budget))
     examples.extend(exs)
     by_task[t_task] += len(exs)
