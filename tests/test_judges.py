@@ -82,6 +82,9 @@ VERDICT_TABLE = [
     ("The step is good.", None),
     ("VERDICT: UNSURE", None),
     ("VERDICT: not good", None),  # negated: unusable rather than guessed
+    # ... even when an earlier "verdict" is followed by a label
+    ("I have to reach a verdict. Good idea to search, but it repeats step 1.\nVERDICT: NOT GOOD", None),
+    ("My verdict was good at first.\nVERDICT: not bad", None),
     ("", None),
     ("VERDICT: goodness", None),  # whole words only
 ]

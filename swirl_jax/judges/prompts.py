@@ -101,7 +101,7 @@ def parse_verdict(text: str) -> Label | None:
   Case-insensitive and tolerant of markdown ("**Verdict:** **bad**") and of a line break after the
   colon. Occurrences of "verdict" are tried from the last one back; for each, the first GOOD or BAD
   within 80 characters (and before any later "verdict") counts. A negated label ("VERDICT: not good")
-  is unusable rather than guessed.
+  is unusable rather than guessed: the reply gets None, not an earlier mention of a label.
   """
   if not text:
     return None
@@ -113,7 +113,7 @@ def parse_verdict(text: str) -> Label | None:
     if m is None:
       continue
     if _NEGATION_RE.search(window[: m.start()]):
-      continue
+      return None
     return "GOOD" if m.group(1).lower() == "good" else "BAD"
   return None
 
