@@ -1,7 +1,9 @@
 """Crash-safe JSON Lines output: append one record per line, flushed and fsynced, resumable.
 
-A process killed mid-write can leave a torn last line; ``open_for_append`` cuts it off before appending,
-so a rerun sees only whole records and continues after them.
+A process killed mid-write can leave a torn last line; ``JsonlAppender`` cuts it off before appending,
+so a rerun sees only whole records and continues after them. A last line without its newline that is a
+whole JSON object (a file written by another tool, or a crash between the record and its newline) is a
+record, not a torn one: it is read, and the appender completes it with the newline.
 """
 
 from __future__ import annotations
@@ -11,8 +13,17 @@ import os
 from typing import Any, Iterator
 
 
+def _whole_record(line: str | bytes) -> bool:
+  """A line (without its newline) that holds one whole JSON object."""
+  try:
+    return isinstance(json.loads(line), dict)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return False
+
+
 def _cut_torn_tail(path: str) -> None:
-  """Truncates ``path`` after its last newline (a partial record from a crash)."""
+  """Truncates ``path`` after its last newline (a partial record from a crash), or adds the newline a
+  whole last record lacks."""
   with open(path, "rb+") as f:
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -26,19 +37,26 @@ def _cut_torn_tail(path: str) -> None:
       tail = f.read(step) + tail
       i = tail.rfind(b"\n")
       if i >= 0:
-        f.truncate(pos + i + 1)
-        return
-    f.truncate(0)
+        break
+    else:
+      i = -1
+    if i == len(tail) - 1:
+      return
+    if _whole_record(tail[i + 1:]):
+      f.seek(0, os.SEEK_END)
+      f.write(b"\n")
+    else:
+      f.truncate(pos + i + 1)
 
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
-  """Whole records of a JSON Lines file; a torn last line (no newline) is ignored."""
+  """Whole records of a JSON Lines file; a torn last line (no newline, not a whole JSON object) is ignored."""
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
-      if not line.endswith("\n"):
-        return  # torn by a crash; open_for_append removes it
+      if not line.endswith("\n") and not _whole_record(line):
+        return  # torn by a crash; JsonlAppender removes it
       if line.strip():
         try:
           yield json.loads(line)
