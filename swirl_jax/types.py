@@ -33,6 +33,34 @@ def _require(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wher
   return value
 
 
+def _optional(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+  """``d[key]`` checked like ``_require`` when present and not null, else ``default``."""
+  return default if d.get(key) is None else _require(d, key, kind, where)
+
+
+def _count(d: Mapping[str, Any], key: str, where: str) -> int:
+  value = _optional(d, key, int, where, 0)
+  if isinstance(value, bool):
+    raise RecordError(f"{where}: field {key!r} must be int, got bool: {value!r}")
+  return value
+
+
+def _strings(d: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+  """A list of strings (a bare string would be read as its characters)."""
+  values = _optional(d, key, list, where, [])
+  for i, v in enumerate(values):
+    if not isinstance(v, str):
+      raise RecordError(f"{where}: field {key!r}[{i}] must be str, got {type(v).__name__}: {v!r:.80}")
+  return tuple(values)
+
+
+def _label(d: Mapping[str, Any], key: str, where: str) -> "Label | None":
+  value = _optional(d, key, str, where)
+  if value not in (None, "GOOD", "BAD"):
+    raise RecordError(f"{where}: field {key!r} must be GOOD, BAD or null, got {value!r}")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Paragraph:
   """One retrievable paragraph of a search corpus."""
@@ -88,9 +116,10 @@ class Question:
         dataset=_require(d, "dataset", str, where),
         text=_require(d, "text", str, where),
         answer=_require(d, "answer", str, where),
-        aliases=tuple(d.get("aliases", ())),
-        context=tuple(Paragraph.from_json(p, f"{where}.context[{i}]") for i, p in enumerate(d.get("context", ()))),
-        metadata=dict(d.get("metadata", {})),
+        aliases=_strings(d, "aliases", where),
+        context=tuple(Paragraph.from_json(p, f"{where}.context[{i}]")
+                      for i, p in enumerate(_optional(d, "context", list, where, []))),
+        metadata=dict(_optional(d, "metadata", dict, where, {})),
     )
 
 
@@ -195,14 +224,14 @@ class Step:
     return cls(
         text=_require(d, "text", str, where),
         kind=kind,
-        call=_opt(d.get("call"), lambda c: ToolCall.from_json(c, f"{where}.call")),
-        answer=d.get("answer"),
-        observation=d.get("observation"),
-        error=d.get("error"),
-        prompt_tokens=int(d.get("prompt_tokens", 0)),
-        new_tokens=int(d.get("new_tokens", 0)),
-        seconds=float(d.get("seconds", 0.0)),
-        verdict=_opt(d.get("verdict"), lambda v: Verdict.from_json(v, f"{where}.verdict")),
+        call=_opt(_optional(d, "call", dict, where), lambda c: ToolCall.from_json(c, f"{where}.call")),
+        answer=_optional(d, "answer", str, where),
+        observation=_optional(d, "observation", str, where),
+        error=_optional(d, "error", str, where),
+        prompt_tokens=_count(d, "prompt_tokens", where),
+        new_tokens=_count(d, "new_tokens", where),
+        seconds=float(_optional(d, "seconds", (int, float), where, 0.0)),
+        verdict=_opt(_optional(d, "verdict", dict, where), lambda v: Verdict.from_json(v, f"{where}.verdict")),
     )
 
 
@@ -247,9 +276,9 @@ class Trajectory:
         question=Question.from_json(_require(d, "question", dict, where), f"{where}.question"),
         sample_index=_require(d, "sample_index", int, where),
         steps=tuple(Step.from_json(s, f"{where}.steps[{i}]") for i, s in enumerate(steps)),
-        final_answer=d.get("final_answer"),
-        outcome=_opt(d.get("outcome"), lambda v: Verdict.from_json(v, f"{where}.outcome")),
-        provenance=dict(d.get("provenance", {})),
+        final_answer=_optional(d, "final_answer", str, where),
+        outcome=_opt(_optional(d, "outcome", dict, where), lambda v: Verdict.from_json(v, f"{where}.outcome")),
+        provenance=dict(_optional(d, "provenance", dict, where, {})),
     )
 
 
@@ -310,8 +339,8 @@ class StepExample:
         step_index=_require(d, "step_index", int, where),
         state=tuple(Message.from_json(m, f"{where}.state[{i}]") for i, m in enumerate(state)),
         action=_require(d, "action", str, where),
-        process_label=d.get("process_label"),
-        outcome_label=d.get("outcome_label"),
+        process_label=_label(d, "process_label", where),
+        outcome_label=_label(d, "outcome_label", where),
     )
 
 

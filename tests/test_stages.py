@@ -170,3 +170,34 @@ def test_decompose_stage(traj_file, tmp_path):
   decompose_stage(bare, out, defaults=dict(task="math", num_demos=0, budget=6))
   state = read_jsonl(StepExample, out)[0].state
   assert state == tuple(task_prompts.initial_messages("math", question("x").text, [], 6))
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (("question", "aliases"), "Paris", "field 'aliases' must be list, got str"),  # not ('P', 'a', ...)
+    (("question", "aliases"), ["Paris", 3], "field 'aliases'[1] must be str"),
+    (("question", "metadata"), [1, 2], "field 'metadata' must be dict"),
+    (("steps", 1, "prompt_tokens"), "n/a", "steps[1]: field 'prompt_tokens' must be int"),
+    (("steps", 2, "answer"), 107, "steps[2]: field 'answer' must be str"),
+    (("final_answer",), 107, "field 'final_answer' must be str"),
+])
+def test_mistyped_trajectory_fields_name_file_line_and_field(tmp_path, path, value, message):
+  """A wrong type is refused where it is read, naming file:line and the field, instead of being accepted
+  (a bare-string alias read as its letters: the answer "P" judged correct) or failing later without a
+  location (a numeric answer crashed the judge)."""
+  records = [t.to_json() for t in trajectories()]
+  target = records[1]
+  for key in path[:-1]:
+    target = target[key]
+  target[path[-1]] = value
+  f = tmp_path / "t.jsonl"
+  f.write_text("\n" + "".join(json.dumps(r) + "\n" for r in records))  # a blank first line: line 3 is records[1]
+  with pytest.raises(record_types.RecordError, match=f"{f}:3.*{message}".replace("[", r"\[").replace("]", r"\]")):
+    decompose_stage(str(f), str(tmp_path / "out.jsonl"))
+  assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_step_example_labels_must_be_good_bad_or_null():
+  ex = StepExample("q", 0, 0, (), "<answer>1</answer>", "GOOD", None).to_json()
+  assert StepExample.from_json(ex).process_label == "GOOD"
+  with pytest.raises(record_types.RecordError, match="process_label' must be GOOD, BAD or null, got 'good'"):
+    StepExample.from_json({**ex, "process_label": "good"})

@@ -51,6 +51,12 @@ def _cut_torn_tail(path: str) -> None:
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
   """Whole records of a JSON Lines file; a torn last line (no newline, not a whole JSON object) is ignored."""
+  for _, record in numbered_records(path):
+    yield record
+
+
+def numbered_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, record) of every whole record of a JSON Lines file, for errors that name the line."""
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
@@ -59,7 +65,7 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
         return  # torn by a crash; JsonlAppender removes it
       if line.strip():
         try:
-          yield json.loads(line)
+          yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 

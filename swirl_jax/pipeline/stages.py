@@ -25,7 +25,7 @@ from swirl_jax.judges.base import Judge
 from swirl_jax.judges.prompts import infer_task
 from swirl_jax.pipeline.decompose import decompose
 from swirl_jax.pipeline.filter import STRATEGIES, equalize_target, filter_trajectories
-from swirl_jax.pipeline.jsonl import JsonlAppender, read_records
+from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
 from swirl_jax.types import Trajectory, dumps, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def read_trajectories(paths: str | Sequence[str]) -> tuple[list[Trajectory], int
   for path in [paths] if isinstance(paths, str) else list(paths):
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} does not exist")
-    for i, d in enumerate(read_records(path), 1):
-      t = Trajectory.from_json(d, f"{path} record {i}")
+    for lineno, d in numbered_records(path):
+      t = Trajectory.from_json(d, f"{path}:{lineno}")
       if t.key in seen:
         dups += 1
         continue
