@@ -128,9 +128,40 @@ def test_infer_task():
     ("10", "10.00", True), ("$10", "10", True), ("10 dollars", "$10.00", True), ("1,000", "1000", True),
     ("-3", "−3", True), ("3/4", "0.75", True), ("50%", "50", True), ("10.", "10", True),
     ("10", "11", False), ("ten", "10", False), ("1,00", "100", False), ("1/0", "0", False),
+    ("18 eggs", "18", True), ("10 dollar", "10 dollars", True),
+    ("5 June", "5 May", False), ("150 billion", "150 million", False), ("150 million", "150", False),
+    ("12th", "12", False),
 ])
 def test_numbers_equal(a, b, equal):
   assert answers.numbers_equal(a, b) is equal
+
+
+def _official_squad(prediction: str, gold: str) -> tuple[bool, float]:
+  """EM and F1 as the official SQuAD v1.1 / HotPotQA evaluation scripts compute them."""
+  import collections
+  import re
+  import string
+
+  def norm(s):
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+  p, g = norm(prediction).split(), norm(gold).split()
+  same = sum((collections.Counter(p) & collections.Counter(g)).values())
+  f1 = 0.0 if same == 0 else 2 * (same / len(p)) * (same / len(g)) / (same / len(p) + same / len(g))
+  return norm(prediction) == norm(gold), f1
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("US", "U.S."), ("Dont Look Back", "Don't Look Back"), ("5 June", "5 May"), ("1984 Olympics", "1988 Olympics"),
+    ("14 July 1789", "14 July"), ("the Eiffel Tower", "Eiffel Tower!"), ("150 billion", "150 million"),
+    ("12th", "12th century"), ("Jean-Pierre Jeunet", "Jeunet"),
+])
+def test_text_answers_score_as_the_official_squad_script(pred, gold):
+  """EM / F1 of text answers are the published metrics (HotPotQA, MuSiQue, 2Wiki numbers compare)."""
+  em, f1 = _official_squad(pred, gold)
+  assert answers.exact_match(pred, gold) == em
+  assert answers.token_f1(pred, gold) == pytest.approx(f1)
 
 
 def test_normalize_and_match():
@@ -140,7 +171,7 @@ def test_normalize_and_match():
   assert answers.exact_match("the French Republic", ["France", "French Republic"])
   assert not answers.exact_match("Germany", ["France", "French Republic"])
   assert not answers.exact_match("the", "a")  # empty after normalisation never matches
-  assert answers.token_f1("Jean-Pierre Jeunet", "Jeunet") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+  assert answers.token_f1("Jean-Pierre Jeunet", "Jeunet") == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))
   assert answers.token_f1("$10", "10.00") == 1.0
   assert answers.token_f1("yes it is", "yes") == 0.0  # yes/no must match exactly (HotPotQA)
   assert answers.token_f1("Paris", ["London", "paris"]) == 1.0

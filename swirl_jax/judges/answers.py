@@ -2,18 +2,21 @@
 
 Two layers:
 
-* ``normalize_text``: SQuAD's normalisation (lowercase, drop punctuation and the articles a/an/the,
-  collapse whitespace). Used for text answers, token F1 and search-query comparison.
+* ``normalize_text``: the official SQuAD / HotPotQA normalisation (lowercase, delete punctuation, drop
+  the articles a/an/the, collapse whitespace), so EM and F1 are the published metrics: "U.S." = "US",
+  "Don't Look Back" = "Dont Look Back". ``normalize_words`` replaces punctuation with a space instead,
+  for finding an answer inside free text ("jean-pierre" in an observation matches "Jean Pierre") and
+  comparing search queries.
 * ``parse_number``: an answer that is one number, optionally with a currency sign, thousands commas, a
   sign, a simple fraction, a percent sign or one trailing unit word ("10", "10.00", "$10",
   "10 dollars", "1,000", "-3", "3/4", "50%"). Such answers are compared numerically, so GSM8K-style
   keys match however the model writes the number. The unit word is any single alphabetic word (a fixed
-  unit list would miss "18 eggs"); the price is that "1984 Olympics" parses as 1984. Two or more
-  trailing words are text, so "2014 FIFA World Cup" stays a text answer.
+  unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal suffixes
+  ("12th"); two numbers with different unit words are different answers ("5 May" is not "5 June").
+  Two or more trailing words are text, so "2014 FIFA World Cup" stays a text answer.
 
-``normalize_answer`` combines them: a number becomes its canonical form ("10.00" -> "10"), anything
-else is SQuAD-normalised. ``exact_match`` and ``token_f1`` accept one gold answer or several (key and
-aliases) and take the best.
+``exact_match`` is numeric equality or equal normalised text; ``token_f1`` is 1 for equal numbers, else
+the official token F1. Both accept one gold answer or several (key and aliases) and take the best.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _NUMBER_ANSWER_RE = re.compile(
     (?P<sign2>[-+−])?\s*
     (?P<num>{_NUM})
     (?:\s*/\s*(?P<den>{_NUM}))?
-    \s*(?:%|percent\b|[^\W\d_]+)?   # one unit word (dollars, eggs, cm) or a percent sign
+    \s*(?P<unit>%|percent\b|[^\W\d_]+)?   # one unit word (dollars, eggs, cm) or a percent sign
     \s*[.!]?\s*$""",
     re.VERBOSE | re.IGNORECASE,
 )
@@ -45,11 +48,22 @@ _NUMBER_IN_TEXT_RE = re.compile(rf"(?<![\w.])[-−]?(?:{_NUM})(?![\d])")
 YES_NO = frozenset({"yes", "no"})
 
 
+# Words after a number that change what it means: magnitudes and ordinal suffixes are not units.
+_NOT_UNITS = frozenset({"hundred", "thousand", "million", "billion", "trillion", "k", "m", "bn",
+                        "st", "nd", "rd", "th"})
+
+
 def normalize_text(text: str) -> str:
-  """SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
+  """The official SQuAD normalisation: lowercase, punctuation deleted, no articles, single spaces."""
+  text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+  text = _ARTICLES_RE.sub(" ", text)
+  return " ".join(text.split())
+
+
+def normalize_words(text: str) -> str:
+  """``normalize_text`` with punctuation replaced by a space, for matching words inside free text:
+  "jean-pierre" stays two words that match "jean pierre", and no two words are glued together."""
   text = "".join(" " if ch in _PUNCT else ch for ch in text.lower())
-  # SQuAD deletes punctuation outright; replacing it with a space instead keeps "jean-pierre" as two
-  # words that still match "jean pierre", and never glues two words together.
   text = _ARTICLES_RE.sub(" ", text)
   return " ".join(text.split())
 
@@ -60,8 +74,22 @@ def _to_float(num: str) -> float:
 
 def parse_number(text: str) -> float | None:
   """The value of an answer that is a single number (see the module docstring), else None."""
+  parsed = _parse_number(text)
+  return None if parsed is None else parsed[0]
+
+
+def _unit(text: str) -> str | None:
+  """The unit word of a numeric answer, singular and lowercase (None: no unit, or a percent sign)."""
   m = _NUMBER_ANSWER_RE.match(text)
-  if m is None:
+  unit = (m.group("unit") or "").lower() if m else ""
+  if unit in ("", "%", "percent"):
+    return None
+  return unit[:-1] if unit.endswith("s") and len(unit) > 2 else unit
+
+
+def _parse_number(text: str) -> tuple[float, str | None] | None:
+  m = _NUMBER_ANSWER_RE.match(text)
+  if m is None or (m.group("unit") or "").lower() in _NOT_UNITS:
     return None
   value = _to_float(m.group("num"))
   if m.group("den") is not None:
@@ -71,7 +99,7 @@ def parse_number(text: str) -> float | None:
     value /= den
   negative = (m.group("sign1") in ("-", "−")) != (m.group("sign2") in ("-", "−"))
   value = -value if negative else value
-  return value if math.isfinite(value) else None
+  return (value, _unit(text)) if math.isfinite(value) else None
 
 
 def format_number(value: float) -> str:
@@ -84,13 +112,16 @@ def format_number(value: float) -> str:
 def numbers_equal(a: float | str, b: float | str, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
   """Whether two numbers (or numeric answers, parsed with ``parse_number``) are equal within tolerance.
 
-  Non-numeric strings are never equal to anything here.
+  Non-numeric strings are never equal to anything here, nor are answers with different unit words
+  ("5 May" and "5 June"; "10 dollars" and "$10" are equal, a unit on one side only does not count).
   """
-  x = parse_number(a) if isinstance(a, str) else float(a)
-  y = parse_number(b) if isinstance(b, str) else float(b)
+  x = _parse_number(a) if isinstance(a, str) else (float(a), None)
+  y = _parse_number(b) if isinstance(b, str) else (float(b), None)
   if x is None or y is None:
     return False
-  return math.isclose(x, y, rel_tol=rel_tol, abs_tol=abs_tol)
+  if x[1] is not None and y[1] is not None and x[1] != y[1]:
+    return False
+  return math.isclose(x[0], y[0], rel_tol=rel_tol, abs_tol=abs_tol)
 
 
 def normalize_answer(text: str) -> str:
@@ -104,10 +135,10 @@ def _golds(gold: str | Iterable[str]) -> list[str]:
 
 
 def exact_match(prediction: str, gold: str | Iterable[str]) -> bool:
-  """Whether the prediction equals any gold answer after normalisation (numbers numerically)."""
-  pred = normalize_answer(prediction)
+  """Whether the prediction equals any gold answer: numerically, or as SQuAD-normalised text."""
+  pred = normalize_text(prediction)
   for g in _golds(gold):
-    if numbers_equal(prediction, g) or (pred and pred == normalize_answer(g)):
+    if numbers_equal(prediction, g) or (pred and pred == normalize_text(g)):
       return True
   return False
 
@@ -125,15 +156,16 @@ def _f1(pred_tokens: Sequence[str], gold_tokens: Sequence[str]) -> float:
 def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
   """SQuAD/HotPotQA token F1 of the prediction against the best gold answer.
 
-  As in HotPotQA's official script, yes/no answers score 0 unless they match exactly; numbers are
-  canonicalised first, so "$10" against "10.00" scores 1.
+  As in HotPotQA's official script, yes/no answers score 0 unless they match exactly; equal numbers score
+  1 ("$10" against "10.00"), and otherwise numbers are words like any other ("1984 Olympics" against
+  "1988 Olympics": 0.5).
   """
-  pred = normalize_answer(prediction)
+  pred = normalize_text(prediction)
   best = 0.0
   for g in _golds(gold):
     if numbers_equal(prediction, g):
       return 1.0
-    gold_norm = normalize_answer(g)
+    gold_norm = normalize_text(g)
     if (pred in YES_NO or gold_norm in YES_NO) and pred != gold_norm:
       continue
     best = max(best, _f1(pred.split(), gold_norm.split()))
@@ -157,7 +189,7 @@ def contains_answer(text: str, answer: str) -> bool:
   value = parse_number(answer)
   if value is not None:
     return any(numbers_equal(value, x) for x in numbers_in_text(text))
-  needle = normalize_text(answer)
+  needle = normalize_words(answer)
   if not needle:
     return False
-  return f" {needle} " in f" {normalize_text(text)} "
+  return f" {needle} " in f" {normalize_words(text)} "

@@ -35,7 +35,7 @@ RULE_VERSION = "rule/v1"
 
 
 def _query_words(query: str) -> tuple[str, ...]:
-  return tuple(sorted(answers.normalize_text(query).split()))
+  return tuple(sorted(answers.normalize_words(query).split()))
 
 
 def _calculator_result(step: Step, calculator: Calculator) -> float | None:
