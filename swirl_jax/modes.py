@@ -1,7 +1,8 @@
 """What each ``--config.mode`` of ``python -m swirl_jax.main`` does, one function per mode.
 
 Every stage reads and writes files in the workdir (JSON Lines a person can open), so each can be rerun
-or resumed alone, and ``pipeline`` runs them in order, skipping a stage whose output is complete:
+or resumed alone, and ``pipeline`` runs them in order, skipping a stage whose output is complete and
+made from the current inputs (pipeline/stamps.py):
 
   trajectories.jsonl -> labelled.jsonl -> kept.jsonl (+ filter_report.json) -> step_examples.jsonl
   -> checkpoints/ -> eval/base/*.json, eval/trained/*.json -> export/hf/
@@ -15,6 +16,8 @@ import os
 import time
 
 import jax
+
+from swirl_jax.pipeline import stamps
 
 
 class Paths:
@@ -246,10 +249,18 @@ def run_eval(cfg, paths: Paths) -> dict:
   specs = eval_dataset_specs(cfg)
   judges = {}  # task -> judge, shared by base and trained (a judge model loads once)
   for label, source, out_dir in policies:
+    # Reports are reused only when made from the same policy (checkpoint step) and settings.
+    inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source),
+              "settings": _settings(cfg, *_EVAL_SETTINGS)}
+    fresh = stamps.matches(paths.workdir, f"eval-{label}", inputs)
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
-    todo = [sp for sp in specs if not os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json"))]
+    todo = [sp for sp in specs if not (fresh and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
     if not todo:
       continue
+    if not fresh and stamps.read(paths.workdir, f"eval-{label}") is not None:
+      print(f"[eval {label}] re-evaluating: changed since the reports were made: "
+            f"{stamps.changed(paths.workdir, f'eval-{label}', inputs)}", flush=True)
+    stamps.write(paths.workdir, f"eval-{label}", {"in_progress": True})  # a partial re-run is never fresh
     lm = load(cfg, source=source)
     for sp in todo:
       task = dataset_task(sp.name)
@@ -259,6 +270,7 @@ def run_eval(cfg, paths: Paths) -> dict:
                         eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label)
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
+    stamps.write(paths.workdir, f"eval-{label}", inputs)
   base = load_reports(paths.eval_base)
   table = comparison_table(base, load_reports(paths.eval_trained)) if trained else ""
   _barrier("eval done")
@@ -305,6 +317,29 @@ def run_sample(cfg, paths: Paths) -> dict:
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 
+# What the eval reports depend on besides the policy: a change of any of these re-evaluates.
+_EVAL_SETTINGS = ("model.dtype", "model.param_dtype", "data", "eval", "rollout", "sampling", "sampler", "judge",
+                  "search")
+
+
+def _settings(cfg, *names: str) -> dict:
+  """The named settings (a group or a single key) as plain values, for a stage's stamp."""
+  out = {}
+  for name in names:
+    v = cfg
+    for part in name.split("."):
+      v = v[part]
+    out[name] = v.to_dict() if hasattr(v, "to_dict") else v
+  return out
+
+
+def _checkpoint_step(source: str) -> int | None:
+  """The step a checkpoint directory's latest checkpoint holds (what load() restores); None otherwise."""
+  if not os.path.isdir(source):
+    return None
+  return max((int(d) for d in os.listdir(source) if d.isdigit()), default=None)
+
+
 def _count_lines(path: str) -> int:
   from swirl_jax.pipeline.jsonl import read_records
 
@@ -318,6 +353,21 @@ def _final_checkpoint_step(paths: Paths) -> int:
   return max(steps, default=-1)
 
 
+def _train_inputs(paths: Paths) -> dict:
+  return {"step_examples": stamps.file_digest(paths.step_examples)}
+
+
+def _train_stage(cfg, paths: Paths) -> dict:
+  """run_train, refusing to resume checkpoints that were trained on other step examples."""
+  inputs = _train_inputs(paths)
+  if _final_checkpoint_step(paths) >= 0 and stamps.read(paths.workdir, "train") not in (None, inputs):
+    raise ValueError(f"{paths.step_examples} changed since {paths.checkpoints} was trained on it (the trajectories "
+                     f"or filter settings changed); remove {paths.checkpoints} to train again, or use a new workdir")
+  if jax.process_index() == 0:
+    stamps.write(paths.workdir, "train", inputs)  # what the checkpoints are made from, before the first one
+  return run_train(cfg, paths)
+
+
 def run_pipeline(cfg, paths: Paths) -> dict:
   from swirl_jax.config import dataset_spec
   from swirl_jax.data.registry import load_questions
@@ -326,22 +376,35 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   questions = load_questions(dataset_spec(cfg))
   expected = len(questions) * cfg.rollout.samples_per_question
 
-  def stage(name, done, fn):
+  def stage(name, done, fn, inputs=None):
+    """Runs ``fn`` unless ``done()``; ``inputs()`` (the stage's stamp) must also match to skip it."""
     t = time.perf_counter()
-    if done:
+    stamp = inputs() if inputs else None
+    fresh = stamp is None or stamps.matches(paths.workdir, name, stamp)
+    if done() and fresh:
       print(f"== {name}: already complete, skipped", flush=True)
       summary[name] = "skipped (complete)"
       return
-    print(f"== {name}", flush=True)
+    why = "" if fresh or stamps.read(paths.workdir, name) is None else \
+        f" (inputs changed: {', '.join(stamps.changed(paths.workdir, name, stamp))})"
+    print(f"== {name}{why}", flush=True)
     summary[name] = fn()
     summary[name + "_seconds"] = round(time.perf_counter() - t, 1)
+    if stamp is not None and jax.process_index() == 0:
+      stamps.write(paths.workdir, name, stamp)
 
-  stage("generate", _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths, questions))
-  stage("label", _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths))
-  stage("filter", os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths))
-  stage("train", _final_checkpoint_step(paths) >= cfg.train.steps, lambda: run_train(cfg, paths))
-  stage("eval", False, lambda: run_eval(cfg, paths))  # finished datasets are skipped inside
-  stage("export", os.path.exists(os.path.join(paths.export, "config.json")), lambda: run_export(cfg, paths))
+  stage("generate", lambda: _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths, questions))
+  stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths))
+  stage("filter", lambda: os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths),
+        lambda: {"labelled": stamps.file_digest(paths.labelled),
+                 "settings": _settings(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})
+  stage("train", lambda: _final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
+        lambda: _train_inputs(paths))
+  stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
+  export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
+                           "out": cfg.export.out}
+  stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
+        lambda: run_export(cfg, paths), export_inputs)
   summary["total_seconds"] = round(time.perf_counter() - t0, 1)
   return summary
 

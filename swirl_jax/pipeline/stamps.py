@@ -1,0 +1,61 @@
+"""What a finished pipeline stage was made from, so a rerun redoes a stage whose inputs changed.
+
+A stage's stamp (``WORKDIR/stages/NAME.json``) holds a fingerprint of its inputs: the settings it reads
+and the digests of the files it reads (or the checkpoint step it starts from). ``pipeline`` skips a
+stage only when its output is complete and its stamp matches what the stage would be made from now;
+otherwise the stage runs again (filter, eval, export) or refuses (train, whose checkpoints a change of
+its examples would mix with new ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from swirl_jax.atomic_io import atomic_open
+
+
+def file_digest(path: str) -> str:
+  """sha256 of a file's bytes ("missing" when it does not exist)."""
+  if not os.path.exists(path):
+    return "missing"
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "stages", f"{name}.json")
+
+
+def read(workdir: str, name: str) -> dict[str, Any] | None:
+  """The inputs recorded when stage ``name`` last finished (None: never, or before stamps existed)."""
+  try:
+    with open(_path(workdir, name), encoding="utf-8") as f:
+      return json.load(f)["inputs"]
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    return None
+
+
+def write(workdir: str, name: str, inputs: dict[str, Any]) -> None:
+  with atomic_open(_path(workdir, name)) as f:
+    json.dump({"stage": name, "inputs": _plain(inputs)}, f, indent=1, sort_keys=True)
+
+
+def matches(workdir: str, name: str, inputs: dict[str, Any]) -> bool:
+  return read(workdir, name) == _plain(inputs)
+
+
+def changed(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
+  """The top-level inputs that differ from the stamp (all of them when there is none)."""
+  old, new = read(workdir, name) or {}, _plain(inputs)
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _plain(x: Any) -> Any:
+  """JSON's view of ``x`` (tuples become lists), so a stamp read back compares equal."""
+  return json.loads(json.dumps(x, sort_keys=True, default=str))

@@ -1,0 +1,102 @@
+"""Pipeline reruns in a used workdir: a stage is skipped only when its output is complete and made from
+the current inputs (files and settings), so changed settings never leave stale kept data, eval reports
+or exports behind. Generate, model loading, training, evaluation and export are stubbed: this checks
+the skip logic, not the stages (tests/test_main_cli.py runs them for real)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from configs.quickstart import get_config
+from swirl_jax import modes
+from swirl_jax.evaluation import evaluate as evaluate_module
+from swirl_jax.pipeline.jsonl import read_records
+from swirl_jax.types import Step, ToolCall, Trajectory, dumps
+
+
+def _trajectory(q, k):
+  if k == 0:  # a checked calculator step, then the right answer
+    steps = (Step(text=f"<math_exp>{q.answer} + 0</math_exp>", kind="tool_call",
+                  call=ToolCall("calculator", f"{q.answer} + 0"), observation=f"{q.answer} + 0 -> {float(q.answer)}"),
+             Step(text=f"<answer>{q.answer}</answer>", kind="answer", answer=q.answer))
+    return Trajectory(q, k, steps, final_answer=q.answer, provenance={"task": "math", "budget": 6, "num_demos": 1})
+  steps = (Step(text="hmm", kind="malformed", error="no_tag: no tag", observation="error: no tag"),
+           Step(text="<answer>7</answer>", kind="answer", answer="7"))
+  return Trajectory(q, k, steps, final_answer="7", provenance={"task": "math", "budget": 6, "num_demos": 1})
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+  calls = []
+
+  def generate(cfg, paths, questions=None):
+    calls.append("generate")
+    done = {(r["question"]["id"], r["sample_index"]) for r in read_records(paths.trajectories)}
+    with open(paths.trajectories, "a", encoding="utf-8") as f:
+      for q in questions:
+        for k in range(cfg.rollout.samples_per_question):
+          if (q.id, k) not in done:
+            f.write(dumps(_trajectory(q, k)) + "\n")
+    return {}
+
+  def run_train(cfg, paths):
+    calls.append("train")
+    os.makedirs(os.path.join(paths.checkpoints, str(cfg.train.steps)), exist_ok=True)
+    return {}
+
+  class LM:
+    source, tokenizer = "stub", object()
+
+  def evaluate(lm, questions, judge, tools, config, *, dataset, out_dir, label):
+    calls.append(f"eval {label}")
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"dataset": dataset, "policy": label, "judged_accuracy": 0.0, "num_questions": len(questions)}
+    with open(os.path.join(out_dir, f"{dataset}.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f)
+    return report
+
+  def run_export(cfg, paths):
+    calls.append("export")
+    os.makedirs(paths.export, exist_ok=True)
+    with open(os.path.join(paths.export, "config.json"), "w", encoding="utf-8") as f:
+      f.write("{}")
+    return {}
+
+  monkeypatch.setattr(modes, "run_generate", generate)
+  monkeypatch.setattr(modes, "run_train", run_train)
+  monkeypatch.setattr(modes, "run_export", run_export)
+  monkeypatch.setattr(modes, "load", lambda cfg, global_mesh=False, source=None: LM())
+  monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+  return calls
+
+
+def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions = 4
+  cfg.eval.limit = 2
+
+  def run():
+    stubbed.clear()
+    modes.run_pipeline(cfg, paths)
+    return list(stubbed)
+
+  assert run() == ["generate", "train", "eval base", "eval trained", "export"]
+  assert json.load(open(paths.filter_report))["strategy"] == "process"
+  assert run() == []  # nothing changed: everything skipped
+
+  cfg.filter.strategy = "none"  # filter reruns (it is cheap); its new examples would mix with the checkpoints
+  with pytest.raises(ValueError, match="step_examples.jsonl changed since .*checkpoints was trained"):
+    run()
+  assert json.load(open(paths.filter_report))["strategy"] == "none"
+  assert len(list(read_records(paths.step_examples))) == 16  # 4 questions x 2 samples x 2 steps, all kept
+
+  cfg.filter.strategy = "process"  # back to what the checkpoints were trained on
+  assert run() == []  # filter reran (its inputs changed again), the rest is as before
+  cfg.train.steps = 6  # train on: the trained policy's reports and the export are stale
+  assert run() == ["train", "eval trained", "export"]
+  cfg.sampling.max_new_tokens = 32  # an eval setting: both policies are evaluated again
+  assert run() == ["eval base", "eval trained"]
