@@ -14,7 +14,8 @@ from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import load_model, pad_batch
 from swirl_jax.models.config import preset as config_preset
 from swirl_jax.models.gemma import forward_logits, project
-from swirl_jax.sampling.decode import Sampler, SamplingConfig, StopTable, argmax, categorical, sample_logits
+from swirl_jax.sampling.decode import (Sampler, SamplingConfig, StopTable, argmax, categorical, sample_logits,
+                                      top_k)
 from swirl_jax.sampling.generate import generate, write_rows
 
 
@@ -266,6 +267,31 @@ def test_two_level_argmax_equals_argmax(v):
   got = np.asarray(jax.jit(lambda x: argmax(x, block=64))(jnp.asarray(logits)))
   np.testing.assert_array_equal(got, logits.argmax(axis=0))
   assert got.dtype == np.int32
+
+
+@pytest.mark.parametrize("v,k", [(50, 8), (1100, 1), (1100, 5), (4096, 64), (4100, 3)])
+def test_two_level_top_k_equals_top_k(v, k):
+  """The blockwise top-k gives jax.lax.top_k's values, ids and order over the transposed logits: with ties
+  inside and across blocks (equal values: the lower id first), -inf entries, a vocabulary that is not a
+  multiple of the block (the padding is never returned), and k blocks covering the whole vocabulary
+  (one-level path)."""
+  rng = np.random.default_rng(v + k)
+  logits = rng.integers(-40, 40, size=(v, 8)).astype(np.float32)  # integer values: many ties
+  logits[:, 1] = 7.0  # all tied: ids 0..k-1
+  logits[[3, v - 1, v // 2], 2] = 100.0  # ties across blocks
+  logits[:, 3] = -np.inf
+  logits[[v - 1, 1], 3] = 5.0  # fewer finite values than k: the rest are -inf at the lowest ids
+  logits[:, 4] = np.float32(-3.4e38)
+  # equal values in blocks whose maxima rank the other way round: the lower id still comes first
+  logits[:, 5] = -1000.0
+  logits[[v - 5, 2], 5] = [100.0, 50.0]
+  logits[[v - 4, 3], 5] = 10.0
+  x = jnp.asarray(logits)
+  vals, ids = jax.jit(lambda x: top_k(x, k, block=64))(x)
+  want_vals, want_ids = jax.lax.top_k(x.T, k)
+  np.testing.assert_array_equal(np.asarray(ids), np.asarray(want_ids))
+  np.testing.assert_array_equal(np.asarray(vals), np.asarray(want_vals))
+  assert ids.dtype == jnp.int32 and ids.shape == (8, k)
 
 
 @pytest.mark.parametrize("preset", ["tiny-gemma3", "tiny-gemma2"])

@@ -97,19 +97,43 @@ def argmax(logits: jax.Array, block: int = _VOCAB_BLOCK) -> jax.Array:
   return (chosen * block + within).astype(jnp.int32)
 
 
+def top_k(logits: jax.Array, k: int, block: int = _VOCAB_BLOCK) -> tuple[jax.Array, jax.Array]:
+  """``jax.lax.top_k(logits.T, k)`` for vocabulary-major logits [V, B] -> (values [B, k], ids [B, k]
+  int32), the same values, ids and order, ties included, from k blocks instead of the whole vocabulary.
+
+  A token among the k largest lies in one of the k blocks with the largest maxima (otherwise k other
+  blocks each hold a token that ranks before it, a larger value or an equal one at a lower index), so
+  the k best blocks, taken in vocabulary order, hold the answer. On XLA:CPU this replaces a top-k over
+  262k entries per row and the transpose before it (the 270M at batch 8, k = 64: ~6 ms of a float32
+  step) with one over k * block entries.
+  """
+  v, b = logits.shape
+  if v <= k * block:
+    vals, idx = jax.lax.top_k(logits.T, k)
+    return vals, idx.astype(jnp.int32)
+  blocks = _vocab_blocks(logits, block)  # [nb, block, B]
+  _, best = jax.lax.top_k(jnp.max(blocks, axis=1).T, k)  # [B, k] blocks with the largest maxima
+  best = jnp.sort(best, axis=-1)  # vocabulary order, so that equal values keep top_k's lower-id-first order
+  cand = blocks[best, :, jnp.arange(b)[:, None]].reshape(b, k * block)  # row r: its k blocks, in order
+  vals, pos = jax.lax.top_k(cand, k)
+  ids = jnp.take_along_axis(best, pos // block, axis=-1) * block + pos % block
+  return vals, ids.astype(jnp.int32)
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> jax.Array:
   """logits [V, B] float32, vocabulary-major as ``Gemma.logits_vocab_major`` gives them; keys [B] PRNG
-  keys -> token ids [B] int32. Greedy and plain temperature sampling stay vocabulary-major (transposing
-  262k x B logits makes XLA:CPU compute the head in its slow orientation); top-k / top-p transpose."""
+  keys -> token ids [B] int32. Greedy, plain temperature and top-k sampling stay vocabulary-major
+  (transposing 262k x B logits makes XLA:CPU compute the head in its slow orientation); top-p without
+  top-k sorts the whole vocabulary, transposed."""
   if cfg.temperature == 0:
     return argmax(logits)
   logits = logits / cfg.temperature
   if cfg.top_k == 0 and cfg.top_p == 1:
     return categorical(keys, logits)
-  logits = logits.T  # [B, V]
   if cfg.top_k > 0:
-    vals, idx = jax.lax.top_k(logits, cfg.top_k)  # sorted, descending
+    vals, idx = top_k(logits, cfg.top_k)  # sorted, descending
   else:
+    logits = logits.T  # [B, V]
     idx = jnp.argsort(-logits, axis=-1)
     vals = jnp.take_along_axis(logits, idx, axis=-1)
   if cfg.top_p < 1:
