@@ -354,7 +354,7 @@ def parse_object(line: str, where: str) -> dict[str, Any]:
   try:
     d = json.loads(line)
   except json.JSONDecodeError as e:
-    raise RecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    raise RecordError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
   if not isinstance(d, dict):
     raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")
   return d

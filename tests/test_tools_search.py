@@ -67,6 +67,24 @@ def test_jsonl_under_a_json_name(tmp_path):
   assert BM25Search.from_files(str(path)).paragraphs == tuple(PARAGRAPHS)
 
 
+def test_line_separator_characters_inside_jsonl_records(tmp_path):
+  """U+2028, U+2029 and U+0085 may stand raw in JSON strings (json.dumps with ensure_ascii=False writes
+  them so); only "\n" separates records, also in a .json file holding several objects."""
+  paras = [types.Paragraph("Paris", "Capital\u2028of France."), types.Paragraph("Berlin", "Capital\u0085of Germany."),
+           types.Paragraph("Rome", "Capital\u2029of Italy.")]
+  for name in ("corpus.jsonl", "corpus.json"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\r\n" for p in paras), encoding="utf-8")
+    assert search_module.load_corpus(str(path)) == paras
+
+
+def test_a_json_file_of_one_record_is_one_paragraph(tmp_path):
+  """A lone {title, text} object (extra fields allowed) is a record, not a HotPotQA map of titles."""
+  path = tmp_path / "one.json"
+  path.write_text(json.dumps({"title": "Eiffel Tower", "text": "The Eiffel Tower is in Paris.", "id": 7}))
+  assert search_module.load_corpus(str(path)) == [types.Paragraph("Eiffel Tower", "The Eiffel Tower is in Paris.")]
+
+
 def test_k_and_top_k(tmp_path):
   s = BM25Search.from_files(_write(tmp_path, "json_list"), top_k=2)
   hits = s.search("Paris art museum", k=3)

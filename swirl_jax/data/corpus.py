@@ -52,7 +52,7 @@ def read_paragraphs(path: str | Path) -> list[Paragraph]:
       data = json.loads(text) if text.strip() else []
     except json.JSONDecodeError as e:
       if e.msg != "Extra data":
-        raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise RecordError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
       data = None  # JSON Lines under a .json name: read below.
     # {title: [sentences]}, unless it is the one record of a one-line JSON Lines file.
     if isinstance(data, dict) and not ("title" in data and "text" in data):

@@ -105,7 +105,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if e.msg == "Extra data":  # Several top-level values: JSON Lines saved under another extension.
       yield from _read_jsonl(path)
       return
-    raise RecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    raise RecordError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
   if isinstance(data, list):
     prefix, items = f"{path}", data
   elif isinstance(data, dict) and isinstance(data.get("data"), list):

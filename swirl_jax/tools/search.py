@@ -99,13 +99,16 @@ def _paragraph(d: Any, where: str) -> types.Paragraph:
 
 def _parse_jsonl(path: str, text: str) -> list[types.Paragraph]:
   out = []
-  for lineno, line in enumerate(text.splitlines(), 1):
+  # split on "\n" only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings may
+  # hold raw (json.dumps(..., ensure_ascii=False) writes them so; web and Wikipedia text has them)
+  for lineno, line in enumerate(text.split("\n"), 1):
+    line = line.rstrip("\r")
     if not line.strip():
       continue
     try:
       d = json.loads(line)
     except json.JSONDecodeError as e:
-      raise types.RecordError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+      raise types.RecordError(f"{path}:{lineno}: not valid JSON (column {e.colno}: {e.msg})") from None
     out.append(_paragraph(d, f"{path}:{lineno}"))
   return out
 
@@ -140,12 +143,14 @@ def parse_corpus(path: str, data: bytes) -> list[types.Paragraph]:
     except json.JSONDecodeError as e:
       if e.msg != "Extra data":
         raise types.RecordError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
       obj = None  # several top-level values: JSON Lines under a .json name
     if obj is None:
       paragraphs = _parse_jsonl(path, text)
     elif isinstance(obj, list):
       paragraphs = [_paragraph(d, f"{path}[{i}]") for i, d in enumerate(obj)]
+    elif isinstance(obj, dict) and isinstance(obj.get("title"), str) and isinstance(obj.get("text"), str):
+      paragraphs = [_paragraph(obj, path)]  # one {title, text} record, not a map of titles "title", "text"
     elif isinstance(obj, dict):
       paragraphs = _parse_title_sentences(path, obj)
     else:
