@@ -67,7 +67,7 @@ def user_prompt(task: Task, question: str, budget: int | None = None) -> str:
   tool, call_format, content, default_budget = _TOOL_TEXT[task]
   kind = "math word" if task == "math" else "multi-hop question-answering"
   return TEMPLATE.format(kind=kind, tool=tool, call_format=call_format, content=content,
-                         budget=budget or default_budget, kind_title="Problem" if task == "math" else "Question",
+                         budget=default_budget if budget is None else budget, kind_title="Problem" if task == "math" else "Question",
                          question=question)
 
 

@@ -57,6 +57,17 @@ def test_report_reasons():
   assert report.reason_counts() == {"outcome_bad": 2, "step_bad": 2}
 
 
+def test_a_trajectory_without_steps_fails_the_process_filters():
+  """"Every step GOOD" holds vacuously for no steps (a prompt too long for the cache): nothing to learn."""
+  empty = Trajectory(question=Question(id="e", dataset="d", text="?", answer="1"), sample_index=0, steps=(),
+                     outcome=verdict("BAD"), provenance={"end_reason": "prompt too long: 5000 tokens"})
+  for strategy in ("process", "process_and_outcome"):
+    out, report = filter_trajectories([A, empty], strategy)
+    assert [t.question.id for t in out] == ["a"]
+    assert report.dropped[0].reasons[0] == "no steps: prompt too long: 5000 tokens"
+  assert filter_trajectories([empty], "none")[1].kept == 1
+
+
 def test_report_writes_json(tmp_path):
   _, report = filter_trajectories(SET, "process", equalize=1, seed=3)
   path = tmp_path / "out" / "filter_report.json"

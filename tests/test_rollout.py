@@ -168,8 +168,10 @@ def test_every_branch_of_the_tool_loop(scripted):
   assert t.steps[0].text == "<math_exp>2 + 2</math_exp>"  # cut at the closing tag
   assert t.steps[0].observation == "2 + 2 -> 4.0" and t.final_answer == "4"
 
-  t = trajs["Q-budget"]
-  assert [s.kind for s in t.steps] == ["tool_call"] * 3
+  t = trajs["Q-budget"]  # 2 calls allowed: the third is recorded, not run, and ends the trajectory
+  assert [s.kind for s in t.steps] == ["tool_call", "tool_call", "malformed"]
+  assert t.steps[2].error.startswith("over_budget") and t.steps[2].observation is None
+  assert t.steps[2].call.input == "3 + 3"
   assert t.final_answer is None and t.provenance["end_reason"] == "step budget exhausted"
 
   t = trajs["Q-disallowed-tool"]
@@ -215,3 +217,30 @@ def test_static_batch_waits_for_the_whole_batch(scripted):
 def test_missing_tool_is_refused(scripted):
   with pytest.raises(ValueError, match="needs tools \\['calculator'\\]"):
     Rollout(scripted, None, scripted.tok, {}, RolloutConfig(task="math"))
+
+
+def test_a_prompt_that_does_not_fit_is_recorded_and_the_batch_goes_on(scripted):
+  """A question too long for the cache ends as a trajectory without steps (its reason recorded), never
+  as an error that would stop the batch and every resumed run that reaches it again."""
+  long_q = Question(id="Q-long", dataset="test", text="word " * 5000, answer="0")
+  rollout = Rollout(scripted, None, scripted.tok, {"calculator": Calculator()},
+                    RolloutConfig(task="math", max_tool_calls=2, num_demos=0))
+  seen = []
+  qs = _questions()
+  trajs = {t.question.id: t for t in rollout.run(qs[:1] + [long_q] + qs[1:], on_trajectory=seen.append)}
+  assert set(trajs) == set(SCRIPTS) | {"Q-long"} and len(seen) == len(trajs)
+  t = trajs["Q-long"]
+  assert t.steps == () and t.final_answer is None
+  assert t.provenance["end_reason"].startswith("prompt too long: ")
+  assert "cache_len=4096" in t.provenance["end_reason"]
+  assert trajs["Q-call-then-answer"].final_answer == "36"
+
+
+def test_a_zero_budget_prompt_says_so_and_a_call_ends_the_trajectory(scripted):
+  rollout = Rollout(scripted, None, scripted.tok, {"calculator": Calculator()},
+                    RolloutConfig(task="math", max_tool_calls=0, num_demos=0))
+  assert "at most 0 times" in scripted.tok.decode(rollout.prompt_tokens(_questions()[0]))
+  t = next(t for t in rollout.run(_questions()[:1]))
+  assert [s.kind for s in t.steps] == ["malformed"] and t.steps[0].error.startswith("over_budget")
+  with pytest.raises(ValueError, match="max_tool_calls must be >= 0"):
+    RolloutConfig(max_tool_calls=-1)

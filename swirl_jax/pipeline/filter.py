@@ -3,7 +3,7 @@
 Strategies (SWiRL, DESIGN.md):
 
 * ``none``: keep everything (no labels needed);
-* ``process``: every step's process verdict is GOOD;
+* ``process``: every step's process verdict is GOOD (a trajectory without steps fails);
 * ``outcome``: the outcome verdict (final answer vs. key) is GOOD;
 * ``process_and_outcome``: both.
 
@@ -123,6 +123,8 @@ def _failures(t: Trajectory, strategy: Strategy) -> tuple[list[str], list[str], 
   missing: list[str] = []
   bad: list[int] = []
   if strategy in ("process", "process_and_outcome"):
+    if not t.steps:  # "every step GOOD" would hold vacuously, for a trajectory with nothing to learn from
+      fails.append(f"no steps: {t.provenance.get('end_reason', 'the trajectory has no model turn')}"[:200])
     for k, step in enumerate(t.steps):
       if step.verdict is None:
         missing.append(f"unlabelled: step {k} has no process verdict")

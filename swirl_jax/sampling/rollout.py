@@ -40,7 +40,9 @@ class RolloutConfig:
   Attributes:
     task: "math" (calculator) or "search" (BM25 search).
     samples_per_question: trajectories per question (the paper: 5).
-    max_tool_calls: tool calls allowed per trajectory; None = the task's default (10 math, 5 search).
+    max_tool_calls: tool calls (non-answer turns, malformed ones included) allowed per trajectory, as the
+      prompt states; a turn beyond them is recorded as malformed ("over_budget", its tool not run) and
+      ends the trajectory. None = the task's default (10 math, 5 search); 0 = answer without tools.
     num_demos: worked demonstrations before the question (a base model needs one to follow the tags).
     seed: base seed; trajectory (question, k) samples with a seed derived from (seed, question id, k),
       so its tokens do not depend on batch size or on which rows it shared the batch with.
@@ -54,6 +56,12 @@ class RolloutConfig:
   num_demos: int = 1
   seed: int = 0
   refill: bool = True
+
+  def __post_init__(self):
+    if self.max_tool_calls is not None and self.max_tool_calls < 0:
+      raise ValueError(f"rollout.max_tool_calls must be >= 0 (or None for the task default), got {self.max_tool_calls}")
+    if self.samples_per_question < 1:
+      raise ValueError(f"rollout.samples_per_question must be >= 1, got {self.samples_per_question}")
 
   @property
   def budget(self) -> int:
@@ -111,21 +119,36 @@ class Rollout:
     state = s.init_state(params, np.zeros(s.batch, np.uint32))
     rows: dict[int, _Row] = {}
     chunks, set_len, seeds = {}, {}, {}
+    unfit: list[Trajectory] = []  # questions whose prompt does not fit the cache
 
     def fill(free: Sequence[int]) -> None:
-      for r in free:
+      free = list(free)
+      while free:
         job = next(jobs, None)
         if job is None:
           return
         q, k = job
         toks = self.prompt_tokens(q)
         if len(toks) + s.sampling.max_new_tokens > s.cache_len:
-          raise ValueError(f"question {q.id!r}: prompt of {len(toks)} tokens + max_new_tokens does not fit "
-                           f"cache_len={s.cache_len}")
+          # recorded (no steps, no answer) rather than raised: one long question must not stop the batch,
+          # nor every resumed run that reaches it again
+          unfit.append(self._finish(_Row(q, k, [], [], len(toks), time.perf_counter()), None,
+                                    f"prompt too long: {len(toks)} tokens + sampling.max_new_tokens="
+                                    f"{s.sampling.max_new_tokens} > cache_len={s.cache_len}"))
+          continue
+        r = free.pop(0)
         rows[r] = _Row(q, k, [], [], len(toks), time.perf_counter())
         chunks[r], set_len[r], seeds[r] = toks, 0, trajectory_seed(self.cfg.seed, q.id, k)
 
+    def report_unfit() -> Iterator[Trajectory]:
+      while unfit:
+        traj = unfit.pop(0)
+        if on_trajectory:
+          on_trajectory(traj)
+        yield traj
+
     fill(range(s.batch))
+    yield from report_unfit()
     while rows:
       state = write_rows(s, params, state, chunks, set_len, seeds)
       started_at = time.perf_counter()
@@ -156,6 +179,7 @@ class Rollout:
           yield traj
       if self.cfg.refill or not rows:
         fill([r for r in range(s.batch) if r not in rows])
+        yield from report_unfit()
 
   def _end_turn(self, r: int, row: _Row, length: int, chunks: dict, set_len: dict) -> Trajectory | None:
     """Records the row's finished turn; queues its tool result, or returns the finished trajectory."""
@@ -179,6 +203,12 @@ class Rollout:
     if parsed.kind == "answer":
       row.steps.append(Step(kind="answer", answer=parsed.answer, **base))
       return self._finish(row, parsed.answer)
+    if row.tool_calls >= self.cfg.budget:
+      # the prompt allowed `budget` calls: a further one is not run (its result would reach no model turn)
+      error = parsed.error or (f"over_budget: the tool was already called {row.tool_calls} times, "
+                               f"the most the prompt allows")
+      row.steps.append(Step(kind="malformed", call=parsed.call, error=error, **base))
+      return self._finish(row, None, "step budget exhausted")
     if parsed.kind == "tool_call":
       call: ToolCall = parsed.call
       t0 = time.perf_counter()
@@ -190,8 +220,6 @@ class Rollout:
       observation = f"error: {parsed.error.split(': ', 1)[-1]}"
       row.steps.append(Step(kind="malformed", observation=observation, error=parsed.error, **base))
     row.tool_calls += 1
-    if row.tool_calls > self.cfg.budget:
-      return self._finish(row, None, "step budget exhausted")
     cont = carry + self.tok.encode(chat.continuation(observation), add_bos=False)
     if length + len(cont) + s.sampling.max_new_tokens > s.cache_len:
       return self._finish(row, None, "context full")
