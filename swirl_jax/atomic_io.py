@@ -31,6 +31,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(d)  # the rename itself survives a power loss only once the directory is on disk
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -42,3 +43,16 @@ def current_umask() -> int:
   mask = os.umask(0o022)
   os.umask(mask)
   return mask
+
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:  # a platform or file system without directory handles
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)

@@ -135,6 +135,11 @@ def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
     generate(s, params, [[7] * 40])  # one row, split into a 32 and a 16 chunk
   assert s.trace_counts == {"extend/3x16": 1, "extend/3x32": 1, "extend/1x32": 1, "extend/1x16": 1,
                             "decode/feature_major/span96": 1}
+  # a prompt the cache cannot hold (with the token it samples), or an empty one, is refused by index
+  with pytest.raises(ValueError, match="prompt 1 has 96 tokens; a prompt needs 1 to cache_len - 1 = 95"):
+    generate(s, params, [[7] * 5, [7] * 96])
+  with pytest.raises(ValueError, match="prompt 0 has 0 tokens"):
+    generate(s, params, [[]])
 
 
 def test_extending_some_rows_equals_extending_the_whole_batch():

@@ -60,6 +60,10 @@ def generate(sampler: Sampler, params: nnx.State | SamplerParams, prompts: Seque
   repeatedly with the same params (raw params are prepared here, each call)."""
   if len(prompts) > sampler.batch:
     raise ValueError(f"{len(prompts)} prompts for a sampler of batch {sampler.batch}")
+  for i, p in enumerate(prompts):
+    if not 0 < len(p) < sampler.cache_len:  # a row holds its prompt and at least the token it samples
+      raise ValueError(f"prompt {i} has {len(p)} tokens; a prompt needs 1 to cache_len - 1 = "
+                       f"{sampler.cache_len - 1} tokens")
   params = sampler.prepare(params)
   seeds = list(seeds) if seeds is not None else list(range(sampler.batch))
   seeds += [0] * (sampler.batch - len(seeds))
