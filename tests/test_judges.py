@@ -368,6 +368,22 @@ def test_cache_survives_a_torn_last_line(tmp_path):
   assert len(cache) == 4 and cache.skipped_lines == 1
 
 
+def test_a_read_only_cache_never_touches_the_file(tmp_path):
+  """The other processes of a multi-process run read the writer's file, including its line in progress,
+  without cutting it or appending: their entries stay in memory."""
+  path = tmp_path / "cache.jsonl"
+  with JudgeCache(str(path)) as writer:
+    writer.put("k1", CachedCompletion("VERDICT: GOOD"), vote=0)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"key": "k2", "text": "VERDICT: GO')  # the writer is mid-line
+  before = path.read_bytes()
+  reader = JudgeCache(str(path), read_only=True)
+  assert len(reader) == 1 and reader.get("k1") == CachedCompletion("VERDICT: GOOD")
+  reader.put("k3", CachedCompletion("VERDICT: BAD"))
+  reader.close()
+  assert "k3" in reader and path.read_bytes() == before
+
+
 def test_cache_is_thread_safe(tmp_path):
   path = str(tmp_path / "cache.jsonl")
   with JudgeCache(path) as cache:

@@ -50,7 +50,8 @@ def __getattr__(name: str) -> Any:
 
 def make_judge(backend: str, *, task: str | None = None, cache_path: str | None = None, n_votes: int = 1,
                openai: OpenAIJudgeConfig | None = None, model: "ModelJudgeConfig | None" = None,
-               model_instance: "LoadedModel | None" = None, mesh=None, model_name: str | None = None) -> Judge:
+               model_instance: "LoadedModel | None" = None, mesh=None, model_name: str | None = None,
+               cache_read_only: bool = False) -> Judge:
   """The judge for ``backend``.
 
   Args:
@@ -58,6 +59,8 @@ def make_judge(backend: str, *, task: str | None = None, cache_path: str | None 
     task: "math" or "search" for every trajectory judged, or None to infer it per trajectory.
     cache_path: JSON Lines completion cache for the prompt judges (None = in memory only). Ignored by
       "rule".
+    cache_read_only: read the cache file but never write to it (every process but the first of a
+      multi-process run: one writer per file).
     n_votes: samples per prompt, majority vote (prompt judges). Use an odd number and temperature > 0.
     openai: endpoint settings; required for "openai".
     model: ModelJudgeConfig for "model" (default: ModelJudgeConfig()).
@@ -72,7 +75,7 @@ def make_judge(backend: str, *, task: str | None = None, cache_path: str | None 
     raise ValueError(f"judge task must be 'math', 'search' or None (infer), got {task!r}")
   if backend == "rule":
     return RuleJudge(task=task)
-  cache = JudgeCache(cache_path)
+  cache = JudgeCache(cache_path, read_only=cache_read_only)
   if backend == "openai":
     if openai is None:
       raise ValueError("judge backend 'openai' needs an OpenAIJudgeConfig (base_url, model, ...)")

@@ -12,7 +12,8 @@ next record; any other unreadable line is skipped with a warning. The newest rec
 Record: {"key", "text", "p_good", "judge", "prompt_version", "vote"}; "text" is the completion.
 
 Thread-safe within one process (one lock around the dict and the file). Several processes must not
-append to the same file at once.
+append to the same file at once: in a multi-process run the others open it ``read_only`` (they load it
+and keep what they judge in memory, so every process sees the same entries).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def cache_key(identity: str, settings: str, prompt_version: str, request_text: s
 class JudgeCache:
   """Completions by key, in memory and (when ``path`` is given) in an append-only JSON Lines file."""
 
-  def __init__(self, path: str | None = None):
+  def __init__(self, path: str | None = None, read_only: bool = False):
     self.path = path
+    self.read_only = read_only
     self._lock = threading.Lock()
     self._entries: dict[str, CachedCompletion] = {}
     self._file = None
@@ -62,7 +64,7 @@ class JudgeCache:
     with open(path, "rb") as f:
       data = f.read()
     cut = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
-    if cut < len(data):
+    if cut < len(data) and not self.read_only:  # (a reader ignores it: the writer may be mid-line)
       log.warning("Judge cache %s: dropping a torn last line (%d bytes) left by an interrupted write.",
                   path, len(data) - cut)
       with open(path, "r+b") as f:
@@ -105,7 +107,7 @@ class JudgeCache:
     line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
     with self._lock:
       self._entries[key] = completion
-      if self.path is None:
+      if self.path is None or self.read_only:
         return
       if self._file is None:
         d = os.path.dirname(os.path.abspath(self.path))
