@@ -125,3 +125,20 @@ def test_share_prefix_asks_for_states_divisible_by_micro_batches():
   with pytest.raises(ValueError, match=r"3 sequences per step \(train.share_prefix.*train.micro_batches=2"):
     rl.train(rl.TrainConfig(mode="rl", steps=1, states_per_step=3, group_size=4, micro_batches=2, **COMMON),
              _examples(6, seed=2), lm)
+
+
+def test_resuming_with_other_optimizer_settings_names_them(tmp_path):
+  """clip_norm on or off changes the optimizer state's structure: the error says which setting, not only
+  that two trees differ."""
+  from swirl_jax.training.checkpointing import CheckpointConfig
+
+  tok = tiny_tokenizer()
+  cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"))
+  lm = LoadedModel(random_model(cfg, seed=0), tok, cfg, "random:resume-test")
+  run = lambda clip, steps: rl.train(
+      rl.TrainConfig(mode="sft", steps=steps, states_per_step=4, **COMMON), _examples(8, seed=3), lm,
+      optimizer=OptimizerConfig(clip_norm=clip), checkpoint=CheckpointConfig(str(tmp_path / "ckpt"), save_every=1))
+  assert run(1.0, 1).state.step == 1
+  with pytest.raises(ValueError, match="other optimizer settings \\(clip_norm: 1.0 in the checkpoint, 0.0 now\\)"):
+    run(0.0, 2)
+  assert run(1.0, 2).resumed_from == 1  # the saved settings resume

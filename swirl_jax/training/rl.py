@@ -43,7 +43,7 @@ from swirl_jax.sampling.generate import generate
 from swirl_jax.tools.parser import STOP_STRINGS, truncate_after_action
 from swirl_jax.training import metrics as metrics_lib
 from swirl_jax.training import train_state as ts
-from swirl_jax.training.checkpointing import CheckpointConfig, Checkpointer, SigtermFlag
+from swirl_jax.training.checkpointing import CheckpointConfig, Checkpointer, SigtermFlag, read_meta
 from swirl_jax.training.losses import LossConfig
 from swirl_jax.training.optimizer import OptimizerConfig, make_optimizer
 from swirl_jax.training.train_step import (Batch, StepConfig, batch_shards, make_train_step, pack_batch,
@@ -326,6 +326,20 @@ def _reward_metrics(exs: Sequence[StepExample], rewards: np.ndarray, verdicts) -
   return out
 
 
+def _explain_restore_failure(directory: str, step: int, optimizer: OptimizerConfig, error: Exception) -> None:
+  """Raises a ValueError naming the optimizer settings that differ from the checkpoint's, when they do:
+  they change the optimizer state's structure (clip_norm on or off, ...), and Orbax's own message only
+  says that two trees differ."""
+  saved = read_meta(directory, step)[1].get("optimizer") or {}
+  now = dataclasses.asdict(optimizer)
+  changed = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in sorted(now)
+             if k in saved and saved[k] != now[k]]
+  if changed:
+    raise ValueError(f"checkpoint {directory} step {step} was saved with other optimizer settings "
+                     f"({'; '.join(changed)}), and its optimizer state does not fit them: resume with the "
+                     "saved settings, or train into a new checkpoint directory") from error
+
+
 def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedModel, judge: Judge | None = None,
           *, loss: LossConfig = LossConfig(), optimizer: OptimizerConfig = OptimizerConfig(),
           sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=128),
@@ -379,7 +393,11 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
   ckpt = Checkpointer(checkpoint) if checkpoint is not None else None
   resumed_from = ckpt.latest_step() if ckpt is not None else None
   if resumed_from is not None:
-    state, meta = ckpt.restore(ts.abstract_train_state(opt, init_params, ssh), resumed_from)
+    try:
+      state, meta = ckpt.restore(ts.abstract_train_state(opt, init_params, ssh), resumed_from)
+    except (ValueError, KeyError, TypeError) as e:
+      _explain_restore_failure(checkpoint.directory, resumed_from, optimizer, e)
+      raise
     if meta.get("reference_fingerprint") != ref_fp:
       raise ValueError(f"checkpoint {checkpoint.directory} step {resumed_from} was trained from another initial "
                        f"model (fingerprint {meta.get('reference_fingerprint')} != {ref_fp}); pass the model "
