@@ -11,6 +11,8 @@ made from the current inputs (pipeline/stamps.py):
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -98,7 +100,11 @@ def tools(cfg, paths: Paths, spec=None, task: str | None = None):
   files = [f for f in cfg.search.corpus.split(",") if f]
   if not files:  # the union of the split's paragraphs, as in the paper
     spec = spec or dataset_spec(cfg)
-    path = os.path.join(paths.workdir, f"corpus-{_file_name(spec)}-{spec.split}.json")
+    # named by what it is built from (another data.seed makes another synthetic world), so a changed
+    # setting builds a new corpus instead of searching the old one
+    key = dataclasses.asdict(dataclasses.replace(spec, limit=None, drop_easy=False, shuffle_seed=None))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = os.path.join(paths.workdir, f"corpus-{_file_name(spec)}-{spec.split}-{digest}.json")
     if not os.path.exists(path):
       build_corpus(spec, out_path=path)
     files = [path]
@@ -117,7 +123,8 @@ def judge(cfg, paths: Paths, policy=None, task: str | None = None):
       backend, task=task or cfg.rollout.task, cache_path=paths.judge_cache if cfg.judge.cache else None,
       n_votes=cfg.judge.n_votes, openai=openai_judge_config(cfg) if backend == "openai" else None,
       model=model_judge_config(cfg) if backend == "model" else None,
-      model_instance=policy if same_model else None)
+      model_instance=policy if same_model else None,
+      cache_read_only=jax.process_index() != 0)  # one writer per cache file
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -222,8 +229,6 @@ def run_train(cfg, paths: Paths) -> dict:
 
 
 def run_eval(cfg, paths: Paths) -> dict:
-  import dataclasses
-
   from swirl_jax.config import dataset_task, eval_dataset_specs, rollout_config, sampling_config
   from swirl_jax.data.registry import load_questions
   from swirl_jax.evaluation.evaluate import EvalConfig, evaluate

@@ -100,3 +100,20 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
   assert run() == ["train", "eval trained", "export"]
   cfg.sampling.max_new_tokens = 32  # an eval setting: both policies are evaluated again
   assert run() == ["eval base", "eval trained"]
+
+
+def test_the_workdir_search_corpus_follows_the_data_settings(tmp_path):
+  """Another data.seed is another synthetic world: its corpus is built anew, not the old one searched."""
+  cfg = get_config()
+  cfg.data.name, cfg.rollout.task, cfg.data.num_questions = "synthetic_multihop", "search", 4
+  paths = modes.Paths(str(tmp_path))
+  modes.tools(cfg, paths)
+  cfg.data.seed = 1
+  modes.tools(cfg, paths)
+  corpora = sorted(p for p in os.listdir(tmp_path) if p.startswith("corpus-") and p.endswith(".json"))
+  assert len(corpora) == 2 and all(p.startswith("corpus-synthetic_multihop-train-") for p in corpora)
+  worlds = [json.load(open(tmp_path / p)) for p in corpora]
+  assert worlds[0] != worlds[1]
+  cfg.data.limit = 2  # the corpus is the whole split's whatever the question limit: the same file
+  modes.tools(cfg, paths)
+  assert len([p for p in os.listdir(tmp_path) if p.startswith("corpus-") and p.endswith(".json")]) == 2
