@@ -51,10 +51,12 @@ DEFAULT_DEMOS: dict[str, tuple[Demonstration, ...]] = {
         model_turns=("I need the director first. <search_query>Amélie film director</search_query>",
                      "The director is Jean-Pierre Jeunet. <search_query>Jean-Pierre Jeunet born</search_query>",
                      "<answer>France</answer>"),
-        observations=("Amélie film director -> Amélie is a 2001 French romantic comedy film directed by "
-                      "Jean-Pierre Jeunet.",
-                      "Jean-Pierre Jeunet born -> Jean-Pierre Jeunet (born 3 September 1953) is a French "
-                      "film director, born in Roanne, France.")),),
+        # written as the search tool writes its results (Title: text), so the demonstration shows the
+        # format the model will see
+        observations=("Amélie film director -> Amélie: Amélie is a 2001 French romantic comedy film directed "
+                      "by Jean-Pierre Jeunet.",
+                      "Jean-Pierre Jeunet born -> Jean-Pierre Jeunet: Jean-Pierre Jeunet (born 3 September "
+                      "1953) is a French film director, born in Roanne, France.")),),
 }
 
 

@@ -281,3 +281,21 @@ def test_make_tool_and_protocol(tmp_path):
     make_tool("search")
   with pytest.raises(ValueError):
     SearchConfig(top_k=0)
+
+
+def test_the_search_demonstration_shows_what_the_tool_returns():
+  """The demonstration's observations are what BM25Search writes for its queries (Title: text), so a
+  model follows the format it will see."""
+  from swirl_jax import prompts
+  from swirl_jax.tools.parser import format_observation
+
+  demo = prompts.DEFAULT_DEMOS["search"][0]
+  paragraphs = [types.Paragraph("Amélie", "Amélie is a 2001 French romantic comedy film directed by "
+                                "Jean-Pierre Jeunet."),
+                types.Paragraph("Jean-Pierre Jeunet", "Jean-Pierre Jeunet (born 3 September 1953) is a French "
+                                "film director, born in Roanne, France."),
+                types.Paragraph("Paris", "Paris is the capital of France.")]
+  search = BM25Search.from_paragraphs(paragraphs, top_k=1)
+  for observation in demo.observations:
+    query = observation.split(" -> ", 1)[0]
+    assert format_observation(query, search(query).output) == observation
