@@ -140,6 +140,8 @@ def test_shapes_are_bucketed_so_repeated_calls_do_not_recompile():
     generate(s, params, [[7] * 5, [7] * 96])
   with pytest.raises(ValueError, match="prompt 0 has 0 tokens"):
     generate(s, params, [[]])
+  with pytest.raises(ValueError, match="sampling.top_k=100000 exceeds the model's vocabulary of 512"):
+    Sampler.create(lm.model, batch=1, cache_len=96, sampling=SamplingConfig(top_k=100_000), stops=_no_stops())
 
 
 def test_extending_some_rows_equals_extending_the_whole_batch():

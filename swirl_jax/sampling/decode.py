@@ -343,6 +343,8 @@ class Sampler:
     buckets = doubling_buckets(min_chunk, max_chunk)
     if max_chunk < sampling.max_new_tokens:
       raise ValueError(f"max_chunk={max_chunk} must be >= sampling.max_new_tokens (rollback bound)")
+    if sampling.top_k > model.config.vocab_size:
+      raise ValueError(f"sampling.top_k={sampling.top_k} exceeds the model's vocabulary of {model.config.vocab_size}")
     if feature_major is None:
       feature_major = _feature_major_default()
     if upcast_weights is None:
