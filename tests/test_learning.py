@@ -142,3 +142,24 @@ def test_resuming_with_other_optimizer_settings_names_them(tmp_path):
   with pytest.raises(ValueError, match="other optimizer settings \\(clip_norm: 1.0 in the checkpoint, 0.0 now\\)"):
     run(0.0, 2)
   assert run(1.0, 2).resumed_from == 1  # the saved settings resume
+
+
+def test_rl_loss_covers_the_action_the_judge_saw(monkeypatch):
+  """A sampled turn that runs past its closing tag (the tag's last token merged with what follows, so no
+  stop fired) is judged on its action alone; the loss takes the same tokens, not the tail."""
+  tok = tiny_tokenizer()
+  cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"))
+  lm = LoadedModel(random_model(cfg, seed=0), tok, cfg, "random:cut-test")
+  action = tok.encode("<answer>5</answer>", add_bos=False)
+  ran_on = action + tok.encode(" and then some more words", add_bos=False) + [tok.end_of_turn_id]
+  stopped = action + [tok.end_of_turn_id]
+  monkeypatch.setattr(rl, "generate", lambda sampler, params, prompts, seeds: [ran_on, stopped][:len(prompts)])
+  captured = {}
+  real_pack = rl.pack_batch
+  monkeypatch.setattr(rl, "pack_batch", lambda rows, *a, **k: captured.setdefault("rows", rows) and real_pack(rows, *a, **k))
+  run = rl._Run(rl.TrainConfig(mode="rl", steps=1, states_per_step=1, group_size=2, **COMMON), _examples(2, seed=4),
+                lm, RuleJudge(), SAMPLING)
+  _, _, _, verdicts = run.rl_batch([0], model_params(lm.model), np.zeros(2, np.uint32), {})
+  (t0, m0), (t1, m1) = captured["rows"]
+  assert [t for t, m in zip(t0, m0) if m] == action  # the tail and its end of turn are not trained
+  assert [t for t, m in zip(t1, m1) if m] == stopped  # a turn that stopped keeps its end of turn

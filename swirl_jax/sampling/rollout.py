@@ -25,9 +25,10 @@ from swirl_jax import chat, prompts
 from swirl_jax.distributed import to_host
 from swirl_jax.sampling.decode import Sampler
 from swirl_jax.sampling.generate import write_rows
+from swirl_jax.sampling.turns import cut_turn
 from swirl_jax.tokenizer import Tokenizer
 from swirl_jax.tools.base import Tool
-from swirl_jax.tools.parser import format_observation, parse_action, truncate_after_action
+from swirl_jax.tools.parser import format_observation, parse_action
 from swirl_jax.types import Question, Step, ToolCall, Trajectory
 
 TASK_TOOLS = {"math": frozenset({"calculator"}), "search": frozenset({"search"})}
@@ -186,16 +187,11 @@ class Rollout:
     s = self.sampler
     ids = row.turn_tokens
     in_cache = len(ids) - 1  # the last sampled token is pending, not yet in the cache
-    text_ids = ids[:-1] if ids and ids[-1] in self._end_ids else ids
-    full = self.tok.decode(text_ids)
-    text = truncate_after_action(full)
-    keep = len(text_ids)
-    if len(text) < len(full):  # the turn ran past a closing tag: keep the fewest tokens covering it
-      keep = next(n for n in range(1, len(text_ids) + 1) if self.tok.decode(text_ids[:n]).startswith(text))
+    text, keep = cut_turn(self.tok, ids, self._end_ids)
     if keep < in_cache:
       set_len[r] = length - (in_cache - keep)
       length = set_len[r]
-    carry = text_ids[in_cache:keep]  # the pending token when it is part of the kept text
+    carry = ids[in_cache:keep]  # the pending token when it is part of the kept text
     parsed = parse_action(text, self.allowed)
     seconds = time.perf_counter() - row.turn_start_time
     base = dict(text=text, prompt_tokens=row.turn_start_len, new_tokens=keep, seconds=seconds)

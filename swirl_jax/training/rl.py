@@ -40,7 +40,8 @@ from swirl_jax.models.sharding import MeshConfig, make_mesh
 from swirl_jax.pipeline.decompose import tokenize_example
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
-from swirl_jax.tools.parser import STOP_STRINGS, truncate_after_action
+from swirl_jax.sampling.turns import cut_turn
+from swirl_jax.tools.parser import STOP_STRINGS
 from swirl_jax.training import metrics as metrics_lib
 from swirl_jax.training import train_state as ts
 from swirl_jax.training.checkpointing import CheckpointConfig, Checkpointer, SigtermFlag, read_meta
@@ -253,9 +254,11 @@ class _Run:
                            [int(x) for x in seeds[s:s + per]]))
     t1 = time.perf_counter()
     texts = []
-    for ids in outs:
-      body = ids[:-1] if ids and ids[-1] in self._end_ids else ids
-      texts.append(truncate_after_action(self.tok.decode(body)))
+    for i, ids in enumerate(outs):
+      text, keep = cut_turn(self.tok, ids, self._end_ids)
+      texts.append(text)
+      if keep < len(ids) - (1 if ids and ids[-1] in self._end_ids else 0):
+        outs[i] = ids[:keep]  # it ran past its action: the loss covers what the judge saw, as the rollout keeps
     exs = [self.examples[i] for i in idx for _ in range(g)]
     verdicts = self.judge_texts(exs, texts)
     t2 = time.perf_counter()
