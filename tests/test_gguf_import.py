@@ -73,22 +73,24 @@ def test_gguf_weights_give_the_hf_logits(family, tmp_path):
   np.testing.assert_allclose(got.logits(tokens, valid)[valid], ref.logits(tokens, valid)[valid], atol=1e-5)
 
 
-def test_quantized_tensors_are_dequantized(tmp_path):
+@pytest.mark.parametrize("qtype", ["Q8_0", "BF16"])  # BF16: the reader gives raw bytes, not numbers
+def test_quantized_tensors_are_dequantized(tmp_path, qtype):
   import gguf
 
   hf = tiny_hf_model("gemma2")
   hf.save_pretrained(tmp_path / "hf")
-  _write_gguf(tmp_path / "hf", tmp_path / "q.gguf", "gemma2", quantize="Q8_0")
+  _write_gguf(tmp_path / "hf", tmp_path / "q.gguf", "gemma2", quantize=qtype)
   from swirl_jax.checkpoints.gguf_import import read_gguf
 
   _, fetch, _ = read_gguf(str(tmp_path / "q.gguf"))
   exact = np.asarray(SafetensorsFile(str(tmp_path / "hf" / "model.safetensors")).get(
       "model.layers.0.mlp.down_proj.weight"), np.float32)
-  want = gguf.quants.dequantize(gguf.quants.quantize(exact, gguf.GGMLQuantizationType.Q8_0),
-                                gguf.GGMLQuantizationType.Q8_0)
+  t = getattr(gguf.GGMLQuantizationType, qtype)
+  want = gguf.quants.dequantize(gguf.quants.quantize(exact, t), t)
   got = fetch("layers.0.mlp.down")
+  assert got.shape == exact.T.shape
   np.testing.assert_array_equal(got, want.T)
-  assert 0 < np.abs(got - exact.T).max() < 0.01  # really quantized, and close
+  assert 0 < np.abs(got - exact.T).max() < 0.01  # really rounded, and close
 
 
 def test_not_a_gemma_gguf_is_refused(tmp_path):

@@ -1,7 +1,7 @@
 """Importing Gemma 2 / Gemma 3 weights from a GGUF file, dequantized with the ``gguf`` package.
 
 llama.cpp stores Gemma's RMSNorm weights with the +1 folded in (it multiplies by w, HF by 1 + w), so we
-subtract 1 on import. Quantized tensors (Q4_K, Q5_0, Q6_K, Q8_0, ...) are dequantized to float32.
+subtract 1 on import. BF16 and quantized tensors (Q4_K, Q5_0, Q6_K, Q8_0, ...) are dequantized to float32.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import numpy as np
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.models.config import ModelConfig, from_gguf_metadata
 
-_PLAIN = ("F32", "F16", "BF16", "F64")
+# Stored as numbers the reader hands back as such; everything else (BF16, which the reader gives as raw
+# bytes, and the quantized types) goes through gguf's dequantize.
+_PLAIN = ("F32", "F16", "F64")
 
 
 def gguf_metadata(reader) -> dict[str, Any]:
