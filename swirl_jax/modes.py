@@ -272,12 +272,14 @@ def run_eval(cfg, paths: Paths) -> dict:
       if task not in judges:
         judges[task] = judge(cfg, paths, lm, task)
       report = evaluate(lm, load_questions(sp), judges[task], tools(cfg, paths, sp, task),
-                        eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label)
+                        eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label,
+                        provenance={"source": source, "checkpoint_step": inputs["checkpoint_step"]})
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
     stamps.write(paths.workdir, f"eval-{label}", inputs)
-  base = load_reports(paths.eval_base)
-  table = comparison_table(base, load_reports(paths.eval_trained)) if trained else ""
+  names = [_file_name(sp) for sp in specs]  # this run's datasets, not reports an earlier run left
+  base = load_reports(paths.eval_base, names)
+  table = comparison_table(base, load_reports(paths.eval_trained, names)) if trained else ""
   _barrier("eval done")
   return {"table": table, "base": base}
 

@@ -50,10 +50,11 @@ def stubbed(monkeypatch):
   class LM:
     source, tokenizer = "stub", object()
 
-  def evaluate(lm, questions, judge, tools, config, *, dataset, out_dir, label):
-    calls.append(f"eval {label}")
+  def evaluate(lm, questions, judge, tools, config, *, dataset, out_dir, label, provenance=None):
+    calls.append(f"eval {label} {dataset}")
     os.makedirs(out_dir, exist_ok=True)
-    report = {"dataset": dataset, "policy": label, "judged_accuracy": 0.0, "num_questions": len(questions)}
+    report = {"dataset": dataset, "policy": label, "judged_accuracy": 0.0, "num_questions": len(questions),
+              "provenance": provenance}
     with open(os.path.join(out_dir, f"{dataset}.json"), "w", encoding="utf-8") as f:
       json.dump(report, f)
     return report
@@ -84,7 +85,7 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
     modes.run_pipeline(cfg, paths)
     return list(stubbed)
 
-  assert run() == ["generate", "train", "eval base", "eval trained", "export"]
+  assert run() == ["generate", "train", "eval base synthetic_arith", "eval trained synthetic_arith", "export"]
   assert json.load(open(paths.filter_report))["strategy"] == "process"
   assert run() == []  # nothing changed: everything skipped
 
@@ -97,9 +98,25 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
   cfg.filter.strategy = "process"  # back to what the checkpoints were trained on
   assert run() == []  # filter reran (its inputs changed again), the rest is as before
   cfg.train.steps = 6  # train on: the trained policy's reports and the export are stale
-  assert run() == ["train", "eval trained", "export"]
+  assert run() == ["train", "eval trained synthetic_arith", "export"]
+  report = json.load(open(os.path.join(paths.eval_trained, "synthetic_arith.json")))
+  assert report["provenance"] == {"source": paths.checkpoints, "checkpoint_step": 6}
   cfg.sampling.max_new_tokens = 32  # an eval setting: both policies are evaluated again
-  assert run() == ["eval base", "eval trained"]
+  assert run() == ["eval base synthetic_arith", "eval trained synthetic_arith"]
+
+
+def test_the_eval_table_holds_this_runs_datasets_only(stubbed, tmp_path):
+  """Reports an earlier run left (another dataset list) stay on disk but not in this run's table."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  cfg.eval.datasets = "synthetic_arith,synthetic_multihop"
+  modes.run_pipeline(cfg, paths)
+  assert sorted(modes.run_eval(cfg, paths)["base"]) == ["synthetic_arith", "synthetic_multihop"]
+  cfg.eval.datasets = "synthetic_arith"
+  out = modes.run_eval(cfg, paths)
+  assert sorted(out["base"]) == ["synthetic_arith"] and "synthetic_multihop" not in out["table"]
+  assert os.path.exists(os.path.join(paths.eval_base, "synthetic_multihop.json"))
 
 
 def test_the_workdir_search_corpus_follows_the_data_settings(tmp_path):

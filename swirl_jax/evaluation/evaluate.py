@@ -127,7 +127,7 @@ def summarize(trajectories: Sequence[Trajectory], outcomes: Sequence[Verdict],
 
 def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, tools: Mapping[str, Tool],
              config: EvalConfig = EvalConfig(), *, dataset: str | None = None, out_dir: str | None = None,
-             label: str | None = None) -> dict[str, Any]:
+             label: str | None = None, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Runs the multi-step loop over ``questions`` and returns (and writes) the dataset's report.
 
   Args:
@@ -140,6 +140,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
     out_dir: when given, writes ``{out_dir}/{dataset}.json`` (the report) and
       ``{out_dir}/{dataset}.trajectories.jsonl`` (the judged trajectories).
     label: names the policy in the report (default: the model source).
+    provenance: written into the report as it is (e.g. the policy's source and checkpoint step).
   """
   tok = model.tokenizer
   if tok is None:
@@ -166,6 +167,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
       pos += len(cs)
   report = {
       "dataset": dataset, "policy": label or model.source, "judge": judge.identity,
+      "provenance": dict(provenance or {"source": model.source}),
       **summarize(trajs, outcomes, process),
       "rollout_seconds": round(t1 - t0, 3), "judge_seconds": round(time.perf_counter() - t1, 3),
       "config": {"rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(config.sampling)},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from swirl_jax.atomic_io import atomic_open
 
@@ -30,11 +30,14 @@ def read_report(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def load_reports(directory: str) -> dict[str, dict[str, Any]]:
-  """dataset -> report for every ``*.json`` report in ``directory`` (as ``evaluate`` writes them)."""
+def load_reports(directory: str, datasets: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+  """dataset -> report for every ``*.json`` report in ``directory`` (as ``evaluate`` writes them), or only
+  for ``datasets`` (file names without .json: the datasets of this run, not reports an earlier run left)."""
   out = {}
+  if not os.path.isdir(directory):
+    return out
   for name in sorted(os.listdir(directory)):
-    if name.endswith(".json"):
+    if name.endswith(".json") and (datasets is None or name[:-len(".json")] in datasets):
       rep = read_report(os.path.join(directory, name))
       if "dataset" in rep:
         out[rep["dataset"]] = rep
