@@ -66,7 +66,7 @@ def sampler_texts(server, lm, prompts: list[str], seeds: list[int]) -> list[str]
   texts = []
   for i in range(0, len(ids), sampler.batch):
     for out in generate(sampler, nnx.state(lm.model), ids[i : i + sampler.batch], seeds[i : i + sampler.batch]):
-      texts.append(tok.decode(out[:-1] if out[-1] in (tok.eos_id, tok.end_of_turn_id) else out))
+      texts.append(tok.decode(out[:-1] if out[-1] in (tok.eos_id, tok.end_of_turn_id) else out, skip_special=True))
   return texts
 
 

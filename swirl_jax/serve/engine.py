@@ -9,6 +9,7 @@ import queue
 import random
 import threading
 import time
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +36,12 @@ class _Choice:
   text: str = ""
   finish_reason: str | None = None
   completion_tokens: int = 0
+
+
+def choice_seed(seed: int, index: int) -> int:
+  """Row seed of choice ``index`` of a request with ``seed``: the seed itself for the first choice, a hash
+  for the others (``seed + index`` made choice 1 of seed s the same sample as choice 0 of seed s + 1)."""
+  return seed & 0xFFFFFFFF if index == 0 else zlib.crc32(f"{seed}/{index}".encode())
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,8 +100,8 @@ class BatchingEngine:
       return self.tok.encode(chat.render(messages, add_generation_prompt=True), add_bos=True)
 
   def decode_text(self, ids: Sequence[int]) -> str:
-    with self.tok_lock:
-      return self.tok.decode(ids)
+    with self.tok_lock:  # special tokens are not text (vLLM's and OpenAI's default as well)
+      return self.tok.decode(ids, skip_special=True)
 
   def make_job(self, request: ChatRequest) -> _Job:
     """Tokenizes and sizes a request; RequestError when it does not fit the cache."""
@@ -114,7 +121,7 @@ class BatchingEngine:
     seed = request.seed if request.seed is not None else self._rng.getrandbits(32)
     job = _Job(prompt=prompt, key=(request.temperature, request.top_p, request.top_k), max_tokens=wanted,
                stop=request.stop, n=request.n, seed=seed)
-    job.choices = [_Choice(job, i, (seed + i) & 0xFFFFFFFF) for i in range(request.n)]
+    job.choices = [_Choice(job, i, choice_seed(seed, i)) for i in range(request.n)]
     return job
 
   def submit(self, job: _Job) -> None:

@@ -88,18 +88,28 @@ def bad_request(param: str, message: str, code: str | None = "invalid_value") ->
   return RequestError(400, f"{param}: {message}", param=param, code=code)
 
 
-def _content_text(content: Any, where: str) -> str:
-  """A message's text: a string, or a list of text parts (OpenAI's content-part form)."""
-  if isinstance(content, str):
-    return content
+def _content_text(content: Any, where: str, trim: bool) -> str:
+  """A message's text: a string, or a list of text parts (OpenAI's content-part form) joined as they are.
+
+  ``trim``: strip each string or part, as Gemma's chat template in transformers does for user and model
+  turns (``| trim``), so a prompt tokenizes as ``apply_chat_template`` gives it (and as vLLM serves it).
+  """
   if isinstance(content, list):
     texts = []
     for j, part in enumerate(content):
       if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
         raise bad_request(f"{where}[{j}]", "only text content parts ({'type': 'text', 'text': ...}) are supported")
-      texts.append(part["text"])
-    return "\n".join(texts)
-  raise bad_request(where, f"must be a string or a list of text parts, got {type(content).__name__}")
+      texts.append(part["text"].strip() if trim else part["text"])
+    text = "".join(texts)
+  elif isinstance(content, str):
+    text = content.strip() if trim else content
+  else:
+    raise bad_request(where, f"must be a string or a list of text parts, got {type(content).__name__}")
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    raise bad_request(where, "is not valid Unicode text (it holds a lone surrogate)") from None
+  return text
 
 
 def to_gemma_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
@@ -126,7 +136,7 @@ def to_gemma_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
       raise bad_request(f"{where}.tool_calls", "tool calls are not supported")
     if "content" not in m or m["content"] is None:
       raise bad_request(f"{where}.content", "is required")
-    text = _content_text(m["content"], f"{where}.content")
+    text = _content_text(m["content"], f"{where}.content", trim=role not in ("system", "developer"))
     if role in ("system", "developer"):
       system.append(text)
     elif role == "user":

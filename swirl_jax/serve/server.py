@@ -40,6 +40,7 @@ class _HTTPServer6(_HTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
   server: _HTTPServer
   protocol_version = "HTTP/1.1"
+  timeout = 120  # seconds a connection may stall mid-request (or idle between requests) before it is closed
 
   def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
     log.debug("%s %s", self.address_string(), format % args)
@@ -105,6 +106,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     except ValueError:
       raise RequestError(400, "Content-Length is not an integer", code="invalid_header") from None
     limit = self.server.app.config.max_body_bytes
+    if n < 0:
+      raise RequestError(400, "Content-Length is negative", code="invalid_header")
     if n > limit:
       raise RequestError(413, f"request body of {n} bytes exceeds max_body_bytes={limit}", code="body_too_large")
     raw = self.rfile.read(n)
@@ -164,7 +167,8 @@ class ChatServer:
     if self.config.api_key_env is None:
       return
     key = os.environ.get(self.config.api_key_env, "")
-    given = header[7:] if header and header.startswith("Bearer ") else ""
+    scheme, _, given = (header or "").partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive (RFC 7235)
     if not key or not hmac.compare_digest(given.encode(), key.encode()):
       raise RequestError(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
                          code="invalid_api_key")
