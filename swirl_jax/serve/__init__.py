@@ -18,8 +18,10 @@ How requests become model work:
 * Chat mapping. OpenAI roles map to Gemma turns: user -> user, assistant -> model. Gemma has no
   system role, so system (and "developer") text is prepended to the next user turn (the first one, in
   the usual case), separated by a blank line; consecutive turns of one role are merged (Gemma's format
-  alternates). The prompt is ``chat.render(..., add_generation_prompt=True)``, encoded with BOS: exactly
-  what the rollout and the in-process judge feed the sampler.
+  alternates). User and model text is trimmed and content parts are joined as they are, as Gemma 3's
+  published chat template does (so a prompt is what ``apply_chat_template`` and vLLM give). The prompt is
+  ``chat.render(..., add_generation_prompt=True)``, encoded with BOS: what the rollout and the in-process
+  judge feed the sampler. Completion text leaves special tokens out.
 * Batching. HTTP threads validate and tokenize, then queue the request. One model thread owns the
   sampler and runs continuous batching: when idle it waits up to ``batch_wait_ms`` after the first
   request for others (or until the batch is full), writes them into free rows in one extend call (a
