@@ -62,6 +62,7 @@ def _records(path):
 def _eval_report(path):
   with open(path, encoding="utf-8") as f:
     r = json.load(f)
+  r["provenance"] = {k: v for k, v in r["provenance"].items() if k != "source"}  # the run's own workdir
   return {k: v for k, v in r.items() if "seconds" not in k and k not in ("model", "policy")}
 
 
