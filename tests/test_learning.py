@@ -142,6 +142,10 @@ def test_resuming_with_other_optimizer_settings_names_them(tmp_path):
   with pytest.raises(ValueError, match="other optimizer settings \\(clip_norm: 1.0 in the checkpoint, 0.0 now\\)"):
     run(0.0, 2)
   assert run(1.0, 2).resumed_from == 1  # the saved settings resume
+  with pytest.raises(ValueError, match="other data settings \\(seed: 0 in the checkpoint, 5 now; examples: 8"):
+    rl.train(rl.TrainConfig(mode="sft", steps=3, states_per_step=4, **{**COMMON, "seed": 5}), _examples(9, seed=3),
+             lm, optimizer=OptimizerConfig(clip_norm=1.0),
+             checkpoint=CheckpointConfig(str(tmp_path / "ckpt"), save_every=1))
 
 
 def test_rl_loss_covers_the_action_the_judge_saw(monkeypatch):

@@ -329,6 +329,23 @@ def _reward_metrics(exs: Sequence[StepExample], rewards: np.ndarray, verdicts) -
   return out
 
 
+# Settings that decide which examples a step sees and how they are sampled: a resumed run that changed one
+# would silently continue on another data order than the one it started.
+_DATA_SETTINGS = ("task", "seed", "states_per_step", "group_size", "max_len", "offline_reward")
+
+
+def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, examples: int) -> None:
+  saved = meta.get("train_config") or {}
+  changed = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(cfg, k)!r} now" for k in _DATA_SETTINGS
+             if k in saved and saved[k] != getattr(cfg, k)]
+  if "examples" in meta and meta["examples"] != examples:
+    changed.append(f"examples: {meta['examples']} in the checkpoint, {examples} now")
+  if changed:
+    raise ValueError(f"checkpoint {directory} step {step} was trained with other data settings "
+                     f"({'; '.join(changed)}); resuming would continue on another data order: use the saved "
+                     "settings, or train into a new checkpoint directory")
+
+
 def _explain_restore_failure(directory: str, step: int, optimizer: OptimizerConfig, error: Exception) -> None:
   """Raises a ValueError naming the optimizer settings that differ from the checkpoint's, when they do:
   they change the optimizer state's structure (clip_norm on or off, ...), and Orbax's own message only
@@ -407,6 +424,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                        "the run started from")
     if meta.get("mode") != cfg.mode:
       raise ValueError(f"checkpoint mode {meta.get('mode')!r} != config mode {cfg.mode!r}")
+    _check_same_data(checkpoint.directory, resumed_from, meta, cfg, len(run.examples))
   else:
     state = ts.init_train_state(init_params, opt, cfg.seed, ssh)
   # The initial model's own arrays are the reference (the step never donates them): no extra copy.
