@@ -354,10 +354,9 @@ def _count_lines(path: str) -> int:
 
 
 def _final_checkpoint_step(paths: Paths) -> int:
-  if not os.path.isdir(paths.checkpoints):
-    return -1
-  steps = [int(d) for d in os.listdir(paths.checkpoints) if d.isdigit()]
-  return max(steps, default=-1)
+  """The run's latest checkpoint step, -1 before the first one."""
+  step = _checkpoint_step(paths.checkpoints)
+  return -1 if step is None else step
 
 
 def _train_inputs(paths: Paths) -> dict:
