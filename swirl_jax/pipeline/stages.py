@@ -157,12 +157,16 @@ def filter_stage(in_path: str | Sequence[str], out_path: str, report_path: str, 
   return summary
 
 
-def _setting(t: Trajectory, name: str, given: Any, fallback: Callable[[], Any] | None = None) -> Any:
-  """An explicit argument, else what the rollout recorded in provenance, else ``fallback``."""
+def _setting(t: Trajectory, name: str, given: Any, defaults: Mapping[str, Any],
+             fallback: Callable[[], Any] | None = None) -> Any:
+  """An explicit argument, else what the rollout recorded in provenance, else ``defaults[name]``, else
+  ``fallback``."""
   if given is not None:
     return given
   if name in t.provenance and t.provenance[name] is not None:
     return t.provenance[name]
+  if name in defaults:
+    return defaults[name]
   if fallback is not None:
     return fallback()
   raise ValueError(f"trajectory {t.key} does not record provenance[{name!r}]; pass {name}= to decompose_stage")
@@ -184,22 +188,16 @@ def decompose_stage(in_path: str | Sequence[str], out_path: str, task: task_prom
   """
   trajectories, dups = read_trajectories(in_path)
   examples, by_task, labels = [], collections.Counter(), collections.Counter()
-  defaults = dict(defaults or {})
-
-  def setting(t, name, given, fallback=None):
-    if name in defaults and not (t.provenance.get(name) is not None or given is not None):
-      return defaults[name]
-    return _setting(t, name, given, fallback)
-
+  defaults = defaults or {}
   for t in trajectories:
-    t_task = setting(t, "task", task, lambda: infer_task(t))
+    t_task = _setting(t, "task", task, defaults, lambda: infer_task(t))
     if t_task not in ("math", "search"):
       raise ValueError(f"trajectory {t.key}: task must be math or search, got {t_task!r}")
-    n_demos = int(setting(t, "num_demos", num_demos))
+    n_demos = int(_setting(t, "num_demos", num_demos, defaults))
     demos = task_prompts.DEFAULT_DEMOS[t_task][:n_demos]
     if len(demos) < n_demos:
       raise ValueError(f"trajectory {t.key}: num_demos={n_demos} but only {len(demos)} {t_task} demonstrations exist")
-    t_budget = setting(t, "budget", budget, lambda: task_prompts.step_budget(t_task))
+    t_budget = _setting(t, "budget", budget, defaults, lambda: task_prompts.step_budget(t_task))
     exs = decompose(t, t_task, demos, int(t_budget))
     examples.extend(exs)
     by_task[t_task] += len(exs)
