@@ -78,10 +78,9 @@ def parse_number(text: str) -> float | None:
   return None if parsed is None else parsed[0]
 
 
-def _unit(text: str) -> str | None:
-  """The unit word of a numeric answer, singular and lowercase (None: no unit, or a percent sign)."""
-  m = _NUMBER_ANSWER_RE.match(text)
-  unit = (m.group("unit") or "").lower() if m else ""
+def _unit(m: re.Match) -> str | None:
+  """The unit word of a matched numeric answer, singular and lowercase (None: no unit, or a percent sign)."""
+  unit = (m.group("unit") or "").lower()
   if unit in ("", "%", "percent"):
     return None
   return unit[:-1] if unit.endswith("s") and len(unit) > 2 else unit
@@ -99,7 +98,7 @@ def _parse_number(text: str) -> tuple[float, str | None] | None:
     value /= den
   negative = (m.group("sign1") in ("-", "−")) != (m.group("sign2") in ("-", "−"))
   value = -value if negative else value
-  return (value, _unit(text)) if math.isfinite(value) else None
+  return (value, _unit(m)) if math.isfinite(value) else None
 
 
 def format_number(value: float) -> str:
