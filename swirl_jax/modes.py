@@ -92,7 +92,7 @@ def _file_name(spec) -> str:
 
 def tools(cfg, paths: Paths, spec=None, task: str | None = None):
   from swirl_jax.config import dataset_spec
-  from swirl_jax.data.registry import build_corpus
+  from swirl_jax.data.registry import build_corpus, source_file
   from swirl_jax.tools import Calculator, make_search
 
   if (task or cfg.rollout.task) == "math":
@@ -103,6 +103,9 @@ def tools(cfg, paths: Paths, spec=None, task: str | None = None):
     # named by what it is built from (another data.seed makes another synthetic world), so a changed
     # setting builds a new corpus instead of searching the old one
     key = dataclasses.asdict(dataclasses.replace(spec, limit=None, drop_easy=False, shuffle_seed=None))
+    source = source_file(spec)
+    if source is not None:  # and by the file's contents: questions added to it add their paragraphs
+      key["source_digest"] = stamps.file_digest(str(source))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = os.path.join(paths.workdir, f"corpus-{_file_name(spec)}-{spec.split}-{digest}.json")
     if not os.path.exists(path):
@@ -289,23 +292,30 @@ def run_export(cfg, paths: Paths) -> dict:
   from swirl_jax.checkpoints.hf_export import export_hf
 
   out = cfg.export.out or paths.export
+  source = cfg.eval.checkpoint or paths.checkpoints
+  if not cfg.eval.checkpoint and _checkpoint_step(paths.checkpoints) is None:
+    # exporting model.source unchanged under the trained policy's name would pass it off as trained
+    raise FileNotFoundError(f"mode=export: {paths.checkpoints} holds no checkpoint; train first, or name the "
+                            f"policy to export with --config.eval.checkpoint (a checkpoint directory or any "
+                            f"model.source)")
   if jax.process_index() == 0:
-    source = cfg.eval.checkpoint or (paths.checkpoints if os.path.isdir(paths.checkpoints) else cfg.model.source)
     lm = load(cfg, source=source)
     export_hf(lm.config, model_weights(lm.model), out, tokenizer=lm.tokenizer, dtype=cfg.export.dtype,
               overwrite=True)
   _barrier("export done")
-  return {"export_dir": out, "from": cfg.eval.checkpoint or paths.checkpoints}
+  return {"export_dir": out, "from": source}
 
 
 def run_serve(cfg, paths: Paths) -> dict:
+  from swirl_jax.config import rules
   from swirl_jax.serve import run_serve as serve
 
   s = cfg.serve
   serve(cfg.model.source, host=s.host, port=s.port, model_name=s.model_name, dtype=cfg.model.dtype,
         param_dtype=cfg.model.param_dtype, cache_dir=cfg.model.cache_dir or None,
         batch_size=cfg.sampler.batch_size, cache_len=cfg.sampler.cache_len,
-        api_key_env=s.api_key_env or None, mesh=_mesh(cfg))
+        steps_per_call=cfg.sampler.steps_per_call, max_chunk=cfg.sampler.max_chunk,
+        api_key_env=s.api_key_env or None, mesh=_mesh(cfg), rules=rules(cfg))
   return {}
 
 
@@ -409,8 +419,11 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
   export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
                            "out": cfg.export.out}
-  stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
-        lambda: run_export(cfg, paths), export_inputs)
+  if cfg.eval.checkpoint or _checkpoint_step(paths.checkpoints) is not None:
+    stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
+          lambda: run_export(cfg, paths), export_inputs)
+  else:  # train.steps=0 trained nothing: nothing to export
+    summary["export"] = "skipped (no checkpoint)"
   summary["total_seconds"] = round(time.perf_counter() - t0, 1)
   return summary
 

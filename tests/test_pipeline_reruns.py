@@ -134,3 +134,46 @@ def test_the_workdir_search_corpus_follows_the_data_settings(tmp_path):
   cfg.data.limit = 2  # the corpus is the whole split's whatever the question limit: the same file
   modes.tools(cfg, paths)
   assert len([p for p in os.listdir(tmp_path) if p.startswith("corpus-") and p.endswith(".json")]) == 2
+
+
+def test_the_workdir_search_corpus_follows_the_data_files_contents(tmp_path):
+  """Questions added to a data file add their paragraphs: the corpus is built anew, not the old one searched."""
+  record = {"_id": "a1", "question": "Where was Ada born?", "answer": "London", "type": "bridge", "level": "hard",
+            "supporting_facts": [["Ada", 0]], "context": [["Ada", ["Ada was born in London."]]]}
+  data = tmp_path / "hotpot_train_v1.1.json"
+  data.write_text(json.dumps([record]), encoding="utf-8")
+  cfg = get_config()
+  cfg.data.name, cfg.data.source, cfg.data.path, cfg.rollout.task = "hotpot_qa", "file", str(data), "search"
+  paths = modes.Paths(str(tmp_path / "w"))
+  os.makedirs(paths.workdir)
+  modes.tools(cfg, paths)
+  record2 = dict(record, _id="b2", question="Where was Bo born?", answer="Oslo", supporting_facts=[["Bo", 0]],
+                 context=[["Bo", ["Bo was born in Oslo."]]])
+  data.write_text(json.dumps([record, record2]), encoding="utf-8")
+  search = modes.tools(cfg, paths)["search"]
+  corpora = sorted(p for p in os.listdir(paths.workdir) if p.startswith("corpus-") and p.endswith(".json"))
+  assert len(corpora) == 2
+  assert "Oslo" in search("Oslo").output
+
+
+def test_export_refuses_a_workdir_without_checkpoints(tmp_path):
+  """mode=export used to write model.source, untrained, and report it as the workdir's checkpoints."""
+  cfg = get_config()
+  cfg.mode = "export"
+  paths = modes.Paths(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint.*--config.eval.checkpoint"):
+    modes.run_export(cfg, paths)
+  assert not os.path.exists(paths.export)
+
+
+def test_serve_mode_passes_the_mesh_rules_and_sampler_settings(monkeypatch, tmp_path):
+  import swirl_jax.serve as serve_module
+
+  seen = {}
+  monkeypatch.setattr(serve_module, "run_serve", lambda source, **kw: seen.update(kw))
+  cfg = get_config()
+  cfg.mesh.replicate_kv_heads = True
+  cfg.sampler.steps_per_call, cfg.sampler.max_chunk = 7, 96
+  modes.run_serve(cfg, modes.Paths(str(tmp_path)))
+  assert seen["steps_per_call"] == 7 and seen["max_chunk"] == 96
+  assert dict(seen["rules"].table)["kv_heads"] is None

@@ -148,6 +148,14 @@ def load_questions(spec: DatasetSpec) -> list[Question]:
   return questions
 
 
+def source_file(spec: DatasetSpec) -> Path | None:
+  """The file ``load_questions(spec)`` reads (source='file'); None for TFDS and the synthetic datasets."""
+  name, config, split = resolve(spec)
+  if name.startswith("synthetic_") or spec.source != "file":
+    return None
+  return _source_file(spec, name, config, split)
+
+
 def _source_file(spec: DatasetSpec, name: str, config: str | None, split: str) -> Path:
   if spec.path is None:
     raise FileNotFoundError(f"{name}: source='file' needs spec.path (a file, or a directory holding "

@@ -255,12 +255,13 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, model_n
               dtype: str = "float32", param_dtype: str = "float32", cache_dir: str | None = None,
               batch_size: int = 8, cache_len: int = 2048, max_tokens_limit: int | None = None,
               steps_per_call: int = 16, max_chunk: int = 512, batch_wait_ms: float = 5.0, max_samplers: int = 4,
-              api_key_env: str | None = None, mesh=None) -> None:
+              api_key_env: str | None = None, mesh=None, rules=None) -> None:
   """Loads ``source`` (any swirl_jax.loading.load_model source) and serves it until Ctrl-C / SIGTERM.
 
   Prints one JSON line with the URL, base_url and model name once listening (port 0 picks a free port,
   so a launcher reads it from there). Every argument is a plain value: the CLI maps its config onto them.
-  ``max_tokens_limit`` None = min(512, cache_len // 2); the other settings are ServeConfig's.
+  ``max_tokens_limit`` None = min(512, cache_len // 2); the other settings are ServeConfig's. ``rules``
+  (swirl_jax.models.sharding.Rules, default Rules()) places the parameters on ``mesh``.
   """
   import signal
 
@@ -272,7 +273,8 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, model_n
                        max_tokens_limit=max_tokens_limit, steps_per_call=steps_per_call, max_chunk=max_chunk,
                        batch_wait_ms=batch_wait_ms, max_samplers=max_samplers, api_key_env=api_key_env)
   t = time.perf_counter()  # settings are checked above, before the (slow) load
-  lm = load_model(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, cache_dir=cache_dir)
+  extra = {} if rules is None else {"rules": rules}
+  lm = load_model(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, cache_dir=cache_dir, **extra)
   server = ChatServer(lm, config)
 
   def on_term(signum, frame):  # SIGTERM ends like Ctrl-C
