@@ -8,6 +8,7 @@ line (``--config.sampling.temperature=0.7``).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import ml_collections
@@ -22,7 +23,7 @@ from swirl_jax.sampling.rollout import RolloutConfig
 
 HELP: dict[str, str] = {
     "mode": "pipeline (every stage in order, skipping finished ones), generate, label, filter, train, eval, "
-            "export or serve",
+            "export, serve, or sample (complete sample.prompts)",
     "model.source": "packaged short name (gemma3-270m), a HF checkpoint directory, a .gguf file, or random:PRESET",
     "model.dtype": "compute dtype: float32 or bfloat16",
     "model.param_dtype": "parameter storage dtype: float32 or bfloat16",
@@ -186,7 +187,18 @@ MINIMUM: dict[str, int] = {
     "sampler.cache_len": 16, "sampler.steps_per_call": 1, "sampler.max_chunk": 1, "search.top_k": 1,
     "judge.n_votes": 1, "train.steps": 0, "train.states_per_step": 1, "train.group_size": 1,
     "train.micro_batches": 1, "train.max_len": 16, "train.max_new_tokens": 1, "train.save_every": 1,
-    "train.keep_checkpoints": 1, "eval.limit": 0, "data.limit": 0,
+    "train.keep_checkpoints": 1, "eval.limit": 0, "data.limit": 0, "sampling.top_k": 0,
+    "rollout.max_tool_calls": 0, "search.max_words": 1, "judge.model.batch_size": 1,
+    "judge.model.max_new_tokens": 1, "judge.model.cache_len": 16, "judge.openai.max_concurrency": 1,
+    "judge.openai.max_retries": 0, "judge.openai.max_tokens": 1, "train.warmup_steps": 0, "filter.equalize": -1,
+}
+# Real-valued settings: (lowest, highest, whether the lowest itself is allowed).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "sampling.temperature": (0.0, float("inf"), True), "sampling.top_p": (0.0, 1.0, False),
+    "train.temperature": (0.0, float("inf"), True), "judge.model.temperature": (0.0, float("inf"), True),
+    "judge.openai.temperature": (0.0, 2.0, True), "judge.openai.timeout_s": (0.0, float("inf"), False),
+    "train.learning_rate": (0.0, float("inf"), True), "train.weight_decay": (0.0, float("inf"), True),
+    "train.clip_norm": (0.0, float("inf"), False), "train.kl_coef": (0.0, float("inf"), True),
 }
 
 
@@ -207,6 +219,22 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
   for name, low in MINIMUM.items():
     if get(name) < low:
       errors.append(f"--config.{name}={get(name)!r}: must be >= {low}")
+  for name, (low, high, low_ok) in RANGES.items():
+    v = get(name)
+    if not (low <= v <= high if low_ok else low < v <= high):
+      errors.append(f"--config.{name}={v!r}: must be in {'[' if low_ok else '('}{low}, {high}]")
+  for axis in ("data", "fsdp", "tensor"):
+    if cfg.mesh[axis] < 1 and cfg.mesh[axis] != -1:
+      errors.append(f"--config.mesh.{axis}={cfg.mesh[axis]!r}: must be >= 1, or -1 (the devices left)")
+  if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+    errors.append("--config.mesh.data / fsdp / tensor: at most one of them may be -1")
+  key_env = cfg.judge.openai.api_key_env
+  if cfg.judge.backend == "openai" and key_env and not os.environ.get(key_env) and (
+      cfg.mode in ("pipeline", "label", "eval") or (cfg.mode == "train" and cfg.train.mode == "rl")):
+    # found now, not after hours of generation (the judge is first called by label)
+    errors.append(f"--config.judge.openai.api_key_env={key_env!r}: that environment variable is not set or "
+                  f"empty; set it to the endpoint's API key, or pass --config.judge.openai.api_key_env='' for an "
+                  f"endpoint without a key")
   t = cfg.train
   if t.normalize_std and (t.baseline or ("none" if t.mode == "offline" else "loo")) == "none":
     errors.append(f"--config.train.normalize_std=True needs --config.train.baseline=loo or mean (it is "
@@ -220,7 +248,7 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
     for keys, check in checks.items():
       try:
         check()
-      except (UnknownDatasetError, UnknownSplitError) as e:
+      except (UnknownDatasetError, UnknownSplitError, ValueError) as e:
         errors.append(f"--config.{keys}: {e}")
   if errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
@@ -312,7 +340,18 @@ def eval_dataset_specs(cfg) -> list[DatasetSpec]:
 
   base = dataclasses.replace(dataset_spec(cfg), limit=cfg.eval.limit or None)
   names = [n.strip() for n in cfg.eval.datasets.split(",") if n.strip()] or [cfg.data.name]
-  return [dataclasses.replace(base, name=n, split=cfg.eval.split or default_eval_split(n)) for n in names]
+  specs = [dataclasses.replace(base, name=n, split=cfg.eval.split or default_eval_split(n)) for n in names]
+  if cfg.data.source == "file" and cfg.data.path and not os.path.isdir(cfg.data.path):
+    # One file holds one split of one dataset (data.name / data.split): evaluating another split or
+    # dataset from it would score the training questions under the eval split's name.
+    other = [f"{s.name}/{s.split}" for s in specs
+             if not resolve(s)[0].startswith("synthetic_") and resolve(s) != resolve(base)]
+    if other:
+      raise ValueError(f"data.path={cfg.data.path!r} is one file, which holds {cfg.data.name}/{cfg.data.split} "
+                       f"only; to evaluate {', '.join(other)} set --config.data.path to a directory holding "
+                       f"each split's official file (or to the same file with --config.eval.split="
+                       f"{cfg.data.split})")
+  return specs
 
 
 def openai_judge_config(cfg):

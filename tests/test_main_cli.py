@@ -83,7 +83,8 @@ def test_help_documents_every_setting():
 
 
 @pytest.mark.parametrize("arg", ["gemma2-2b,gsm8k", "gemma2-9b,hotpot_qa", "gemma2-27b,hotpot_qa", "gemma2-27b,gsm8k"])
-def test_paper_recipes_are_valid(arg):
+def test_paper_recipes_are_valid(arg, monkeypatch):
+  monkeypatch.setenv("GEMINI_API_KEY", "k")  # the recipes' judge key, checked up front
   paper = _config_module("paper")
   cfg = paper.get_config(arg)
   config_lib.check_documented(cfg)
@@ -102,7 +103,8 @@ def test_paper_recipes_are_valid(arg):
     paper.get_config("gemma2-3b,gsm8k")
 
 
-def test_eval_configs_cover_the_five_datasets():
+def test_eval_configs_cover_the_five_datasets(monkeypatch):
+  monkeypatch.setenv("GEMINI_API_KEY", "k")
   eval_configs = _config_module("eval")
   assert config_lib.eval_dataset_specs(eval_configs.get_config())[-1].name == "cofca"
   for name in eval_configs.DATASETS:
@@ -207,3 +209,47 @@ def test_validate_refuses_cross_setting_and_dataset_mistakes_up_front():
   cfg.train.normalize_std = True
   cfg.train.baseline = "mean"
   config_lib.validate(cfg, ("pipeline", "train"))
+
+
+def test_validate_refuses_out_of_range_values_and_a_missing_judge_key_up_front(monkeypatch):
+  """These used to surface when their stage ran (train.temperature=-1 after generation, labelling and
+  filtering, under the name sampling.temperature; a missing API key after generation)."""
+  cfg = config_lib.base_config()
+  cfg.train.temperature = -1.0
+  cfg.sampling.top_p = 1.5
+  cfg.rollout.max_tool_calls = -3
+  cfg.mesh.data, cfg.mesh.tensor = 0, -1
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  msg = str(e.value)
+  for part in ("--config.train.temperature=-1.0: must be in [0.0, inf]", "--config.sampling.top_p=1.5: must be in "
+               "(0.0, 1.0]", "--config.rollout.max_tool_calls=-3: must be >= 0", "--config.mesh.data=0: must be >= 1",
+               "at most one of them may be -1"):
+    assert part in msg
+  monkeypatch.delenv("SWIRL_TEST_UNSET_KEY", raising=False)
+  cfg = config_lib.base_config()
+  config_lib.use_openai_judge(cfg, api_key_env="SWIRL_TEST_UNSET_KEY")
+  with pytest.raises(ValueError, match="api_key_env='SWIRL_TEST_UNSET_KEY': that environment variable is not set"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.mode = "generate"  # generation does not call the judge
+  config_lib.validate(cfg, ("generate",))
+  monkeypatch.setenv("SWIRL_TEST_UNSET_KEY", "k")
+  cfg.mode = "pipeline"
+  config_lib.validate(cfg, ("pipeline",))
+
+
+def test_a_single_data_file_is_not_evaluated_as_another_split(tmp_path):
+  """With data.path one file, the default GSM8K eval (test) read the train file under the name test."""
+  train = tmp_path / "train.jsonl"
+  train.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+  cfg = config_lib.base_config()
+  cfg.data.name, cfg.data.source, cfg.data.path, cfg.rollout.task = "gsm8k", "file", str(train), "math"
+  with pytest.raises(ValueError, match="is one file, which holds gsm8k/train only; to evaluate gsm8k/test"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.eval.datasets = "synthetic_arith"  # generated, not read from data.path
+  config_lib.validate(cfg, ("pipeline",))
+  cfg.eval.datasets, cfg.eval.split = "", "train"
+  assert [s.split for s in config_lib.eval_dataset_specs(cfg)] == ["train"]
+  (tmp_path / "test.jsonl").write_text(train.read_text())
+  cfg.data.path, cfg.eval.split = str(tmp_path), ""  # a directory holding each split's file
+  config_lib.validate(cfg, ("pipeline",))

@@ -169,7 +169,8 @@ class OpenAIBackend:
     self._opener = urllib.request.build_opener(*handlers)
     if config.api_key_env is not None and not os.environ.get(config.api_key_env):
       raise JudgeBackendError(f"the environment variable {config.api_key_env} (api_key_env) is not set or "
-                              f"empty; set it to the API key of {self.public_url}, or set api_key_env=None")
+                              f"empty; set it to the API key of {self.public_url}, or set api_key_env=None "
+                              f"(on the command line: --config.judge.openai.api_key_env='')")
 
   def __repr__(self) -> str:
     return f"OpenAIBackend(identity={self.identity!r}, settings={self.settings!r})"
