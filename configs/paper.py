@@ -1,7 +1,7 @@
 """SWiRL paper recipes: Gemma 2 2B, 9B or 27B, trained on GSM8K (calculator) or HotPotQA (search).
 
   python -m swirl_jax.main --config=configs/paper.py:gemma2-27b,hotpot_qa --workdir=runs/swirl-27b-hotpot \
-      --config.data.manual_dir=/data/hotpot --config.judge.openai.base_url=URL --config.judge.openai.model=NAME
+      --config.data.manual_dir=/data/qa --config.judge.openai.base_url=URL --config.judge.openai.model=NAME
 
 The argument after the colon is MODEL,DATASET with MODEL in gemma2-2b, gemma2-9b, gemma2-27b and DATASET
 in gsm8k, hotpot_qa. Runs every stage (mode=pipeline); any field can be overridden as usual.
@@ -22,7 +22,7 @@ What the paper leaves open and is chosen here (documented, override freely): the
 AdamW 1e-6), batch sizes and the mesh.
 
 The weights are read from a Hugging Face directory (no hub access is assumed):
-  huggingface-cli download google/gemma-2-27b-it --local-dir hf/gemma-2-27b-it
+  hf download google/gemma-2-27b-it --local-dir hf/gemma-2-27b-it
 """
 
 from swirl_jax.config import base_config, use_openai_judge
