@@ -15,7 +15,7 @@ from swirl_jax.checkpoints.safetensors_io import SafetensorsFile  # noqa: E402
 from swirl_jax.loading import load_model, pad_batch  # noqa: E402
 
 
-def _write_gguf(hf_dir, path, family: str, quantize: str | None = None):
+def _write_gguf(hf_dir, path, family: str, quantize: str | None = None, untied: bool = False):
   import gguf
 
   lm = load_model(str(hf_dir))
@@ -46,6 +46,8 @@ def _write_gguf(hf_dir, path, family: str, quantize: str | None = None):
       w.add_tensor(e.gguf, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
     else:
       w.add_tensor(e.gguf, arr)
+  if untied:
+    w.add_tensor("output.weight", np.ones((cfg.vocab_size, cfg.d_model), np.float32))
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
@@ -109,3 +111,13 @@ def test_not_a_gemma_gguf_is_refused(tmp_path):
   (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
   with pytest.raises(ValueError, match="junk.gguf: cannot read as GGUF"):
     read_gguf(str(tmp_path / "junk.gguf"))
+
+
+def test_an_untied_lm_head_is_refused(tmp_path):
+  """A separate output.weight was ignored: logits came from token_embd, not from the file's LM head."""
+  tiny_hf_model("gemma3").save_pretrained(tmp_path / "hf")
+  _write_gguf(tmp_path / "hf", tmp_path / "u.gguf", "gemma3", untied=True)
+  from swirl_jax.checkpoints.gguf_import import read_gguf
+
+  with pytest.raises(ValueError, match="u.gguf: has a separate output.weight"):
+    read_gguf(str(tmp_path / "u.gguf"))

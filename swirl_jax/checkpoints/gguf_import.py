@@ -44,6 +44,11 @@ def read_gguf(path: str, **overrides) -> tuple[ModelConfig, Callable[[str], np.n
   missing = [e.gguf for e in table.values() if e.gguf not in tensors]
   if missing:
     raise ValueError(f"{path}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+  if "output.weight" in tensors:
+    # llama.cpp's Gemma computes logits with it; our model ties the LM head to token_embd (as hf_import
+    # refuses an untied lm_head)
+    raise ValueError(f"{path}: has a separate output.weight (an untied LM head); swirl_jax's Gemma ties the "
+                     "LM head to the embedding (token_embd.weight)")
 
   def fetch(name: str) -> np.ndarray:
     e = table[name]
