@@ -24,6 +24,8 @@ def _first_cpu_fields(text: str) -> dict[str, str]:
 def parse_cpuinfo(text: str) -> dict:
   """{"cpu_model": str | None, "cpu_extensions": [those of EXTENSIONS the first CPU lists]}."""
   fields = _first_cpu_fields(text)
+  if "flags" not in fields and "model name" not in fields:
+    return {}  # not x86 (ARM lists "Features" and "CPU part"): unknown, as where there is no cpuinfo
   flags = set(fields.get("flags", "").split())
   return {"cpu_model": fields.get("model name"), "cpu_extensions": [x for x in EXTENSIONS if x in flags]}
 
@@ -45,11 +47,21 @@ def host_id() -> str:
   instructions another lacks, so anything holding compiled programs is kept per host id."""
   try:
     with open("/proc/cpuinfo") as f:
-      fields = _first_cpu_fields(f.read())
-    ident = fields.get("model name", "") + "|" + " ".join(sorted(fields.get("flags", "").split()))
+      ident = cpuinfo_identity(f.read())
   except OSError:
     ident = platform.platform() + "|" + platform.processor()
   return f"{platform.machine() or 'cpu'}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def cpuinfo_identity(text: str) -> str:
+  """What host_id hashes: x86's model name and flags; ARM's core (implementer, architecture, variant,
+  part) and "Features" (SVE, bf16, ...), which x86 does not list."""
+  fields = _first_cpu_fields(text)
+  ident = fields.get("model name", "") + "|" + " ".join(sorted(fields.get("flags", "").split()))
+  arm = [fields.get(k, "") for k in ("CPU implementer", "CPU architecture", "CPU variant", "CPU part")]
+  if any(arm) or "Features" in fields:
+    ident += "|" + "|".join(arm) + "|" + " ".join(sorted(fields.get("Features", "").split()))
+  return ident
 
 
 def has_bf16_arithmetic(description: dict | None = None) -> bool:

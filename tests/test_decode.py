@@ -446,6 +446,13 @@ def test_upcast_weights_default_follows_the_cpus_bfloat16_arithmetic():
   assert not host_cpu.has_bf16_arithmetic(host_cpu.parse_cpuinfo(avx2))
   assert host_cpu.has_bf16_arithmetic(host_cpu.parse_cpuinfo(spr))
   assert host_cpu.has_bf16_arithmetic({})  # unknown host: leave XLA's own bfloat16 path alone
+  # ARM lists no "model name"/"flags": unknown too (it read as a CPU without bfloat16), and two ARM cores
+  # with other features are other hosts (they shared one compilation cache)
+  n1 = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd aes crc32\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+  v1 = "processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n"
+  assert host_cpu.parse_cpuinfo(n1) == {} and host_cpu.has_bf16_arithmetic(host_cpu.parse_cpuinfo(v1))
+  assert host_cpu.cpuinfo_identity(n1) != host_cpu.cpuinfo_identity(v1)
+  assert host_cpu.cpuinfo_identity(avx2) == "AMD EPYC|avx avx2 fma fpu sse2"  # x86 ids unchanged
   s = Sampler.create(random_model(config_preset("tiny-gemma3"), seed=0), batch=1, cache_len=32,
                      sampling=SamplingConfig(max_new_tokens=4), stops=_no_stops())
   assert s.upcast_weights == (jax.default_backend() == "cpu" and not host_cpu.has_bf16_arithmetic())
