@@ -122,3 +122,37 @@ def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path
   assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
   assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "models"]  # nothing left aside
+
+
+def test_truncated_or_corrupt_safetensors_name_the_file_and_tensor(tmp_path):
+  """A truncated shard failed in numpy's reshape, a corrupt header length with a MemoryError, a bad index
+  with a bare KeyError: none named the file."""
+  import json
+  import struct
+
+  import numpy as np
+  import safetensors.numpy
+
+  from swirl_jax.checkpoints.safetensors_io import SafetensorsFile, ShardedSafetensors, save_file
+
+  path = tmp_path / "model.safetensors"
+  save_file({"a": np.ones((10, 100), np.float32), "b": np.arange(4, dtype=np.int64)}, str(path))
+  blob = path.read_bytes()
+  np.testing.assert_array_equal(SafetensorsFile(str(path)).get("a"), safetensors.numpy.load_file(str(path))["a"])
+  (tmp_path / "cut.safetensors").write_bytes(blob[:len(blob) - 40])
+  with pytest.raises(ValueError, match=r"cut.safetensors: tensor '.' ends at byte .* \(truncated file\?\)"):
+    SafetensorsFile(str(tmp_path / "cut.safetensors"))
+  (tmp_path / "len.safetensors").write_bytes(struct.pack("<Q", 2 ** 62) + blob[8:])
+  with pytest.raises(ValueError, match="len.safetensors: corrupt safetensors header"):
+    SafetensorsFile(str(tmp_path / "len.safetensors"))
+  head = b"[1,2]"
+  (tmp_path / "list.safetensors").write_bytes(struct.pack("<Q", len(head)) + head)
+  with pytest.raises(ValueError, match="list.safetensors: corrupt safetensors header"):
+    SafetensorsFile(str(tmp_path / "list.safetensors"))
+  head = json.dumps({"a": {"dtype": "F32", "shape": [10, 100], "data_offsets": [0, 8]}}).encode()
+  (tmp_path / "offs.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + bytes(8))
+  with pytest.raises(ValueError, match=r"offs.safetensors: tensor 'a': data_offsets \[0, 8\] do not hold F32"):
+    SafetensorsFile(str(tmp_path / "offs.safetensors"))
+  (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+  with pytest.raises(ValueError, match="model.safetensors.index.json: not a safetensors index"):
+    ShardedSafetensors(str(tmp_path))

@@ -35,14 +35,37 @@ class SafetensorsFile:
       if len(raw) != 8:
         raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
       (n,) = struct.unpack("<Q", raw)
+      size = os.fstat(f.fileno()).st_size
+      if n > size - 8:  # checked before reading: a corrupt length would ask for exabytes
+        raise ValueError(f"{path}: corrupt safetensors header (length {n} > the file's {size - 8} bytes left)")
       try:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     self.metadata = header.pop("__metadata__", {}) or {}
     self.header = header
     self._offset = 8 + n
-    self._mm = np.memmap(path, dtype=np.uint8, mode="r")
+    for name, info in header.items():
+      self._check(name, info, size - self._offset)
+    self._mm = np.memmap(path, dtype=np.uint8, mode="r") if size > self._offset else np.zeros(0, np.uint8)
+
+  def _check(self, name: str, info, data_bytes: int) -> None:
+    """Each entry's dtype, shape and offsets agree and lie inside the file (a truncated file fails here,
+    naming the file and tensor, not later in a reshape)."""
+    try:
+      dtype, shape, (start, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+    except (TypeError, KeyError, ValueError):
+      raise ValueError(f"{self.path}: tensor {name!r}: corrupt header entry {info!r}") from None
+    if dtype not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype}")
+    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+    if not 0 <= start <= end or end - start != want:
+      raise ValueError(f"{self.path}: tensor {name!r}: data_offsets {[start, end]} do not hold {dtype} {shape}")
+    if end > data_bytes:
+      raise ValueError(f"{self.path}: tensor {name!r} ends at byte {end} of the data, which has {data_bytes} "
+                       "(truncated file?)")
 
   def keys(self) -> list[str]:
     return list(self.header)
@@ -51,8 +74,6 @@ class SafetensorsFile:
     if name not in self.header:
       raise KeyError(f"{self.path}: no tensor {name!r}")
     info = self.header[name]
-    if info["dtype"] not in _DTYPES:
-      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']}")
     start, end = info["data_offsets"]
     buf = self._mm[self._offset + start:self._offset + end]
     return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
@@ -87,8 +108,13 @@ class ShardedSafetensors:
     index = os.path.join(directory, "model.safetensors.index.json")
     single = os.path.join(directory, "model.safetensors")
     if os.path.exists(index):
-      with open(index, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
+      try:
+        with open(index, encoding="utf-8") as f:
+          weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+          raise TypeError("weight_map is not an object")
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
       files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in sorted(set(weight_map.values()))}
       self._where = {name: files[fn] for name, fn in weight_map.items()}
     elif os.path.exists(single):
