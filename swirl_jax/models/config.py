@@ -185,6 +185,56 @@ def _match_preset_scalar(family: str, d_model: int, num_layers: int, head_dim: i
   return float(head_dim)
 
 
+def _hf_rope_entry(entry: Mapping[str, Any], field: str, default_theta: float) -> tuple[float, float]:
+  """(theta, linear factor) of one RoPE dict; refuses the rope types our attention does not implement."""
+  kind = entry.get("rope_type", entry.get("type", "default"))
+  if kind not in ("default", "linear"):
+    raise ValueError(f"config.json {field} rope_type {kind!r} is not supported (only default and linear)")
+  factor = float(entry.get("factor", 1.0)) if kind == "linear" else 1.0
+  return float(entry.get("rope_theta", default_theta)), factor
+
+
+def _hf_rope(hf: Mapping[str, Any], family: Family,
+             layer_types: tuple[LayerType, ...]) -> tuple[float, float, float]:
+  """(global base, local base, global linear scale) from either RoPE form of a config.json.
+
+  transformers 5 writes ``rope_parameters`` (per layer type for Gemma 3, one dict for Gemma 2); older
+  files have ``rope_theta``, ``rope_local_base_freq`` and ``rope_scaling``. Both forms are read the way
+  transformers reads them, so a setting our model cannot compute is refused rather than dropped.
+  """
+  legacy = dict(hf.get("rope_scaling") or {})
+  rp = hf.get("rope_parameters") or {}
+  theta = float(hf.get("rope_theta", 1_000_000.0 if family == "gemma3" else 10_000.0))
+  if family == "gemma3" or "full_attention" in rp or "sliding_attention" in rp:
+    # transformers merges a legacy rope_scaling into the full-attention entry.
+    full = {**(rp.get("full_attention") or {}), **legacy}
+    g_field = "rope_scaling" if legacy else "rope_parameters['full_attention']"
+    rope_global, scale = _hf_rope_entry(full, g_field, theta)
+    l_field = "rope_parameters['sliding_attention']"
+    rope_local, local_scale = _hf_rope_entry(rp.get("sliding_attention") or {}, l_field,
+                                             float(hf.get("rope_local_base_freq", 10_000.0)))
+  else:
+    # Gemma 2 has one rotary embedding for every layer, local ones included.
+    l_field = "rope_scaling" if legacy else "rope_parameters"
+    rope_global, scale = _hf_rope_entry({**rp, **legacy}, l_field, theta)
+    rope_local, local_scale = rope_global, scale
+  if local_scale != 1.0 and "local" in layer_types:
+    raise ValueError(f"config.json {l_field}: linear RoPE factor {local_scale} on sliding-attention layers "
+                     "is not supported (swirl_jax scales global layers only)")
+  return rope_global, rope_local, scale
+
+
+def _check_hf_features(hf: Mapping[str, Any]) -> None:
+  """Refuses config.json settings that change transformers' Gemma but that our model does not implement."""
+  if hf.get("use_bidirectional_attention"):
+    raise ValueError("config.json use_bidirectional_attention=True is not supported (swirl_jax attention is "
+                     "causal)")
+  # transformers' Gemma 2/3 MLP reads hidden_activation only (a legacy hidden_act key is unused).
+  act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+  if act != "gelu_pytorch_tanh":
+    raise ValueError(f"config.json hidden_activation {act!r} is not supported (only gelu_pytorch_tanh)")
+
+
 def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   """Builds a ModelConfig from a Hugging Face Gemma2/Gemma3 config.json dict.
 
@@ -201,6 +251,7 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
     family = "gemma3"
   else:
     raise ValueError(f"config.json model_type {model_type!r} is not gemma2, gemma3_text or gemma3")
+  _check_hf_features(hf)
   n = int(hf["num_hidden_layers"])
   if hf.get("layer_types"):
     layer_types = tuple("local" if t == "sliding_attention" else "global" for t in hf["layer_types"])
@@ -208,28 +259,7 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
     period = int(hf.get("sliding_window_pattern", 2 if family == "gemma2" else 6))
     layer_types = _pattern(n, period)
   head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
-  # Rope settings moved from rope_theta/rope_scaling to rope_parameters in transformers 5.
-  rope_global, rope_local, scale = 10_000.0, 10_000.0, 1.0
-  rp = hf.get("rope_parameters")
-  if isinstance(rp, dict) and "full_attention" in rp:
-    full, sliding = rp["full_attention"] or {}, rp.get("sliding_attention") or {}
-    rope_global = float(full.get("rope_theta", 1_000_000.0 if family == "gemma3" else 10_000.0))
-    rope_local = float(sliding.get("rope_theta", 10_000.0))
-    if full.get("rope_type", "default") == "linear":
-      scale = float(full["factor"])
-  else:
-    rope_global = float(hf.get("rope_theta", 1_000_000.0 if family == "gemma3" else rope_global))
-    if isinstance(rp, dict) and "rope_theta" in rp:  # a single-type rope_parameters dict (Gemma 2)
-      rope_global = float(rp["rope_theta"])
-    rope_local = float(hf.get("rope_local_base_freq", 10_000.0 if family == "gemma3" else rope_global))
-    rs = hf.get("rope_scaling") or {}
-    if rs:
-      kind = rs.get("rope_type", rs.get("type"))
-      if kind != "linear":
-        raise ValueError(f"config.json rope_scaling type {kind!r} is not supported (only linear)")
-      scale = float(rs["factor"])
-  if family == "gemma2":
-    rope_local = rope_global
+  rope_global, rope_local, scale = _hf_rope(hf, family, layer_types)
   cfg = ModelConfig(
       family=family,
       vocab_size=int(hf["vocab_size"]),
@@ -258,12 +288,25 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
   """The Hugging Face config.json for ``cfg`` (Gemma2ForCausalLM or Gemma3ForCausalLM).
 
-  Raises ValueError for a setting transformers' model would not reproduce (Gemma 3 with an attention
-  logit soft-cap: its attention ignores ``attn_logit_softcapping``).
+  Raises ValueError for a setting transformers' model would not reproduce: Gemma 3 with an attention
+  logit soft-cap (its attention ignores ``attn_logit_softcapping``) or without QK norm; Gemma 2 with QK
+  norm, RoPE scaling, or a local RoPE base other than the global one (it has one rotary embedding).
   """
   if cfg.family == "gemma3" and cfg.attn_logit_softcap is not None:
     raise ValueError(f"model.attn_logit_softcap={cfg.attn_logit_softcap}: transformers' Gemma 3 ignores "
                      "attn_logit_softcapping, so the exported model would compute different logits")
+  if cfg.use_qk_norm != (cfg.family == "gemma3"):
+    raise ValueError(f"model.use_qk_norm={cfg.use_qk_norm}: transformers' {cfg.family} always "
+                     f"{'applies' if cfg.family == 'gemma3' else 'omits'} QK norm, so the exported model "
+                     "would compute different logits")
+  if cfg.family == "gemma2":
+    # Gemma 2 applies one RoPE (base and scaling) to every layer; we scale global layers only.
+    if cfg.rope_scale_global != 1.0:
+      raise ValueError(f"model.rope_scale_global={cfg.rope_scale_global}: transformers' Gemma 2 would scale "
+                       "local layers too, so the exported model would compute different logits")
+    if "local" in cfg.layer_types and cfg.rope_base_local != cfg.rope_base_global:
+      raise ValueError(f"model.rope_base_local={cfg.rope_base_local} differs from model.rope_base_global="
+                       f"{cfg.rope_base_global}: transformers' Gemma 2 has one RoPE base for every layer")
   scalar = cfg.query_pre_attn_scalar
   common = {
       "vocab_size": cfg.vocab_size,

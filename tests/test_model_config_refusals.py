@@ -1,0 +1,140 @@
+"""config.json import/export refuses what our Gemma does not compute; the mesh shape refuses bad axes."""
+
+import numpy as np
+import pytest
+
+from swirl_jax.models.config import from_hf_config, preset, to_hf_config
+from swirl_jax.models.sharding import MeshConfig, ShardingError
+
+GEMMA3 = dict(model_type="gemma3_text", num_hidden_layers=6, hidden_size=64, num_attention_heads=8,
+              num_key_value_heads=4, head_dim=16, intermediate_size=128, vocab_size=512)
+GEMMA2 = {**GEMMA3, "model_type": "gemma2", "num_hidden_layers": 4}
+DEFAULT_LOCAL = {"rope_type": "default", "rope_theta": 1e4}
+
+
+def _v5(full, sliding=DEFAULT_LOCAL):
+  return {"rope_parameters": {"full_attention": full, "sliding_attention": sliding}}
+
+
+@pytest.mark.parametrize("hf, field", [
+    ({**GEMMA3, "rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling"),
+    ({**GEMMA3, **_v5({"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6})}, "full_attention"),
+    ({**GEMMA3, **_v5({"rope_type": "dynamic", "factor": 8.0, "rope_theta": 1e6})}, "full_attention"),
+    ({**GEMMA3, **_v5({"rope_type": "default", "rope_theta": 1e6},
+                      {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4})}, "sliding_attention"),
+    ({**GEMMA3, **_v5({"rope_type": "default", "rope_theta": 1e6},
+                      {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})}, "sliding_attention"),
+    # Gemma 2 has one RoPE for all layers: a factor would scale its local layers too.
+    ({**GEMMA2, "rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}},
+     "rope_parameters"),
+    ({**GEMMA2, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "rope_scaling"),
+    ({**GEMMA2, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}},
+     "rope_parameters"),
+], ids=["legacy_yarn", "v5_yarn", "v5_dynamic", "v5_local_linear", "v5_local_yarn", "g2_v5_linear",
+        "g2_legacy_linear", "g2_v5_yarn"])
+def test_unsupported_rope_is_refused_naming_the_field(hf, field):
+  with pytest.raises(ValueError, match=field.replace("[", r"\[")):
+    from_hf_config(hf)
+
+
+@pytest.mark.parametrize("hf, expected", [
+    ({**GEMMA3, **_v5({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6})}, (1e6, 1e4, 8.0)),
+    ({**GEMMA3, **_v5({"rope_type": "default", "rope_theta": 50.0},
+                      {"rope_type": "default", "rope_theta": 100.0})}, (50.0, 100.0, 1.0)),
+    # factor 1 on local layers changes nothing
+    ({**GEMMA3, **_v5({"rope_type": "default", "rope_theta": 1e6},
+                      {"rope_type": "linear", "factor": 1.0, "rope_theta": 1e4})}, (1e6, 1e4, 1.0)),
+    ({**GEMMA3, "rope_theta": 1e6, "rope_local_base_freq": 1e3,
+      "rope_scaling": {"type": "linear", "factor": 8.0}}, (1e6, 1e3, 8.0)),
+    ({**GEMMA2, "rope_parameters": {"rope_type": "default", "rope_theta": 100.0}}, (100.0, 100.0, 1.0)),
+    # all-global Gemma 2: the single dict's linear factor is read, not dropped
+    ({**GEMMA2, "layer_types": ["full_attention"] * 4,
+      "rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}}, (1e4, 1e4, 4.0)),
+], ids=["v5_linear", "v5_bases", "v5_local_factor_1", "legacy_gemma3", "g2_v5_theta", "g2_all_global_linear"])
+def test_supported_rope_is_read(hf, expected):
+  cfg = from_hf_config(hf)
+  assert (cfg.rope_base_global, cfg.rope_base_local, cfg.rope_scale_global) == expected
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"hidden_activation": "gelu"}, "hidden_activation"),
+    ({"hidden_activation": "relu"}, "hidden_activation"),
+])
+@pytest.mark.parametrize("base", [GEMMA2, GEMMA3], ids=["gemma2", "gemma3"])
+def test_unsupported_features_are_refused(base, extra, field):
+  with pytest.raises(ValueError, match=field):
+    from_hf_config({**base, **extra})
+
+
+def test_default_features_are_accepted():
+  from_hf_config({**GEMMA3, "use_bidirectional_attention": False, "hidden_activation": "gelu_pytorch_tanh"})
+  from_hf_config({**GEMMA2, "use_bidirectional_attention": None, "hidden_activation": None})
+
+
+@pytest.mark.parametrize("name, overrides, setting", [
+    ("tiny-gemma2", dict(rope_scale_global=8.0), "model.rope_scale_global"),
+    ("tiny-gemma2", dict(use_qk_norm=True), "model.use_qk_norm"),
+    ("tiny-gemma2", dict(rope_base_local=100.0), "model.rope_base_local"),
+    ("tiny-gemma3", dict(use_qk_norm=False), "model.use_qk_norm"),
+])
+def test_export_refuses_settings_transformers_would_not_reproduce(name, overrides, setting):
+  with pytest.raises(ValueError, match=setting):
+    to_hf_config(preset(name, **overrides))
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3", "gemma2-27b", "gemma3-4b", "gemma3-270m"])
+def test_export_round_trips(name):
+  cfg = preset(name)
+  assert from_hf_config(to_hf_config(cfg)) == cfg
+
+
+@pytest.mark.parametrize("dims, key", [
+    ((0, -1, 1), "mesh.data"), ((1, 0, 1), "mesh.fsdp"), ((1, 1, 0), "mesh.tensor"),
+    ((-2, -1, 1), "mesh.data"), ((1, 2, -3), "mesh.tensor"), ((1.5, -1, 1), "mesh.data"),
+    ((-1, -1, 1), "mesh.fsdp"),
+])
+def test_mesh_shape_refuses_bad_axes_naming_them(dims, key):
+  with pytest.raises(ShardingError, match=key) as info:
+    MeshConfig(*dims).shape(8)
+  assert isinstance(info.value, ValueError)
+
+
+def test_mesh_shape_accepts_numpy_ints():
+  assert MeshConfig(np.int64(2), -1, np.int32(2)).shape(8) == (2, 2, 2)
+
+
+def test_indivisible_dimension_names_the_cli_keys():
+  import jax
+
+  from swirl_jax.models.sharding import Rules, checked_spec
+
+  mesh = jax.sharding.AbstractMesh((1, 2, 4), ("data", "fsdp", "tensor"))
+  with pytest.raises(ShardingError, match=r"--config\.mesh\.replicate_kv_heads=true") as info:
+    checked_spec("layers.0.attn.k", (64, 1, 16), ("embed", "kv_heads", "head_dim"), mesh, Rules())
+  assert "--config.mesh.tensor" in str(info.value)
+  with pytest.raises(ShardingError, match=r"--config\.mesh\.tensor") as info:
+    checked_spec("embedding", (510, 64), ("vocab", "embed"), mesh, Rules())
+  assert "replicate_kv_heads" not in str(info.value)
+
+
+# Accepted RoPE settings still match transformers' logits (tiny random models, written here).
+@pytest.mark.parametrize("family, kw", [
+    ("gemma3", _v5({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6})),
+    ("gemma3", _v5({"rope_type": "default", "rope_theta": 50.0},
+                   {"rope_type": "default", "rope_theta": 100.0})),
+    ("gemma2", dict(layer_types=["full_attention"] * 4,
+                    rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4})),
+], ids=["g3_linear", "g3_bases", "g2_all_global_linear"])
+def test_accepted_rope_matches_transformers(family, kw, tmp_path):
+  pytest.importorskip("torch")
+  from hf_reference import hf_logits, tiny_hf_model
+  from swirl_jax.loading import load_model, pad_batch
+
+  hf = tiny_hf_model(family, **kw)
+  hf.save_pretrained(tmp_path)
+  lm = load_model(str(tmp_path))
+  rng = np.random.default_rng(1)
+  tokens, valid = pad_batch([list(rng.integers(3, 512, n)) for n in (21, 13, 5)], 0)
+  ref = hf_logits(hf, tokens, valid)
+  assert np.abs(lm.logits(tokens, valid) - ref)[valid].max() <= 1e-4
