@@ -62,6 +62,8 @@ def test_indivisible_mesh_names_parameter_dimension_and_axis():
   """)
   assert "ERR parameter 'layers.0.attn.k': dimension 1 ('kv_heads', size 1)" in out
   assert "'tensor' of size 4" in out
+  # The remedy names the config keys a CLI user can set.
+  assert "--config.mesh.replicate_kv_heads=true" in out and "--config.mesh.tensor" in out
 
 
 def test_mesh_config_errors():

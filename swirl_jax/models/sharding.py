@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -55,17 +56,24 @@ class MeshConfig:
 
   def shape(self, num_devices: int) -> tuple[int, int, int]:
     dims = [self.data, self.fsdp, self.tensor]
+    for axis, d in zip(MESH_AXES, dims):
+      # bool is an int; a float or 0 would fail later with an unrelated numpy or division error
+      if isinstance(d, bool) or not isinstance(d, numbers.Integral) or (d < 1 and d != -1):
+        raise ShardingError(f"mesh.{axis}={d!r}: each of mesh.data / mesh.fsdp / mesh.tensor must be a "
+                            "positive integer or -1 (the remaining devices)")
     if dims.count(-1) > 1:
-      raise ShardingError(f"mesh {dims}: at most one axis may be -1")
+      named = ", ".join(f"mesh.{a}" for a, d in zip(MESH_AXES, dims) if d == -1)
+      raise ShardingError(f"mesh {dims}: at most one axis may be -1 ({named} are)")
     known = math.prod(d for d in dims if d != -1)
     if -1 in dims:
       if num_devices % known:
-        raise ShardingError(f"mesh {dims}: {num_devices} devices are not divisible by {known}")
+        raise ShardingError(f"mesh {dims}: {num_devices} devices are not divisible by {known}; set "
+                            "mesh.data / mesh.fsdp / mesh.tensor so their product divides the device count")
       dims[dims.index(-1)] = num_devices // known
     if math.prod(dims) != num_devices:
       raise ShardingError(
           f"mesh (data={dims[0]}, fsdp={dims[1]}, tensor={dims[2]}) needs {math.prod(dims)} devices, "
-          f"there are {num_devices}")
+          f"there are {num_devices}; set mesh.data / mesh.fsdp / mesh.tensor (one may be -1) to match")
     return tuple(dims)
 
 
@@ -123,8 +131,19 @@ def checked_spec(name: str, shape: Sequence[int], axes: Sequence[str | None], me
     if size % n:
       raise ShardingError(
           f"parameter {name!r}: dimension {dim} ({logical!r}, size {size}) is not divisible by mesh axis "
-          f"{entry!r} of size {n}; change the mesh or map {logical!r} to None in the sharding rules")
+          f"{entry!r} of size {n}; {_remedy(logical, entry)}")
   return spec
+
+
+def _remedy(logical: str | None, entry: Any) -> str:
+  """How a user fixes an indivisible dimension, in the config keys the CLI exposes."""
+  names = entry if isinstance(entry, tuple) else (entry,)
+  keys = " / ".join(f"--config.mesh.{a}" for a in names if a in MESH_AXES) or "the mesh"
+  hint = f"change {keys} so that it divides the dimension"
+  if logical == "kv_heads":
+    hint = f"set --config.mesh.replicate_kv_heads=true (replicate K/V projections) or {hint}"
+  # a rules override is only reachable from Python (Rules.make), not from the command line
+  return f"{hint}, or from Python map {logical!r} to None with Rules.make"
 
 
 def _path_name(path) -> str:
