@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
-# Run swirl_jax on every worker of a TPU VM pod slice (JAX finds the pod by itself):
+# Run swirl_jax on every worker of a TPU VM pod slice (every worker runs the same command and
+# swirl_jax.distributed finds the pod from the TPU VM metadata, as JAX does):
 #   launchers/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.a.b=value ...]
-# WORKDIR should be a path every worker sees (a GCS bucket via gcsfuse, or an NFS mount), so that
-# outputs and checkpoints are written once, by process 0, and read by all.
+# CONFIG is relative to the checkout (it runs from the copy on the workers). WORKDIR should be a path
+# every worker sees (a GCS bucket via gcsfuse, or an NFS mount), so that outputs and checkpoints are
+# written once, by process 0, and read by all.
+# SWIRL_JAX_REMOTE_DIR: where the code goes on the workers, relative to the remote home (default swirl_jax).
+# The remote commands run in the workers' login shell (bash on TPU VM images).
 set -euo pipefail
 tpu=${1:?usage: launchers/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]}
 zone=${2:?zone}; config=${3:?config}; workdir=${4:?workdir}
 shift 4
-repo=${SWIRL_JAX_REMOTE_DIR:-~/swirl_jax}
-# 1. copy this checkout to every worker, 2. install the pinned requirements + TPU JAX, 3. run.
-gcloud compute tpus tpu-vm scp --recurse --zone "$zone" --worker=all "$(dirname "$0")/.." "$tpu:$repo"
-gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
-  set -e; cd $repo
-  [ -d .venv ] || python3 -m venv .venv
-  . .venv/bin/activate
-  pip install -q -r requirements.txt && pip install -q -U 'jax[tpu]'
-  python -m swirl_jax.main --config=$config --workdir=$workdir $*"
+root=$(cd "$(dirname "$0")/.." && pwd)
+remote_dir=${SWIRL_JAX_REMOTE_DIR:-swirl_jax}  # not ~/...: that would expand to the local home
+jax_version=$(sed -n 's/^jax==//p' "$root/requirements.txt")
+[ -n "$jax_version" ] || { echo "tpu_pod.sh: no jax== pin in requirements.txt" >&2; exit 1; }
+
+# 1. Copy only the files git knows (tracked, edits included, and untracked but not ignored): not the local
+# .venv (gigabytes, with this machine's absolute paths), .git or runs/.
+tarball=$(mktemp "${TMPDIR:-/tmp}/swirl_jax.XXXXXX")
+trap 'rm -f "$tarball"' EXIT
+git -C "$root" ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' f; do if [ -e "$root/$f" ]; then printf '%s\0' "$f"; fi; done |  # skip deleted
+  tar -C "$root" --null -T - -czf "$tarball"
+remote_tar=$remote_dir.tar.gz
+gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$tarball" "$tpu:$remote_tar"
+
+# 2. Unpack, create the venv there (never copied), install the pinned requirements + TPU JAX of the same
+# version, 3. run. Every value is quoted with %q so that spaces, |, & or $ reach python unchanged.
+printf -v run_cmd ' %q' python -m swirl_jax.main "--config=$config" "--workdir=$workdir" "$@"
+printf -v remote 'set -e; mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+pip install -q -r requirements.txt && pip install -q %q
+' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "jax[tpu]==$jax_version"
+gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote$run_cmd"

@@ -1,0 +1,144 @@
+"""The launch scripts, run with fake gcloud / srun / pip / python that only record their arguments.
+
+Nothing here installs or runs anything for real: PATH is the fakes' folder then /usr/bin:/bin, and
+local.sh / slurm_gpu.sbatch run from a copy in a scratch checkout without the real .venv.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHERS = os.path.join(ROOT, "launchers")
+
+# Records "name\0cwd\0argv...\0" per call, numbered in call order. python3 -m venv DIR makes an empty
+# DIR/bin/activate (what the scripts source); gcloud keeps a copy of any file it is given (the scp payload).
+_FAKE = """#!/bin/bash
+n=$(cat "$FAKE_REC/count" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_REC/count"
+printf '%s\\0' {name} "$PWD" "$@" > "$FAKE_REC/call.$(printf %04d "$n")"
+if [ {name} = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"; : > "$3/bin/activate"; fi
+if [ {name} = gcloud ]; then for a; do if [ -f "$a" ]; then cp "$a" "$FAKE_REC/payload"; fi; done; fi
+exit 0
+"""
+_NAMES = ("gcloud", "srun", "pip", "python", "python3")
+
+
+@pytest.fixture
+def fakes(tmp_path):
+  """(env running the fakes, function returning the recorded calls as (name, cwd, argv))."""
+  bin_dir, rec = tmp_path / "fakebin", tmp_path / "rec"
+  bin_dir.mkdir()
+  rec.mkdir()
+  for name in _NAMES:
+    (bin_dir / name).write_text(_FAKE.replace("{name}", name))
+    (bin_dir / name).chmod(0o755)
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_REC": str(rec), "HOME": str(tmp_path / "home"),
+         "TMPDIR": str(tmp_path)}
+
+  def recorded():
+    out = []
+    for f in sorted(p for p in os.listdir(rec) if p.startswith("call.")):
+      name, cwd, *argv = (rec / f).read_bytes().decode().split("\0")[:-1]
+      out.append((name, cwd, argv))
+    return out
+
+  return env, recorded
+
+
+def _scratch_checkout(tmp_path, script):
+  """A checkout holding only `script` (and an empty .venv to activate), so the real .venv is never used."""
+  repo = tmp_path / "repo"
+  (repo / "launchers").mkdir(parents=True)
+  (repo / ".venv" / "bin").mkdir(parents=True)
+  (repo / ".venv" / "bin" / "activate").write_text("")
+  shutil.copy(os.path.join(LAUNCHERS, script), repo / "launchers" / script)
+  return repo
+
+
+def _jax_pin():
+  return re.search(r"^jax==(\S+)$", open(os.path.join(ROOT, "requirements.txt")).read(), re.M).group(1)
+
+
+def test_launchers_parse():
+  for name in os.listdir(LAUNCHERS):
+    subprocess.run(["bash", "-n", os.path.join(LAUNCHERS, name)], check=True)
+
+
+def test_local_paths_are_relative_to_the_caller(tmp_path, fakes):
+  env, recorded = fakes
+  repo = _scratch_checkout(tmp_path, "local.sh")
+  caller = tmp_path / "elsewhere"
+  caller.mkdir()
+  subprocess.run(["bash", str(repo / "launchers" / "local.sh"), "configs/paper.py:gemma2-9b,gsm8k", "runs/x",
+                  "--config.a=b c|d"], cwd=caller, env=env, check=True)
+  assert recorded() == [("python", str(repo), ["-m", "swirl_jax.main",
+                                               f"--config={caller}/configs/paper.py:gemma2-9b,gsm8k",
+                                               f"--workdir={caller}/runs/x", "--config.a=b c|d"])]
+  subprocess.run(["bash", str(repo / "launchers" / "local.sh"), "/abs/c.py", "/abs/w"], cwd=caller, env=env,
+                 check=True)
+  assert recorded()[-1][2][2:] == ["--config=/abs/c.py", "--workdir=/abs/w"]
+
+
+def test_slurm_runs_one_task_per_gpu():
+  text = open(os.path.join(LAUNCHERS, "slurm_gpu.sbatch")).read()
+  opts = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
+  # JAX gives each SLURM task only the GPU numbered SLURM_LOCALID: one task per node would use one GPU.
+  assert opts["ntasks-per-node"] == opts["gpus-per-node"]
+  assert "gpus-per-task" not in opts and "gpu-bind" not in opts  # every task must see all the node's GPUs
+  assert f'"jax[cuda12]=={_jax_pin()}"' in text
+
+
+def test_slurm_passes_arguments_to_srun(tmp_path, fakes):
+  env, recorded = fakes
+  repo = _scratch_checkout(tmp_path, "slurm_gpu.sbatch")
+  subprocess.run(["bash", str(repo / "launchers" / "slurm_gpu.sbatch"), "configs/q.py", "/shared/w x",
+                  "--config.a=1 & 2"], env={**env, "SLURM_SUBMIT_DIR": str(repo)}, cwd=tmp_path, check=True)
+  assert recorded() == [("srun", str(repo), ["--kill-on-bad-exit=1", "python", "-m", "swirl_jax.main",
+                                             "--config=configs/q.py", "--workdir=/shared/w x",
+                                             "--config.a=1 & 2"])]
+
+
+@pytest.mark.parametrize("remote_dir", [None, "code dir/swirl"])
+def test_tpu_pod_copies_tracked_files_and_quotes_arguments(tmp_path, fakes, remote_dir):
+  env, recorded = fakes
+  if remote_dir:
+    env["SWIRL_JAX_REMOTE_DIR"] = remote_dir
+  overrides = ["--config.data.name=a b|c&d", "--config.x=$HOME'\"`id`;"]
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "my-tpu", "us-z1",
+                  "configs/paper.py:gemma2-27b", "/mnt/shared dir/run", *overrides], cwd=tmp_path, env=env,
+                 check=True)
+  (scp_name, _, scp), (ssh_name, _, ssh) = recorded()
+  assert scp_name == ssh_name == "gcloud" and scp[:4] == ["compute", "tpus", "tpu-vm", "scp"]
+  assert ssh[:5] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+  remote_dir = remote_dir or "swirl_jax"
+  assert scp[-1] == f"my-tpu:{remote_dir}.tar.gz"  # relative to the remote home, not the local ~ expanded
+  assert not any(env["HOME"] in a for a in scp + ssh)
+
+  with tarfile.open(os.path.join(env["FAKE_REC"], "payload")) as tar:
+    names = tar.getnames()
+  assert "swirl_jax/distributed.py" in names and "requirements.txt" in names
+  assert not [n for n in names if n.split("/")[0] in (".venv", ".git", "runs")]
+
+  # Play the worker: its home holds the copied tarball; its shell runs the --command string.
+  remote_home = tmp_path / "worker"
+  remote_home.mkdir()
+  os.makedirs(os.path.dirname(remote_home / scp[-1].split(":", 1)[1]), exist_ok=True)
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  command = ssh[ssh.index("--command") + 1]
+  subprocess.run(["bash", "-c", command], cwd=remote_home, env={**env, "HOME": str(remote_home)}, check=True)
+  code = str(remote_home / remote_dir)
+  assert os.path.exists(os.path.join(code, "swirl_jax", "distributed.py"))
+  assert not os.path.exists(remote_home / f"{remote_dir}.tar.gz")
+  assert recorded()[2:] == [
+      ("python3", code, ["-m", "venv", ".venv"]),
+      ("pip", code, ["install", "-q", "-r", "requirements.txt"]),
+      ("pip", code, ["install", "-q", f"jax[tpu]=={_jax_pin()}"]),
+      ("python", code, ["-m", "swirl_jax.main", "--config=configs/paper.py:gemma2-27b",
+                        "--workdir=/mnt/shared dir/run", *overrides]),
+  ]
