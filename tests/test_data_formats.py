@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_drop_easy_limit_and_shuffle(tmp_path):
   assert a == b and {q.id for q in a} == {h["_id"] for h in HOTPOT}
 
 
-def test_musique_aliases_hops_and_json_list_variant(tmp_path):
+def test_musique_aliases_hops_and_json_list_variant(tmp_path, caplog):
   record = {
       "id": "2hop__1_2", "question": "Who founded the publisher of X?", "answer": "G. Stanley Hall",
       "answer_aliases": ["Stanley Hall", "G. Stanley Hall"], "answerable": True,
@@ -94,8 +95,11 @@ def test_musique_aliases_hops_and_json_list_variant(tmp_path):
   jsonl = write_jsonl(tmp_path / "musique_ans_v1.0_dev.jsonl", [record, unanswerable])
   as_list = write_json(tmp_path / "musique_train.json", [record, unanswerable])  # HippoRAG's variant.
   for path, split in ((jsonl, "validation"), (as_list, "train")):
-    qs = load_questions(DatasetSpec("musique", split=split, source="file", path=str(path)))
-    assert [q.id for q in qs] == ["2hop__1_2"]  # The unanswerable record is left out.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="swirl_jax.data.formats"):
+      qs = load_questions(DatasetSpec("musique", split=split, source="file", path=str(path)))
+    assert [q.id for q in qs] == ["2hop__1_2"]  # The unanswerable record is left out, and counted.
+    assert f"kept 1, left out 1 unanswerable from {path}" in caplog.text
     q = qs[0]
     assert q.aliases == ("Stanley Hall",)
     assert q.context == (Paragraph("A", "A text."), Paragraph("B", "B text."))
@@ -145,6 +149,14 @@ def test_beerqa_wrapper_and_cofca_shapes(tmp_path):
     ("cofca", "c.json", json.dumps([{"id": "c", "question": "q"}]), [r"c\.json\[0\]", "'answer'"]),
     ("hotpot_qa", "dup.json", json.dumps([HOTPOT[0], HOTPOT[0]]),
      [r"dup\.json\[1\]", "duplicate question id", r"dup\.json\[0\]"]),
+    # An empty file would give zero questions; it names the file instead.
+    ("gsm8k", "train.jsonl", "", [r"train\.jsonl: no records"]),
+    ("gsm8k", "train.jsonl", "\n \n", [r"train\.jsonl: no records"]),
+    ("hotpot_qa", "empty.json", "[]", [r"empty\.json: no records"]),
+    ("beerqa", "b.json", json.dumps({"data": []}), [r"b\.json: no records"]),
+    ("musique", "m.jsonl", json.dumps({"id": "2hop__1", "question": "q", "answer": "a", "paragraphs": [],
+                                       "answerable": False}) + "\n",
+     [r"m\.jsonl: no questions: all 1 records were left out \(unanswerable\)"]),
 ])
 def test_malformed_record_names_file_position_and_field(tmp_path, name, filename, content, expected):
   path = tmp_path / filename

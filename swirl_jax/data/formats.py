@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from swirl_jax.types import Paragraph, Question, RecordError, parse_object
 
 # The number after "####" in a GSM8K solution, once commas are removed.
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+log = logging.getLogger(__name__)
 
 
 def describe(value: Any) -> str:
@@ -143,12 +146,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def read_questions(path: str | Path, parse: Callable[[Mapping[str, Any], str], Question | None]) -> list[Question]:
   """Parses every record of a file with ``parse``; records it returns None for are skipped.
 
+  Skipped records are counted in a warning naming the file (``parse.left_out`` says what they are, e.g.
+  "unanswerable"), so a file of the wrong variant is noticed.
+
   Raises:
-    RecordError: a malformed record, or two records with the same id (both places are named).
+    RecordError: a malformed record, two records with the same id (both places are named), a file with
+      no records (empty, whitespace only or an empty list), or one whose records are all skipped.
   """
   out: list[Question] = []
   seen: dict[str, str] = {}
+  records = 0
   for where, record in read_records(path):
+    records += 1
     q = parse(record, where)
     if q is None:
       continue
@@ -156,6 +165,15 @@ def read_questions(path: str | Path, parse: Callable[[Mapping[str, Any], str], Q
       raise RecordError(f"{where}: duplicate question id {q.id!r} (first seen at {seen[q.id]})")
     seen[q.id] = where
     out.append(q)
+  # An empty file would otherwise train or evaluate on nothing without a word.
+  if not records:
+    raise RecordError(f"{path}: no records (the file is empty, whitespace only or an empty list)")
+  left_out = records - len(out)
+  what = getattr(parse, "left_out", "by the parser")
+  if left_out:
+    log.warning("kept %d, left out %d %s from %s", len(out), left_out, what, path)
+  if not out:
+    raise RecordError(f"{path}: no questions: all {records} records were left out ({what})")
   return out
 
 
@@ -413,6 +431,7 @@ def record_parser(dataset: str, config: str | None = None,
       q = parse_musique(record, where)
       return q if q.metadata["answerable"] else None
 
+    parse.left_out = "unanswerable"  # type: ignore[attr-defined]  # Named in read_questions' count.
     return parse
   if dataset == "beerqa":
     return parse_beerqa
