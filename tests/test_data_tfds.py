@@ -4,6 +4,9 @@ and yields the expected Question records through ``as_data_source``. No network 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -221,3 +224,88 @@ def test_malformed_record_through_tfds_names_file_line_and_field(tmp_path):
   (gsm / "test.jsonl").write_text(json.dumps({"question": "q", "answer": "no number"}) + "\n")
   with pytest.raises(RecordError, match=r"test\.jsonl:1: field 'answer'"):
     load_questions(tfds_spec("gsm8k", "train", gsm, tmp_path / "data2"))
+
+
+def test_adding_a_split_refuses_to_lose_a_prepared_split_whose_file_is_gone(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  train_file = write_json(manual / "hotpot_train_v1.1.json", [hotpot("t1", "hard")])
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == ["t1"]
+  train_file.unlink()  # E.g. to free space once prepared.
+  write_json(manual / "hotpot_dev_distractor_v1.json", [hotpot("d1", "hard")])
+  with pytest.raises(tfds_builders.SplitNotPreparedError,
+                     match=r"(?s)adding split 'validation'.*hotpot_qa/distractor/1\.0\.0.*"
+                           r"prepared split\(s\) \['train'\] \(hotpot_train_v1\.1\.json\).*would be lost"):
+    load_questions(tfds_spec("hotpot_qa", "validation", manual, data))
+  # Nothing was deleted: train still loads, with or without the manual dir.
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == ["t1"]
+  assert [q.id for q in load_questions(DatasetSpec("hotpot_qa", split="train", data_dir=str(data)))] == ["t1"]
+
+
+def test_changed_manual_file_after_preparation_is_an_error_naming_file_and_folder(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  path = write_json(manual / "hotpot_train_v1.1.json", [hotpot("t1", "hard"), hotpot("t2", "hard")])
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == ["t1", "t2"]
+  prepared = data / "hotpot_qa" / "distractor" / "1.0.0"
+  recorded = json.loads((prepared / tfds_builders.SOURCES_FILE).read_text())["splits"]["train"]
+  assert recorded["file"] == "hotpot_train_v1.1.json" and recorded["size"] == path.stat().st_size
+  write_json(path, [hotpot("t1", "hard", answer="CORRECTED"), hotpot("t2", "hard"), hotpot("t3", "hard")])
+  with pytest.raises(tfds_builders.StalePreparedDataError,
+                     match=rf"(?s)split 'train' in {re.escape(str(prepared))}.*"
+                           rf"{re.escape(str(path))} now differs.*delete {re.escape(str(prepared))}"):
+    load_questions(tfds_spec("hotpot_qa", "train", manual, data))
+  # Another manual dir with other contents is refused the same way.
+  other = tmp_path / "other"
+  write_json(other / "hotpot_train_v1.1.json", [hotpot("x1", "hard")])
+  with pytest.raises(tfds_builders.StalePreparedDataError, match=r"other/hotpot_train_v1\.1\.json now differs"):
+    load_questions(tfds_spec("hotpot_qa", "train", other, data))
+  # Without a manual dir the prepared data is used as is; deleting the folder rebuilds from the new file.
+  assert [q.answer for q in load_questions(DatasetSpec("hotpot_qa", split="train", data_dir=str(data)))] == [
+      "yes", "yes"]
+  shutil.rmtree(prepared)
+  assert [(q.id, q.answer) for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == [
+      ("t1", "CORRECTED"), ("t2", "yes"), ("t3", "yes")]
+
+
+def test_unchanged_touched_copied_or_removed_manual_file_is_fine(tmp_path, monkeypatch):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  path = write_json(manual / "hotpot_train_v1.1.json", [hotpot("t1", "hard")])
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == ["t1"]
+  hashed = []
+  real_sha256 = tfds_builders._sha256
+  monkeypatch.setattr(tfds_builders, "_sha256", lambda p: hashed.append(p) or real_sha256(p))
+  load_questions(tfds_spec("hotpot_qa", "train", manual, data))
+  assert hashed == []  # Same size and mtime: not hashed again.
+  os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+  load_questions(tfds_spec("hotpot_qa", "train", manual, data))  # Touched: hashed once, equal, recorded.
+  load_questions(tfds_spec("hotpot_qa", "train", manual, data))
+  assert hashed == [path]
+  copy = tmp_path / "copy"
+  copy.mkdir()
+  shutil.copyfile(path, copy / path.name)  # Same content elsewhere.
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", copy, data))] == ["t1"]
+  path.unlink()  # Gone from the manual dir: the prepared data stays usable.
+  write_json(manual / "hotpot_dev_distractor_v1.json", [hotpot("d1", "hard")])
+  assert [q.id for q in load_questions(tfds_spec("hotpot_qa", "train", manual, data))] == ["t1"]
+
+
+def test_gsm8k_records_its_manual_files_and_refuses_changed_ones(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  for k, name in enumerate(("train", "test", "train_socratic", "test_socratic")):
+    write_jsonl(manual / f"{name}.jsonl", [gsm8k_line(10 * k + 1)])
+  assert len(load_questions(tfds_spec("gsm8k", "test", manual, data))) == 1
+  write_jsonl(manual / "test.jsonl", [gsm8k_line(11), gsm8k_line(12)])
+  with pytest.raises(tfds_builders.StalePreparedDataError, match=r"split 'test'.*test\.jsonl now differs"):
+    load_questions(tfds_spec("gsm8k", "test", manual, data))
+  assert len(load_questions(tfds_spec("gsm8k", "train", manual, data))) == 1  # train.jsonl is unchanged.
+
+
+def test_empty_manual_file_through_tfds_names_the_file(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "beerqa_train_v1.0.json").write_text("\n")
+  with pytest.raises(RecordError, match=r"beerqa_train_v1\.0\.json: no records"):
+    load_questions(tfds_spec("beerqa", "train", manual, tmp_path / "data"))
+  write_jsonl(manual / "musique_ans_v1.0_train.jsonl", [dict(MUSIQUE, answerable=False)])
+  with pytest.raises(RecordError, match=r"musique_ans_v1\.0_train\.jsonl: no questions: all 1 records were "
+                                        r"left out \(unanswerable\)"):
+    load_questions(tfds_spec("musique", "train", manual, tmp_path / "data"))

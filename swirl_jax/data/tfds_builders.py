@@ -12,6 +12,8 @@ Offline preparation:
   four official files from a manual directory in TFDS's download cache exactly as a finished download
   leaves them (the file under its URL-derived name plus the ``.INFO`` record), so the unmodified builder
   finds them cached and prepares from them.
+* Prepared data is never rebuilt silently: ``prepare`` records the manual files used and refuses a
+  changed file, or adding a split when that would lose a prepared one (see its docstring).
 
 Every builder yields one normalised example per question (see ``question_to_example``), produced by the
 same parsers as the plain-file loader, so both paths give identical ``Question`` records.
@@ -19,7 +21,10 @@ same parsers as the plain-file loader, so both paths give identical ``Question``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -31,11 +36,16 @@ from etils import epath
 from tensorflow_datasets.core.download import checksums as tfds_checksums
 from tensorflow_datasets.core.download import resource as tfds_resource
 
+from swirl_jax import atomic_io
 from swirl_jax.data import catalog
 from swirl_jax.data import formats
 from swirl_jax.types import Paragraph, Question
 
 ARRAY_RECORD = "array_record"
+# Written next to TFDS's dataset_info.json: the manual files each split was prepared from.
+SOURCES_FILE = "swirl_manual_sources.json"
+
+log = logging.getLogger(__name__)
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -277,7 +287,11 @@ def seed_gsm8k_download_cache(download_dir: str | Path, manual_dir: str | Path) 
 
 
 class SplitNotPreparedError(FileNotFoundError):
-  """The requested split has no prepared data and no source file."""
+  """The requested split has no prepared data and no source file, or adding it would lose prepared splits."""
+
+
+class StalePreparedDataError(ValueError):
+  """A manual file differs from the one its split was prepared from (prepared data is never silently redone)."""
 
 
 def make_builder(name: str, config: str | None, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -292,22 +306,48 @@ def prepare(name: str, config: str | None, split: str, data_dir: str | None,
             manual_dir: str | None) -> tfds.core.DatasetBuilder:
   """A builder with ``split`` prepared to array_record in ``data_dir`` (prepared now if needed).
 
-  A dataset first prepared from a manual directory that lacked some split's file is prepared again
-  (from the download cache, no download) once that file is there.
+  Prepared data is reused as is; it is never rebuilt silently from other files:
+  * The manual files used are recorded (name, size, sha256) in ``SOURCES_FILE`` in the builder's data
+    dir. When ``manual_dir`` is given and the requested split's file there now differs from the recorded
+    one (an edited file, or another manual directory), ``StalePreparedDataError`` says to delete the
+    prepared folder to rebuild. A file gone from the manual directory is fine: the prepared data is used.
+  * A dataset first prepared from a manual directory that lacked some split's file is prepared again,
+    all splits together (from the download cache, no download), once that file is there; this is refused
+    when a split already prepared has lost its file from the manual directory (or its file changed), as
+    preparing again would delete or alter it. GSM8K always prepares all four splits at once, so it is
+    never prepared again; its recorded files are the four manual files seeded into the download cache.
 
   Raises:
-    SplitNotPreparedError: the split's file is neither in the manual directory nor downloadable.
+    SplitNotPreparedError: the split's file is neither in the manual directory nor downloadable, or
+      adding it would lose already prepared splits.
+    StalePreparedDataError: a manual file differs from the one its prepared split was built from.
   """
   builder = make_builder(name, config, data_dir)
-  if builder.is_prepared() and split in builder.info.splits:
-    return builder
   entry = catalog.DATASETS[name]
+  if builder.is_prepared() and split in builder.info.splits:
+    if manual_dir is not None:
+      _check_unchanged(builder, entry, config, [split], manual_dir)
+    return builder
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  sources = _manual_sources(entry, config, manual_dir)
   if builder.is_prepared():
     # Prepared earlier without this split: redo it only if the file has arrived since.
-    if manual_dir is None or catalog.find_file(manual_dir, entry.files(config, split)) is None:
+    if split not in sources:
       raise SplitNotPreparedError(_not_prepared(builder, entry, config, split, manual_dir))
+    # Preparing again rebuilds every split from what the manual directory holds now.
+    prepared = sorted(builder.info.splits)
+    lost = [s for s in prepared if s not in sources]
+    if lost:
+      missing = [" or ".join(entry.files(config, s)) for s in lost]
+      raise SplitNotPreparedError(
+          f"{entry.name}{'/' + config if config else ''}: adding split {split!r} means preparing "
+          f"{builder.data_dir} again, all splits together, from the manual directory {manual_dir}; it no "
+          f"longer holds the file of the prepared split(s) {lost} ({', '.join(missing)}), so they would be "
+          f"lost. Put those files back in {manual_dir}, or prepare {split!r} in another data_dir.")
+    _check_unchanged(builder, entry, config, prepared, manual_dir)
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+  # Recorded before reading: a file changed during preparation then shows as changed on the next load.
+  records = {s: _file_record(p, manual_dir) for s, p in sources.items()} if manual_dir is not None else {}
   download_dir = None
   if name == "gsm8k" and manual_dir is not None:
     download_dir = builder.data_dir_root / "downloads"
@@ -316,6 +356,7 @@ def prepare(name: str, config: str | None, split: str, data_dir: str | None,
       download_dir=download_dir,
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
   builder = make_builder(name, config, data_dir)  # Re-read the metadata just written.
+  _write_sources(builder, {s: r for s, r in records.items() if s in builder.info.splits})
   if split not in builder.info.splits:
     raise SplitNotPreparedError(_not_prepared(builder, entry, config, split, manual_dir))
   return builder
@@ -326,6 +367,95 @@ def _not_prepared(builder, entry: catalog.DatasetEntry, config: str | None, spli
   return (f"{entry.name}{'/' + config if config else ''}: split {split!r} is not prepared in "
           f"{builder.data_dir} (prepared splits: {sorted(builder.info.splits)}); put "
           f"{' or '.join(entry.files(config, split))} in the manual directory ({manual_dir}) to add it")
+
+
+# --- Which manual files a prepared dataset came from -------------------------------------------------------
+
+
+def _manual_sources(entry: catalog.DatasetEntry, config: str | None, manual_dir: str | None) -> dict[str, Path]:
+  """split -> the manual file it is prepared from, found as the builders find it.
+
+  When the manual directory holds none of the split files but the release archive, every split maps to
+  the archive (``_QuestionBuilder._manual_paths`` then extracts it).
+  """
+  if manual_dir is None or not Path(manual_dir).is_dir():
+    return {}
+  files = entry.split_files[config]
+  found = {s: catalog.find_file(manual_dir, names) for s, names in files.items()}
+  if not any(found.values()) and entry.archive:
+    archive = catalog.find_file(manual_dir, (entry.archive[0],))
+    if archive is not None:
+      return {s: archive for s in files}
+  return {s: p for s, p in found.items() if p is not None}
+
+
+def _sha256(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _file_record(path: Path, manual_dir: str) -> dict[str, Any]:
+  st = path.stat()
+  return {"file": path.relative_to(manual_dir).as_posix(), "path": str(path.resolve()), "size": st.st_size,
+          "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+
+
+def _sources_path(builder: tfds.core.DatasetBuilder) -> Path:
+  return Path(os.fspath(builder.data_dir)) / SOURCES_FILE
+
+
+def _write_sources(builder: tfds.core.DatasetBuilder, records: Mapping[str, Mapping[str, Any]]) -> None:
+  with atomic_io.atomic_open(_sources_path(builder)) as f:
+    json.dump({"splits": dict(records)}, f, indent=1, sort_keys=True)
+
+
+def _read_sources(builder: tfds.core.DatasetBuilder) -> dict[str, dict[str, Any]]:
+  """split -> the recorded manual file; empty for data prepared by download or before files were recorded."""
+  path = _sources_path(builder)
+  if not path.exists():
+    return {}
+  try:
+    return dict(json.loads(path.read_text(encoding="utf-8"))["splits"])
+  except (ValueError, KeyError, TypeError) as e:
+    log.warning("%s: unreadable record of manual files (%s); prepared data is not checked against them",
+                path, e)
+    return {}
+
+
+def _check_unchanged(builder: tfds.core.DatasetBuilder, entry: catalog.DatasetEntry, config: str | None,
+                     splits: list[str], manual_dir: str) -> None:
+  """Raises StalePreparedDataError when a split's manual file now differs from the one it was prepared from.
+
+  Size and mtime are compared first, so an unchanged file is not hashed on every load; a file whose
+  content matches after all (touched, or copied elsewhere) passes.
+  """
+  records = _read_sources(builder)
+  current = _manual_sources(entry, config, manual_dir)
+  refreshed = False
+  for split in splits:
+    rec, path = records.get(split), current.get(split)
+    if rec is None or path is None:  # Downloaded, or the file has since left the manual dir: keep it.
+      continue
+    st = path.stat()
+    same_path = str(path.resolve()) == rec.get("path")
+    if same_path and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns"):
+      continue
+    digest = _sha256(path)
+    if digest != rec.get("sha256"):
+      raise StalePreparedDataError(
+          f"{entry.name}{'/' + config if config else ''}: split {split!r} in {builder.data_dir} was prepared "
+          f"from {rec.get('path')} (sha256 {str(rec.get('sha256'))[:12]}), but the manual file {path} now "
+          f"differs (sha256 {digest[:12]}). Prepared data is not rebuilt silently: to prepare from the "
+          f"current files, delete {builder.data_dir} and load again; to use the prepared data as is, load "
+          "without manual_dir.")
+    if same_path:  # Touched but unchanged: remember the new mtime so it is not hashed again.
+      records[split] = dict(rec, size=st.st_size, mtime_ns=st.st_mtime_ns)
+      refreshed = True
+  if refreshed:
+    _write_sources(builder, records)
 
 
 def load(name: str, config: str | None, split: str, data_dir: str | None,
