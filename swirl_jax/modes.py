@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -144,6 +145,7 @@ def run_generate(cfg, paths: Paths, questions=None) -> dict:
 
   if questions is None:
     questions = load_questions(dataset_spec(cfg))
+  _check_generate_inputs(cfg, paths)
   lm = load(cfg)
   rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
                     rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype})
@@ -373,6 +375,30 @@ def _train_inputs(paths: Paths) -> dict:
   return {"step_examples": stamps.file_digest(paths.step_examples)}
 
 
+def _generate_inputs(cfg) -> dict:
+  """What trajectories are made from. data.limit is left out: raising it extends a run (resume adds the
+  new questions' trajectories)."""
+  inputs = _settings(cfg, "data", "rollout", "sampling", "search", "model.source", "model.dtype",
+                     "model.param_dtype")
+  inputs["data"].pop("limit", None)
+  return inputs
+
+
+def _check_generate_inputs(cfg, paths: Paths) -> None:
+  """Refuses to add trajectories of other settings to a file generated with these; stamps them first."""
+  inputs = _generate_inputs(cfg)
+  root, ext = os.path.splitext(paths.trajectories)
+  written = os.path.exists(paths.trajectories) or glob.glob(f"{glob.escape(root)}-*-of-*{ext}")
+  if written and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
+      paths.workdir, "generate", inputs):
+    raise ValueError(f"{paths.trajectories} was generated with other settings (changed: "
+                     f"{', '.join(stamps.changed(paths.workdir, 'generate', inputs))}); its trajectories would be "
+                     f"mixed with these. Use a new workdir, or remove {paths.trajectories} (and what was made "
+                     "from it) to generate again")
+  if jax.process_index() == 0:
+    stamps.write(paths.workdir, "generate", inputs)
+
+
 def _train_stage(cfg, paths: Paths) -> dict:
   """run_train, refusing to resume checkpoints that were trained on other step examples."""
   inputs = _train_inputs(paths)
@@ -387,6 +413,7 @@ def _train_stage(cfg, paths: Paths) -> dict:
 def run_pipeline(cfg, paths: Paths) -> dict:
   from swirl_jax.config import dataset_spec
   from swirl_jax.data.registry import load_questions
+  from swirl_jax.pipeline.generate import done_keys
 
   summary, t0 = {}, time.perf_counter()
   questions = load_questions(dataset_spec(cfg))
@@ -409,8 +436,17 @@ def run_pipeline(cfg, paths: Paths) -> dict:
     if stamp is not None and jax.process_index() == 0:
       stamps.write(paths.workdir, name, stamp)
 
-  stage("generate", lambda: _count_lines(paths.trajectories) >= expected, lambda: run_generate(cfg, paths, questions))
-  stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths))
+  wanted = {(q.id, k) for q in questions for k in range(cfg.rollout.samples_per_question)}
+  generated = lambda: os.path.exists(paths.trajectories) and wanted <= done_keys(paths.trajectories)
+  if generated() and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
+      paths.workdir, "generate", _generate_inputs(cfg)):
+    # complete for these questions: kept (sampling settings are eval settings too), but never silently
+    print(f"== note: {paths.trajectories} was generated with other settings (changed: "
+          f"{', '.join(stamps.changed(paths.workdir, 'generate', _generate_inputs(cfg)))}); it is used as it is. "
+          "Use a new workdir to generate with these.", flush=True)
+  stage("generate", generated, lambda: run_generate(cfg, paths, questions))
+  stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths),
+        lambda: {"trajectories": stamps.file_digest(paths.trajectories), "settings": _settings(cfg, "judge")})
   stage("filter", lambda: os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths),
         lambda: {"labelled": stamps.file_digest(paths.labelled),
                  "settings": _settings(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})

@@ -34,6 +34,7 @@ def stubbed(monkeypatch):
 
   def generate(cfg, paths, questions=None):
     calls.append("generate")
+    modes._check_generate_inputs(cfg, paths)  # what run_generate checks before loading the model
     done = {(r["question"]["id"], r["sample_index"]) for r in read_records(paths.trajectories)}
     with open(paths.trajectories, "a", encoding="utf-8") as f:
       for q in questions:
@@ -177,3 +178,22 @@ def test_serve_mode_passes_the_mesh_rules_and_sampler_settings(monkeypatch, tmp_
   modes.run_serve(cfg, modes.Paths(str(tmp_path)))
   assert seen["steps_per_call"] == 7 and seen["max_chunk"] == 96
   assert dict(seen["rules"].table)["kv_heads"] is None
+
+
+def test_trajectories_of_other_settings_are_never_mixed_or_used_silently(stubbed, tmp_path, capsys):
+  """Generation was 'complete' when the file had enough lines: another data.seed (other questions)
+  skipped it and trained on the old questions' trajectories."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  modes.run_pipeline(cfg, paths)
+  cfg.data.seed = 1  # other questions: generating would append them to the old ones
+  with pytest.raises(ValueError, match=r"trajectories.jsonl was generated with other settings \(changed: data\)"):
+    modes.run_pipeline(cfg, paths)
+  cfg.data.seed = 0
+  cfg.sampling.temperature = 0.5  # the same questions, complete: kept, with a note
+  stubbed.clear()
+  capsys.readouterr()
+  modes.run_pipeline(cfg, paths)
+  assert "generate" not in stubbed
+  assert "was generated with other settings (changed: sampling)" in capsys.readouterr().out
