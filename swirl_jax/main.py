@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -71,7 +72,9 @@ def main(argv):
   try:
     validate(cfg, modes.MODES)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    # the message alone (app.UsageError would print the whole --help first, burying it)
+    print(f"swirl_jax.main: {e}\n(--help lists every setting)", file=sys.stderr, flush=True)
+    sys.exit(2)
   from swirl_jax import compilation_cache
 
   compilation_cache.enable(cfg.compile_cache_dir, cfg.model.cache_dir)  # before anything compiles

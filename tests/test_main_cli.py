@@ -57,6 +57,11 @@ def test_command_line_refuses_bad_keys_types_and_choices():
   r = _run(["--config=configs/quickstart.py", "--config.filter.strategy=best"], timeout=120)
   assert r.returncode != 0
   assert "--config.filter.strategy='best'" in r.stderr and "process_and_outcome" in r.stderr
+  r = _run(["--config=configs/quickstart.py", "--config.sampling.top_p=2"], timeout=120)
+  # the error alone, not under the whole --help (which buried it under ~180 lines)
+  assert r.returncode == 2 and r.stderr.splitlines()[-2:] == [
+      "  --config.sampling.top_p=2.0: must be in (0.0, 1.0]", "(--help lists every setting)"]
+  assert len(r.stderr.splitlines()) < 10
 
 
 def test_validate_names_every_bad_setting():
