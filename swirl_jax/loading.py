@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from typing import Sequence
 
@@ -74,10 +75,17 @@ class LoadedModel:
     else:
       tokens = np.asarray(token_ids, np.int32)
     graphdef, state = nnx.split(self.model)
+    rows = tokens.shape[0]
     if self.mesh is not None:
-      sh = NamedSharding(self.mesh, self.rules.spec(("batch", None)))
+      spec = self.rules.spec(("batch", None))
+      axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+      shards = math.prod(self.mesh.shape[a] for a in axes)
+      extra = -rows % shards  # rows padded to a multiple of the batch shards (3 prompts on data=8)
+      tokens = np.concatenate([tokens, np.zeros((extra, tokens.shape[1]), tokens.dtype)])
+      valid = np.concatenate([np.asarray(valid), np.zeros((extra, tokens.shape[1]), bool)])
+      sh = NamedSharding(self.mesh, spec)
       tokens, valid = jax.device_put(tokens, sh), jax.device_put(valid, sh)
-    return np.asarray(_logits(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid)))
+    return np.asarray(_logits(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid)))[:rows]
 
 
 def read_source(source: str, cache_dir: str | None = None, **overrides):
