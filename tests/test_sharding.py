@@ -108,3 +108,17 @@ def test_sharded_greedy_decode_matches_single_device():
       print("ok", shape)
   """)
   assert out.count("ok") == 2
+
+
+def test_an_indivisible_activation_dimension_is_left_to_propagation_not_replicated():
+  out = run_with_devices("""
+    import jax, jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from swirl_jax.models.sharding import ActivationSharding, MeshConfig, Rules, make_mesh
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    shard = ActivationSharding(mesh, Rules())
+    # a batch of 2 split over data=2 (the rules' batch is data x fsdp = 4, which 2 does not fill)
+    x = jax.device_put(jnp.ones((2, 16, 64)), NamedSharding(mesh, P("data", None, None)))
+    print("SPEC", jax.jit(lambda x: shard(x * 2, "batch", "seq", "act_embed"))(x).sharding.spec)
+  """)
+  assert "SPEC P('data'," in out, out  # was P(): gathered onto every device

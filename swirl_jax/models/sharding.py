@@ -194,8 +194,7 @@ class ActivationSharding:
     if self.mesh is None:
       return x
     spec = self.rules.spec(axes)
-    spec = P(*(e if x.shape[i] % _mesh_size(self.mesh, e) == 0 else None for i, e in enumerate(spec)))
+    # UNCONSTRAINED, not None: None would force the dimension to be replicated (a batch of 2 split over
+    # data=2 gathered onto every device)
+    spec = P(*(e if x.shape[i] % _mesh_size(self.mesh, e) == 0 else P.UNCONSTRAINED for i, e in enumerate(spec)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
-
-  def named(self, *axes: str | None) -> NamedSharding | None:
-    return None if self.mesh is None else NamedSharding(self.mesh, self.rules.spec(axes))
