@@ -121,3 +121,20 @@ def test_an_untied_lm_head_is_refused(tmp_path):
 
   with pytest.raises(ValueError, match="u.gguf: has a separate output.weight"):
     read_gguf(str(tmp_path / "u.gguf"))
+
+
+def test_rope_metadata_is_read_or_refused(tmp_path):
+  """Gemma 3's local RoPE base was hard-coded to 10k even where the file stores rope.freq_base_swa; a
+  yarn scaling type read as unscaled."""
+  tiny_hf_model("gemma3").save_pretrained(tmp_path / "hf")
+  _write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "gemma3")
+  from swirl_jax.checkpoints.gguf_import import read_gguf
+  from swirl_jax.models.config import from_gguf_metadata
+
+  cfg, _, meta = read_gguf(str(tmp_path / "m.gguf"))
+  assert from_gguf_metadata({**meta, "gemma3.rope.freq_base_swa": 5000.0}).rope_base_local == 5000.0
+  assert cfg.rope_base_local == 10_000.0  # older files: Gemma 3's own
+  linear = {**meta, "gemma3.rope.scaling.type": "linear", "gemma3.rope.scaling.factor": 8.0}
+  assert from_gguf_metadata(linear).rope_scale_global == 8.0
+  with pytest.raises(ValueError, match="rope.scaling.type 'yarn' is not supported"):
+    from_gguf_metadata({**meta, "gemma3.rope.scaling.type": "yarn", "gemma3.rope.scaling.factor": 8.0})

@@ -343,8 +343,10 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
 def from_gguf_metadata(meta: Mapping[str, Any], **overrides) -> ModelConfig:
   """Builds a ModelConfig from GGUF key-values (``general.architecture`` gemma2 or gemma3).
 
-  GGUF does not store Gemma's query_pre_attn_scalar nor Gemma 3's local RoPE base and layer pattern;
-  llama.cpp hard-codes them, and so do we (matching the published configs).
+  GGUF does not store Gemma's query_pre_attn_scalar (taken from the preset of the same shape, as
+  llama.cpp hard-codes it); Gemma 3's local RoPE base and layer pattern are read where newer files store
+  them (``rope.freq_base_swa``, ``attention.sliding_window_pattern``), else Gemma 3's 10k and 5:1.
+  RoPE scaling other than linear on Gemma 3's global layers is refused.
   """
   arch = meta.get("general.architecture")
   if arch not in ("gemma2", "gemma3"):
@@ -363,8 +365,13 @@ def from_gguf_metadata(meta: Mapping[str, Any], **overrides) -> ModelConfig:
   heads = int(get("attention.head_count"))
   head_dim = int(get("attention.key_length", d // heads))
   scale = 1.0
-  if meta.get(f"{arch}.rope.scaling.type") == "linear":
+  kind = meta.get(f"{arch}.rope.scaling.type", "none")
+  if kind not in ("none", "linear"):
+    raise ValueError(f"GGUF {arch}.rope.scaling.type {kind!r} is not supported (only linear)")
+  if kind == "linear":
     scale = float(meta[f"{arch}.rope.scaling.factor"])
+  if scale != 1.0 and arch == "gemma2":  # one RoPE for every layer there; we scale global layers only
+    raise ValueError(f"GGUF gemma2.rope.scaling.factor {scale}: RoPE scaling of Gemma 2 is not supported")
   common = dict(
       vocab_size=len(meta["tokenizer.ggml.tokens"]) if "tokenizer.ggml.tokens" in meta
       else int(meta[f"{arch}.vocab_size"]),
@@ -394,7 +401,7 @@ def from_gguf_metadata(meta: Mapping[str, Any], **overrides) -> ModelConfig:
       layer_types = _pattern(n, 6)
     cfg = ModelConfig(
         family="gemma3", layer_types=layer_types, rope_base_global=float(get("rope.freq_base", 1e6)),
-        rope_base_local=10_000.0, rope_scale_global=scale, use_qk_norm=True, **common)
+        rope_base_local=float(get("rope.freq_base_swa", 10_000.0)), rope_scale_global=scale, use_qk_norm=True, **common)
   return cfg.replace(**overrides)
 
 
