@@ -47,7 +47,10 @@ if __name__ == "__main__":  # before the config flag parses the overrides (at de
 
   check_override_keys(sys.argv)
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", _settings_help())
+# The checkout's quick-start config, so that the default works from any directory.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                               "quickstart.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, _settings_help())
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Directory for every output of the run.")
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs "
                              "(TPU pods and SLURM are detected without it).")
