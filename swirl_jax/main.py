@@ -43,8 +43,6 @@ def check_override_keys(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":  # before the config flag parses the overrides (at definition)
-  import sys
-
   check_override_keys(sys.argv)
 
 # The checkout's quick-start config, so that the default works from any directory.
