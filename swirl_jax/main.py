@@ -82,21 +82,28 @@ def main(argv):
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # written once; holds no secret (API keys come from the environment only)
-    with atomic_open(os.path.join(workdir, "config.json")) as f:
+    with atomic_open(os.path.join(workdir, _file_name("config", cfg.mode))) as f:
       f.write(cfg.to_json(indent=1))
   summary = modes.MODES[cfg.mode](cfg, modes.Paths(workdir))
   if jax.process_index() == 0 and summary:
     _report(cfg.mode, summary, workdir)
 
 
+def _file_name(kind: str, mode: str) -> str:
+  """config.json / summary.json for the pipeline; config-MODE.json / summary-MODE.json for a single mode
+  (an export or eval run in a pipeline's workdir keeps the pipeline's record)."""
+  return f"{kind}.json" if mode == "pipeline" else f"{kind}-{mode}.json"
+
+
 def _report(mode: str, summary: dict, workdir: str) -> None:
-  """Saves the whole summary as WORKDIR/summary.json and prints a short one with the eval table."""
+  """Saves the whole summary as WORKDIR/summary.json (summary-MODE.json for a single mode) and prints a
+  short one with the eval table."""
   from swirl_jax import modes
 
   table = summary.pop("table", None)
   if mode == "pipeline" and isinstance(summary.get("eval"), dict):
     table = summary["eval"].pop("table", None)
-  path = os.path.join(workdir, "summary.json")
+  path = os.path.join(workdir, _file_name("summary", mode))
   with atomic_open(path) as f:
     json.dump(summary, f, indent=1, default=str)
   lines = modes.summary_lines(summary if mode == "pipeline" else {mode: summary})

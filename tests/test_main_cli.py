@@ -191,6 +191,14 @@ def test_pipeline_end_to_end_then_every_stage_skips(tiny_hf_dir, tmp_path):
     assert f"== {stage}: already complete, skipped" in r.stdout
   assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
 
+  # A single-mode run in the pipeline's workdir keeps the pipeline's config and summary.
+  records = {p: open(os.path.join(workdir, p), encoding="utf-8").read() for p in ("config.json", "summary.json")}
+  r = _run(args + ["--config.mode=filter"], {"SWIRL_TEST_KEY": secret})
+  assert r.returncode == 0, r.stderr[-5000:]
+  assert records == {p: open(os.path.join(workdir, p), encoding="utf-8").read() for p in records}
+  assert json.load(open(os.path.join(workdir, "config-filter.json")))["mode"] == "filter"
+  assert json.load(open(os.path.join(workdir, "summary-filter.json")))["filter"]["kept"] == 6
+
 
 def test_validate_refuses_cross_setting_and_dataset_mistakes_up_front():
   """Mistakes that used to surface late: normalize_std without a baseline (offline's default) and an
