@@ -18,9 +18,44 @@ from swirl_jax.atomic_io import atomic_open
 from swirl_jax.config import HELP, base_config, settings
 
 
-def _settings_help() -> str:
-  lines = [f"  --config.{name}={default!r}: {HELP.get(name, '')}" for name, default in settings(base_config())]
-  return "ml_collections config file (get_config()). Settings and their defaults:\n" + "\n".join(lines)
+# The checkout's quick-start config, so that the default works from any directory.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                               "quickstart.py")
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  """The value of ``--config=SPEC`` / ``--config SPEC`` in argv (the last one wins, as in absl)."""
+  spec = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith("--config="):
+      spec = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
+def _load_config(spec: str):
+  """``get_config([ARG])`` of ``PATH[:ARG]``, as ml_collections' config flag reads it."""
+  import importlib.util
+
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("swirl_jax_help_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _settings_help(argv: list[str]) -> str:
+  """Every setting with its meaning and value: under --help, the value in the config that would run."""
+  cfg, source = base_config(), "their defaults"
+  spec = _config_arg(argv) or _DEFAULT_CONFIG
+  if any(a in ("--help", "-h", "--helpfull", "-?", "--helpshort") for a in argv[1:]):
+    try:
+      cfg, source = _load_config(spec), f"their values in {spec}"
+    except Exception:  # noqa: BLE001 - parsing the flag reports the config's own error
+      pass
+  lines = [f"  --config.{name}={value!r}: {HELP.get(name, '')}" for name, value in settings(cfg)]
+  return f"ml_collections config file (get_config()). Settings and {source}:\n" + "\n".join(lines)
 
 
 def check_override_keys(argv: list[str]) -> None:
@@ -45,10 +80,7 @@ def check_override_keys(argv: list[str]) -> None:
 if __name__ == "__main__":  # before the config flag parses the overrides (at definition)
   check_override_keys(sys.argv)
 
-# The checkout's quick-start config, so that the default works from any directory.
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                               "quickstart.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, _settings_help())
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, _settings_help(sys.argv))
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Directory for every output of the run.")
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs "
                              "(TPU pods and SLURM are detected without it).")

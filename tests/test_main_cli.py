@@ -80,11 +80,20 @@ def test_validate_names_every_bad_setting():
 def test_help_documents_every_setting():
   r = _run(["--help"], timeout=120)  # absl exits with status 1 after printing help
   out = " ".join(r.stdout.split())  # absl wraps lines
-  assert "Settings and their defaults" in out, r.stderr
+  assert "Settings and their values in " + os.path.join(REPO, "configs", "quickstart.py") in out, r.stderr
   for name, text in config_lib.HELP.items():
     assert f"--config.{name}=" in out, name
     assert " ".join(text.split()[:4]) in out, name
   config_lib.check_documented(config_lib.base_config())
+
+
+def test_help_shows_the_selected_configs_values():
+  r = _run(["--config", "configs/paper.py:gemma2-2b,hotpot_qa", "--help"], timeout=120)
+  out = " ".join(r.stdout.split())
+  assert "Settings and their values in configs/paper.py:gemma2-2b,hotpot_qa" in out, r.stderr
+  # paper.py's values, not base_config's (synthetic_arith, 0 tool calls)
+  assert "--config.data.name='hotpot_qa'" in out and "--config.rollout.max_tool_calls=5:" in out
+  assert "--config.model.source='hf/gemma-2-2b-it'" in out
 
 
 @pytest.mark.parametrize("arg", ["gemma2-2b,gsm8k", "gemma2-9b,hotpot_qa", "gemma2-27b,hotpot_qa", "gemma2-27b,gsm8k"])
