@@ -5,12 +5,20 @@
 
 The data goes to a temporary file in the same directory, is flushed and fsynced, then renamed over
 ``path``; on any error the temporary file is removed and ``path`` is left as it was.
+
+A process killed outright (SIGKILL, out of memory, a pre-empted VM) removes nothing, so every temporary
+file and folder is named after its writer (``.KIND-PID@HOST@random``) and the next write into that
+directory removes the ones whose process no longer runs on this host (``remove_stale_temps``): a killed
+conversion or export leaves no gigabyte-sized folder behind for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from typing import IO, Iterator
 
@@ -23,7 +31,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
   path = os.fspath(path)
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  remove_stale_temps(d)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=temp_prefix(), suffix=os.path.splitext(path)[1])
   try:
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would follow the umask
     with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
@@ -38,8 +47,72 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     raise
 
 
+def make_temp_dir(parent: str | os.PathLike, kind: str = "tmp") -> str:
+  """A new folder in ``parent`` (created if missing) named after this process, readable as the umask allows.
+
+  Stale folders of the same kind left there by killed processes of this host are removed first.
+  """
+  os.makedirs(parent, exist_ok=True)
+  remove_stale_temps(parent, kind)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(kind))
+  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: others could not read a shared cache
+  return tmp
+
+
+def temp_prefix(kind: str = "tmp") -> str:
+  """``.KIND-PID@HOST@``: the name start of this process's temporary files and folders."""
+  return f".{kind}-{os.getpid()}@{_host()}@"
+
+
+def remove_stale_temps(directory: str | os.PathLike, kind: str = "tmp") -> list[str]:
+  """Removes the temporary files and folders of ``kind`` in ``directory`` whose writer, a process of this
+  host, no longer runs; returns their names. Other hosts' entries (a shared file system) are left alone."""
+  pattern = re.compile(rf"\.{re.escape(kind)}-(\d+)@{re.escape(_host())}@")
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return []
+  removed = []
+  for name in names:
+    m = pattern.match(name)
+    if not m or _running(int(m.group(1))):
+      continue
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)  # another process may be removing it at the same time
+    else:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    removed.append(name)
+  return removed
+
+
+def _host() -> str:
+  return re.sub(r"[@/\s]", "_", socket.gethostname()) or "localhost"
+
+
+def _running(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # PermissionError: it runs, as another user
+    return True
+  return True
+
+
 def current_umask() -> int:
-  """The process umask (read by setting it and putting it back: Python has no getter)."""
+  """The process umask: from /proc on Linux (no side effect), else by setting it and putting it back
+  (Python has no getter; that briefly changes it for every thread)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
   mask = os.umask(0o022)
   os.umask(mask)
   return mask

@@ -1,10 +1,16 @@
-"""atomic_open: the old file survives a failed write, and no temporary file is left behind."""
+"""atomic_open: the old file survives a failed write, and no temporary file is left behind (a killed
+writer's is removed by the next write)."""
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from swirl_jax.atomic_io import atomic_open
+from swirl_jax.atomic_io import atomic_open, current_umask, make_temp_dir, temp_prefix
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_replaces_whole_file_or_nothing(tmp_path):
@@ -39,3 +45,51 @@ def test_written_files_follow_the_umask(tmp_path):
     os.umask(old)
   assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o644
   assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
+def _dead_pid() -> int:
+  """The pid of a process that has exited (reuse within the test is possible in theory, not in practice)."""
+  p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                     check=True)
+  return int(p.stdout)
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+  """SIGKILL runs no cleanup: the temp file of a killed atomic write stays until the next atomic write into
+  that directory, which removes it (the writer's pid is in its name), but not other hosts' or live ones."""
+  path = tmp_path / "kept.jsonl"
+  code = ("import os, signal; from swirl_jax.atomic_io import atomic_open\n"
+          f"cm = atomic_open({str(path)!r}); f = cm.__enter__(); f.write('half'); f.flush()\n"
+          "os.kill(os.getpid(), signal.SIGKILL)")
+  r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True)
+  assert r.returncode == -signal.SIGKILL, r.stderr
+  (left,) = os.listdir(tmp_path)
+  assert left.startswith(".tmp-") and left.endswith(".jsonl")
+  other_host = f".tmp-{_dead_pid()}@some-other-host@abc.jsonl"
+  live = temp_prefix() + "abc.jsonl"  # this process's: in use
+  for name in (other_host, live):
+    (tmp_path / name).write_text("x")
+  with atomic_open(path) as f:
+    f.write("whole\n")
+  assert sorted(os.listdir(tmp_path)) == sorted(["kept.jsonl", other_host, live])
+  assert path.read_text() == "whole\n"
+
+
+def test_make_temp_dir_removes_a_dead_processes_folder_of_its_kind(tmp_path):
+  dead = tmp_path / f".export-{_dead_pid()}@{temp_prefix().split('@')[1]}@x1"
+  (dead / "sub").mkdir(parents=True)
+  (dead / "sub" / "model.safetensors").write_bytes(b"0" * 10)
+  other_kind = tmp_path / f".tmp-{_dead_pid()}@{temp_prefix().split('@')[1]}@x2"
+  other_kind.mkdir()
+  new = make_temp_dir(tmp_path, "export")
+  assert os.path.isdir(new) and os.path.basename(new).startswith(temp_prefix("export"))
+  assert not dead.exists() and other_kind.exists()
+
+
+def test_current_umask_reads_without_changing_it():
+  old = os.umask(0o027)
+  try:
+    assert current_umask() == 0o027
+    assert os.umask(0o027) == 0o027  # still set
+  finally:
+    os.umask(old)

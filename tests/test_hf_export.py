@@ -99,7 +99,8 @@ def test_export_refuses_a_gemma3_attention_softcap(tmp_path):
 
 def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path):
   """overwrite=True replaces an earlier export, never a directory of other files (a parent folder given
-  as export.out); the export is readable by others under umask 022 (mkdtemp alone makes 0700)."""
+  as export.out); the export is readable by others under umask 022 (mkdtemp alone makes 0700); a killed
+  export's temporary folder does not stay."""
   import os
 
   lm = load_model("random:tiny-gemma3", seed=1)
@@ -110,6 +111,16 @@ def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path
   with pytest.raises(FileExistsError, match="not an earlier export"):
     export_hf(lm.config, w, str(mine), overwrite=True)
   assert (mine / "important.txt").read_text() == "keep me"
+  # the folder of an export killed mid-write (its pid no longer runs): removed by the next export
+  import subprocess
+  import sys
+
+  from swirl_jax.atomic_io import temp_prefix
+
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  killed = tmp_path / f".export-{int(dead.stdout)}@{temp_prefix().split('@')[1]}@abc"
+  killed.mkdir()
+  (killed / "model.safetensors").write_bytes(b"\0" * 64)
   old = os.umask(0o022)
   try:
     out = export_hf(lm.config, w, str(tmp_path / "hf"))

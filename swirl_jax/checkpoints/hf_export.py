@@ -16,7 +16,7 @@ import tempfile
 import ml_dtypes
 import numpy as np
 
-from swirl_jax.atomic_io import current_umask
+from swirl_jax.atomic_io import make_temp_dir
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import save_file
 from swirl_jax.models.config import ModelConfig, to_hf_config
@@ -46,9 +46,7 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
       raise FileExistsError(f"{out_dir} exists and is not an earlier export (config.json + *.safetensors, or an "
                             "empty directory); refusing to delete it: export into a new directory")
   parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
-  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: others could not read the model
+  tmp = make_temp_dir(parent, "export")  # a killed export's folder is removed by the next one
   try:
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

@@ -15,13 +15,12 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from swirl_jax.atomic_io import current_umask
+from swirl_jax.atomic_io import make_temp_dir, remove_stale_temps, temp_prefix
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import SafetensorsFile, save_file
 from swirl_jax.models.config import ModelConfig
@@ -62,7 +61,23 @@ def packaged_gguf(name: str, cache: str | None = None) -> Path:
   """Path of the assembled GGUF file (assembled and checksum-verified on first use)."""
   pkg = _package(name)
   target = cache_dir(cache) / "gguf" / pkg.MODEL_NAME
-  return Path(pkg.assemble(target))
+  if target.exists():
+    try:
+      return Path(pkg.assemble(target))  # verifies the checksum of the file there
+    except FileExistsError:  # cut short by a process killed while assembling it (before this wrote a temp)
+      pass
+  # Assembled beside the target and renamed into place: a killed run leaves a temp file, never a truncated
+  # GGUF under the final name.
+  target.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_temps(target.parent)
+  tmp = target.parent / f"{temp_prefix()}{target.name}"
+  try:
+    pkg.assemble(tmp, overwrite=True)
+    os.replace(tmp, target)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return target
 
 
 def _converted_dir(name: str, cache: str | None) -> Path:
@@ -79,9 +94,7 @@ def convert(name: str, cache: str | None = None) -> Path:
     return out
   gguf_path = packaged_gguf(name, cache)
   cfg, fetch, _ = read_gguf(str(gguf_path))
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a shared cache must stay readable
+  tmp = Path(make_temp_dir(out.parent))
   try:
     save_file({e.path: fetch(e.path) for e in entries(cfg)}, str(tmp / "weights.safetensors"))
     (tmp / "model_config.json").write_text(json.dumps(cfg.to_json(), indent=1))
