@@ -108,6 +108,10 @@ HELP: dict[str, str] = {
                             "process_and_outcome)",
     "train.learning_rate": "AdamW peak learning rate",
     "train.warmup_steps": "linear warmup steps",
+    "train.decay_steps": "cosine decay steps after warmup, down to train.end_lr_ratio x the peak, then constant "
+                         "(0 = constant after warmup; -1 = until train.steps, so raising train.steps later "
+                         "changes the schedule of a resumed run)",
+    "train.end_lr_ratio": "learning rate at the end of the decay, as a fraction of the peak",
     "train.weight_decay": "AdamW weight decay",
     "train.clip_norm": "global gradient-norm clip",
     "train.baseline": "baseline of the advantage: loo (leave-one-out over the group), mean (group mean), none, "
@@ -155,7 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.filter = dict(strategy="process", equalize=0, seed=0)
   c.train = dict(mode="rl", steps=100, states_per_step=8, group_size=4, micro_batches=1, max_len=1024,
                  temperature=1.0, max_new_tokens=96, remat=False, remat_policy="block", share_prefix=True,
-                 seed=0, offline_reward="process", learning_rate=1e-6, warmup_steps=10, weight_decay=0.0,
+                 seed=0, offline_reward="process", learning_rate=1e-6, warmup_steps=10, decay_steps=0,
+                 end_lr_ratio=0.1, weight_decay=0.0,
                  clip_norm=1.0, baseline="", normalize_std=False, kl_coef=0.05, save_every=50,
                  keep_checkpoints=3)
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
@@ -191,13 +196,14 @@ MINIMUM: dict[str, int] = {
     "rollout.max_tool_calls": 0, "search.max_words": 1, "judge.model.batch_size": 1,
     "judge.model.max_new_tokens": 1, "judge.model.cache_len": 16, "judge.openai.max_concurrency": 1,
     "judge.openai.max_retries": 0, "judge.openai.max_tokens": 1, "train.warmup_steps": 0, "filter.equalize": -1,
+    "train.decay_steps": -1,
 }
 # Real-valued settings: (lowest, highest, whether the lowest itself is allowed).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "sampling.temperature": (0.0, float("inf"), True), "sampling.top_p": (0.0, 1.0, False),
     "train.temperature": (0.0, float("inf"), True), "judge.model.temperature": (0.0, float("inf"), True),
     "judge.openai.temperature": (0.0, 2.0, True), "judge.openai.timeout_s": (0.0, float("inf"), False),
-    "train.learning_rate": (0.0, float("inf"), True), "train.weight_decay": (0.0, float("inf"), True),
+    "train.learning_rate": (0.0, float("inf"), False), "train.end_lr_ratio": (0.0, 1.0, True), "train.weight_decay": (0.0, float("inf"), True),
     "train.clip_norm": (0.0, float("inf"), False), "train.kl_coef": (0.0, float("inf"), True),
 }
 

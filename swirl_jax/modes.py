@@ -170,11 +170,23 @@ def run_generate(cfg, paths: Paths, questions=None) -> dict:
 
 
 def run_label(cfg, paths: Paths, policy=None) -> dict:
+  """Labels the trajectories not yet labelled; refuses to add labels of other judge settings to a file."""
   from swirl_jax.pipeline import stages
 
   summary = {}
   if jax.process_index() == 0:
+    inputs = _label_inputs(cfg, paths)
+    recorded = stamps.read(paths.workdir, "label")
+    if os.path.exists(paths.labelled) and recorded is not None and \
+        _without_neutral(recorded.get("settings")) != inputs["settings"]:
+      changed = [c[len("settings."):] for c in stamps.changed_settings(paths.workdir, "label", inputs)
+                 if c.startswith("settings.") and not c.startswith(tuple(f"settings.judge.{k}:" for k in _JUDGE_NEUTRAL))]
+      raise ValueError(f"{paths.labelled} was labelled with other judge settings ({'; '.join(changed)}); its "
+                       "labels would be mixed with these, or kept under these settings' name. Use a new workdir, or "
+                       f"remove {paths.labelled} (and what was made from it: {paths.kept}, {paths.step_examples}) "
+                       "to label again")
     summary = stages.label(paths.trajectories, paths.labelled, judge(cfg, paths, policy))
+    stamps.write(paths.workdir, "label", _label_inputs(cfg, paths))
   _barrier("label done")
   return summary
 
@@ -221,7 +233,8 @@ def run_train(cfg, paths: Paths) -> dict:
       loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),
                       normalize_std=t.normalize_std, kl_coef=t.kl_coef),
       optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                                weight_decay=t.weight_decay, clip_norm=t.clip_norm),
+                                decay_steps=max(t.steps - t.warmup_steps, 0) if t.decay_steps < 0 else t.decay_steps,
+                                end_lr_ratio=t.end_lr_ratio, weight_decay=t.weight_decay, clip_norm=t.clip_norm),
       sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
       checkpoint=CheckpointConfig(directory=os.path.abspath(paths.checkpoints), save_every=t.save_every,
                                   max_to_keep=t.keep_checkpoints))
@@ -253,16 +266,19 @@ def run_eval(cfg, paths: Paths) -> dict:
                       max_chunk=s.max_chunk, judge_process=cfg.eval.judge_process)
 
   policies = [("base", cfg.model.source, paths.eval_base)]
-  trained = cfg.eval.checkpoint or (paths.checkpoints if os.path.isdir(paths.checkpoints) else "")
+  # (an empty checkpoint directory, from train.steps=0, holds no trained policy)
+  trained = cfg.eval.checkpoint or (paths.checkpoints if _checkpoint_step(paths.checkpoints) is not None else "")
   if trained:
     policies.append(("trained", trained, paths.eval_trained))
   specs = eval_dataset_specs(cfg)
   judges = {}  # task -> judge, shared by base and trained (a judge model loads once)
   for label, source, out_dir in policies:
     # Reports are reused only when made from the same policy (checkpoint step) and settings.
-    inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source),
-              "settings": _settings(cfg, *_EVAL_SETTINGS)}
-    fresh = stamps.matches(paths.workdir, f"eval-{label}", inputs)
+    inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source), **_checkpoint_saved(source),
+              "settings": _without_neutral(_settings(cfg, *_EVAL_SETTINGS))}
+    recorded = stamps.read(paths.workdir, f"eval-{label}")
+    # (a record from before the neutral judge settings were left out compares without them)
+    fresh = recorded is not None and {**recorded, "settings": _without_neutral(recorded.get("settings"))} == inputs
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
     todo = [sp for sp in specs if not (fresh and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
     if not todo:
@@ -359,6 +375,21 @@ def _checkpoint_step(source: str) -> int | None:
   return max((int(d) for d in os.listdir(source) if d.isdigit()), default=None)
 
 
+def _checkpoint_saved(source: str) -> dict:
+  """{"checkpoint_saved": time} of a checkpoint directory's latest checkpoint ({} for any other source):
+  a run trained again to the same step is another policy, and its reports and export are redone."""
+  from swirl_jax.training.checkpointing import read_meta
+
+  step = _checkpoint_step(source)
+  if step is None:
+    return {}
+  try:
+    saved = read_meta(source, step)[1].get("time")
+  except Exception:  # noqa: BLE001 - not a swirl_jax checkpoint directory: the step alone identifies it
+    return {}
+  return {} if saved is None else {"checkpoint_saved": saved}
+
+
 def _count_lines(path: str) -> int:
   from swirl_jax.pipeline.jsonl import read_records
 
@@ -371,8 +402,49 @@ def _final_checkpoint_step(paths: Paths) -> int:
   return -1 if step is None else step
 
 
-def _train_inputs(paths: Paths) -> dict:
-  return {"step_examples": stamps.file_digest(paths.step_examples)}
+# Judge settings that do not change a label or a reward (throughput, retries, caching, which key pays).
+_JUDGE_NEUTRAL = ("cache", "openai.max_concurrency", "openai.timeout_s", "openai.max_retries",
+                  "openai.api_key_env", "model.batch_size")
+# Train settings that do not change what the checkpoints hold: steps (raising it extends a run),
+# checkpoint cadence, and the memory knobs (same gradients up to float rounding).
+_TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "remat", "remat_policy")
+
+
+def _without_neutral(judge_settings: dict | None) -> dict | None:
+  """Judge settings (``_settings(cfg, "judge")["judge"]`` or a stamp's) less the _JUDGE_NEUTRAL keys."""
+  if judge_settings is None:
+    return None
+  out = json.loads(json.dumps(judge_settings))
+  for key in _JUDGE_NEUTRAL:
+    *parents, leaf = key.split(".")
+    d = out.get("judge", out)
+    for part in parents:
+      d = d.get(part, {})
+    d.pop(leaf, None)
+  return out
+
+
+def _label_inputs(cfg, paths: Paths) -> dict:
+  return {"trajectories": stamps.file_digest(paths.trajectories),
+          "settings": _without_neutral(_settings(cfg, "judge"))}
+
+
+def _train_inputs(cfg, paths: Paths) -> dict:
+  """What the checkpoints are made from: the step examples and the settings that change the updates."""
+  settings = _settings(cfg, "train", "rollout.task", "model.source", "model.dtype", "model.param_dtype")
+  for key in _TRAIN_NEUTRAL:
+    settings["train"].pop(key)
+  if cfg.train.mode != "sft":  # the judge rewards rl samples (and unlabelled offline actions)
+    settings.update(_without_neutral(_settings(cfg, "judge")))
+  return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}
+
+
+def _train_record_differs(recorded: dict | None, inputs: dict) -> bool:
+  if recorded is None:
+    return False
+  if "settings" not in recorded:  # recorded before settings were (step examples only)
+    return recorded.get("step_examples") != inputs["step_examples"]
+  return recorded != inputs
 
 
 def _generate_inputs(cfg) -> dict:
@@ -400,14 +472,24 @@ def _check_generate_inputs(cfg, paths: Paths) -> None:
 
 
 def _train_stage(cfg, paths: Paths) -> dict:
-  """run_train, refusing to resume checkpoints that were trained on other step examples."""
-  inputs = _train_inputs(paths)
-  if _final_checkpoint_step(paths) >= 0 and stamps.read(paths.workdir, "train") not in (None, inputs):
-    raise ValueError(f"{paths.step_examples} changed since {paths.checkpoints} was trained on it (the trajectories "
-                     f"or filter settings changed); remove {paths.checkpoints} to train again, or use a new workdir")
-  if jax.process_index() == 0:
+  """run_train, refusing to resume checkpoints made from other step examples or other train settings."""
+  inputs = _train_inputs(cfg, paths)
+  recorded = stamps.read(paths.workdir, "train")
+  if _final_checkpoint_step(paths) >= 0 and _train_record_differs(recorded, inputs):
+    if recorded.get("step_examples") != inputs["step_examples"]:
+      why = f"{paths.step_examples} changed since they were trained on it (the trajectories or filter settings changed)"
+    else:
+      why = "they were trained with other settings (" + "; ".join(
+          c[len("settings."):] for c in stamps.changed_settings(paths.workdir, "train", inputs)
+          if c.startswith("settings.")) + ")"
+    raise ValueError(f"{paths.checkpoints} would continue under other inputs: {why}. Remove {paths.checkpoints} "
+                     "to train again, or use a new workdir")
+  if jax.process_index() == 0 and (recorded is not None or _final_checkpoint_step(paths) < 0):
     stamps.write(paths.workdir, "train", inputs)  # what the checkpoints are made from, before the first one
-  return run_train(cfg, paths)
+  out = run_train(cfg, paths)
+  if jax.process_index() == 0:  # (checkpoints without a record: recorded once the resume was accepted)
+    stamps.write(paths.workdir, "train", inputs)
+  return out
 
 
 def run_pipeline(cfg, paths: Paths) -> dict:
@@ -446,15 +528,19 @@ def run_pipeline(cfg, paths: Paths) -> dict:
           "Use a new workdir to generate with these.", flush=True)
   stage("generate", generated, lambda: run_generate(cfg, paths, questions))
   stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths),
-        lambda: {"trajectories": stamps.file_digest(paths.trajectories), "settings": _settings(cfg, "judge")})
+        lambda: _label_inputs(cfg, paths))
   stage("filter", lambda: os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths),
         lambda: {"labelled": stamps.file_digest(paths.labelled),
                  "settings": _settings(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})
-  stage("train", lambda: _final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
-        lambda: _train_inputs(paths))
+  if cfg.train.steps == 0:  # base-model evaluation only
+    print("== train: train.steps=0, skipped", flush=True)
+    summary["train"] = "skipped (train.steps=0)"
+  else:
+    stage("train", lambda: _final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
+          lambda: _train_inputs(cfg, paths))
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
   export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
-                           "out": cfg.export.out}
+                           "out": cfg.export.out, **_checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
   if cfg.eval.checkpoint or _checkpoint_step(paths.checkpoints) is not None:
     stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
           lambda: run_export(cfg, paths), export_inputs)
@@ -510,4 +596,4 @@ def summary_lines(summary: dict) -> list[str]:
 
 
 MODES = {"pipeline": run_pipeline, "generate": run_generate, "label": run_label, "filter": run_filter,
-         "train": run_train, "eval": run_eval, "export": run_export, "serve": run_serve, "sample": run_sample}
+         "train": _train_stage, "eval": run_eval, "export": run_export, "serve": run_serve, "sample": run_sample}

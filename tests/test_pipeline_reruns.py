@@ -91,7 +91,8 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
   assert run() == []  # nothing changed: everything skipped
 
   cfg.filter.strategy = "none"  # filter reruns (it is cheap); its new examples would mix with the checkpoints
-  with pytest.raises(ValueError, match="step_examples.jsonl changed since .*checkpoints was trained"):
+  with pytest.raises(ValueError, match="checkpoints would continue under other inputs: .*step_examples.jsonl "
+                                       "changed since they were trained on it"):
     run()
   assert json.load(open(paths.filter_report))["strategy"] == "none"
   assert len(list(read_records(paths.step_examples))) == 16  # 4 questions x 2 samples x 2 steps, all kept
@@ -197,3 +198,47 @@ def test_trajectories_of_other_settings_are_never_mixed_or_used_silently(stubbed
   modes.run_pipeline(cfg, paths)
   assert "generate" not in stubbed
   assert "was generated with other settings (changed: sampling)" in capsys.readouterr().out
+
+
+def test_train_and_label_settings_are_never_changed_silently(stubbed, tmp_path):
+  """A complete pipeline skipped train (checkpoints at train.steps) whatever the train settings, and label
+  appended nothing while recording the new judge settings as the labels' own."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+
+  def run():
+    stubbed.clear()
+    modes.run_pipeline(cfg, paths)
+    return list(stubbed)
+
+  run()
+  cfg.train.kl_coef = 0.5
+  with pytest.raises(ValueError, match=r"trained with other settings \(train.kl_coef: 0.05 -> 0.5\)"):
+    run()
+  cfg.train.kl_coef = 0.05
+  cfg.train.micro_batches, cfg.train.save_every = 2, 7  # memory and cadence: the same checkpoints
+  assert run() == []
+  cfg.judge.n_votes = 3  # other labels
+  with pytest.raises(ValueError, match=r"labelled.jsonl was labelled with other judge settings "
+                                       r"\(judge.n_votes: 1 -> 3\).*remove .*labelled.jsonl"):
+    run()
+  cfg.judge.n_votes = 1
+  cfg.judge.openai.max_concurrency = 2  # throughput only: neither relabelled nor re-evaluated
+  assert run() == []
+  # an eval record from before the throughput settings were left out still matches
+  for label in ("base", "trained"):
+    record = modes.stamps.read(paths.workdir, f"eval-{label}")
+    record["settings"]["judge"]["openai"]["max_concurrency"] = 8
+    modes.stamps.write(paths.workdir, f"eval-{label}", record)
+  assert run() == []
+
+
+def test_train_steps_0_evaluates_and_exports_no_trained_policy(stubbed, tmp_path):
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit, cfg.train.steps = 4, 2, 0
+  os.makedirs(paths.checkpoints)  # what an empty Orbax manager leaves
+  summary = modes.run_pipeline(cfg, paths)
+  assert stubbed == ["generate", "eval base synthetic_arith"]
+  assert summary["train"] == "skipped (train.steps=0)" and summary["export"] == "skipped (no checkpoint)"

@@ -56,6 +56,22 @@ def changed(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def changed_settings(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
+  """Every leaf that differs from the stamp, as "dotted.name: old -> new" (for error messages)."""
+  def leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+      return {prefix[:-1]: d}
+    out = {}
+    for k, v in d.items():
+      out.update(leaves(v, f"{prefix}{k}."))
+    return out
+
+  old, new = leaves(read(workdir, name) or {}), leaves(_plain(inputs))
+  missing = "(not set)"
+  return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in sorted(set(old) | set(new))
+          if old.get(k, missing) != new.get(k, missing)]
+
+
 def _plain(x: Any) -> Any:
   """JSON's view of ``x`` (tuples become lists), so a stamp read back compares equal."""
   return json.loads(json.dumps(x, sort_keys=True, default=str))

@@ -22,6 +22,8 @@ sampling=..., checkpoint=...)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from typing import Any, Callable, Literal, Sequence
 
@@ -334,12 +336,25 @@ def _reward_metrics(exs: Sequence[StepExample], rewards: np.ndarray, verdicts) -
 _DATA_SETTINGS = ("task", "seed", "states_per_step", "group_size", "max_len", "offline_reward")
 
 
-def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, examples: int) -> None:
+def examples_digest(examples: Sequence[StepExample]) -> str:
+  """sha256 of the examples in order, as their JSON: what a checkpoint was trained on."""
+  h = hashlib.sha256()
+  for ex in examples:
+    h.update(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False).encode())
+    h.update(b"\n")
+  return h.hexdigest()
+
+
+def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, examples: Sequence[StepExample]
+                     ) -> None:
   saved = meta.get("train_config") or {}
   changed = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(cfg, k)!r} now" for k in _DATA_SETTINGS
              if k in saved and saved[k] != getattr(cfg, k)]
-  if "examples" in meta and meta["examples"] != examples:
-    changed.append(f"examples: {meta['examples']} in the checkpoint, {examples} now")
+  if "examples" in meta and meta["examples"] != len(examples):
+    changed.append(f"examples: {meta['examples']} in the checkpoint, {len(examples)} now")
+  elif "examples_digest" in meta and meta["examples_digest"] != examples_digest(examples):
+    # as many examples, other ones (another filter, or trajectories generated again)
+    changed.append("examples: as many as the checkpoint's, but other ones (their sha256 differs)")
   if changed:
     raise ValueError(f"checkpoint {directory} step {step} was trained with other data settings "
                      f"({'; '.join(changed)}); resuming would continue on another data order: use the saved "
@@ -424,7 +439,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                        "the run started from")
     if meta.get("mode") != cfg.mode:
       raise ValueError(f"checkpoint mode {meta.get('mode')!r} != config mode {cfg.mode!r}")
-    _check_same_data(checkpoint.directory, resumed_from, meta, cfg, len(run.examples))
+    _check_same_data(checkpoint.directory, resumed_from, meta, cfg, run.examples)
   else:
     state = ts.init_train_state(init_params, opt, cfg.seed, ssh)
   # The initial model's own arrays are the reference (the step never donates them): no extra copy.
@@ -434,7 +449,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                "reference_fingerprint": ref_fp, "train_config": dataclasses.asdict(cfg),
                "loss": dataclasses.asdict(loss), "optimizer": dataclasses.asdict(optimizer),
                "sampling": dataclasses.asdict(sampling), "examples": len(run.examples),
-               "examples_dropped": run.dropped}
+               "examples_digest": examples_digest(run.examples), "examples_dropped": run.dropped}
   main_process = jax.process_index() == 0  # logs and the console are written once
   logger = metrics_lib.MetricsLogger(cfg.log_dir, cfg.tensorboard) if cfg.log_dir and main_process else None
   step = int(to_host(state.step))
@@ -484,8 +499,10 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
         if ckpt is not None and (ckpt.should_save(step) or sigterm.requested):
           save()
       interrupted = sigterm.requested and step < cfg.steps
-    if ckpt is not None and not interrupted:
-      save()  # the end of the run (a no-op when this step was just saved)
+    if ckpt is not None and not interrupted and step > 0:
+      # the end of the run (a no-op when this step was just saved); steps=0 trained nothing, and a step-0
+      # checkpoint would be evaluated and exported as a trained policy
+      save()
   finally:
     if ckpt is not None:
       ckpt.close()
