@@ -248,7 +248,7 @@ def run_train(cfg, paths: Paths) -> dict:
 
 def run_eval(cfg, paths: Paths) -> dict:
   from swirl_jax.config import dataset_task, eval_dataset_specs, rollout_config, sampling_config
-  from swirl_jax.data.registry import load_questions
+  from swirl_jax.data.registry import load_questions, source_file
   from swirl_jax.evaluation.evaluate import EvalConfig, evaluate
   from swirl_jax.evaluation.report import comparison_table, load_reports
 
@@ -271,11 +271,21 @@ def run_eval(cfg, paths: Paths) -> dict:
   if trained:
     policies.append(("trained", trained, paths.eval_trained))
   specs = eval_dataset_specs(cfg)
+  # the question files' contents (an edited file at the same path is other questions)
+  data_files = {}
+  for sp in specs:
+    try:
+      path = source_file(sp)
+    except FileNotFoundError:  # load_questions names what is missing, when it gets there
+      path = None
+    if path is not None:
+      data_files[_file_name(sp)] = stamps.file_digest(str(path))
   judges = {}  # task -> judge, shared by base and trained (a judge model loads once)
   for label, source, out_dir in policies:
     # Reports are reused only when made from the same policy (checkpoint step) and settings.
     inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source), **_checkpoint_saved(source),
-              "settings": _without_neutral(_settings(cfg, *_EVAL_SETTINGS))}
+              "settings": _without_neutral(_settings(cfg, *_EVAL_SETTINGS)),
+              **({"data_files": data_files} if data_files else {})}
     recorded = stamps.read(paths.workdir, f"eval-{label}")
     # (a record from before the neutral judge settings were left out compares without them)
     fresh = recorded is not None and {**recorded, "settings": _without_neutral(recorded.get("settings"))} == inputs

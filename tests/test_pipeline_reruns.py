@@ -242,3 +242,19 @@ def test_train_steps_0_evaluates_and_exports_no_trained_policy(stubbed, tmp_path
   summary = modes.run_pipeline(cfg, paths)
   assert stubbed == ["generate", "eval base synthetic_arith"]
   assert summary["train"] == "skipped (train.steps=0)" and summary["export"] == "skipped (no checkpoint)"
+
+
+def test_an_edited_question_file_is_evaluated_again(stubbed, tmp_path):
+  """The eval record held the file's path, not its contents: an edited file's old report was reused."""
+  data = tmp_path / "test.jsonl"
+  data.write_text(json.dumps({"question": "What is 6 * 7?", "answer": "6 * 7 = 42\n#### 42"}) + "\n")
+  cfg = get_config()
+  cfg.data.name, cfg.data.source, cfg.data.path, cfg.data.split = "gsm8k", "file", str(data), "test"
+  paths = modes.Paths(str(tmp_path / "w"))
+  modes.run_eval(cfg, paths)
+  stubbed.clear()
+  modes.run_eval(cfg, paths)
+  assert stubbed == []  # the same file: reused
+  data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}) + "\n")
+  modes.run_eval(cfg, paths)
+  assert stubbed == ["eval base gsm8k"]
