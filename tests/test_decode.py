@@ -224,6 +224,12 @@ def test_sampling_rules():
   np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=0)), greedy)
   np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=1, top_k=1)), greedy)
   np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=1, top_p=1e-6)), greedy)
+  # a temperature whose float32 reciprocal overflows drew the padding token (NaN logits): greedy instead
+  for tiny in (1e-6, 1e-45, 1e-300):
+    assert SamplingConfig(temperature=tiny).temperature == 0
+    np.testing.assert_array_equal(sample_logits(logits.T, keys, SamplingConfig(temperature=tiny)), greedy)
+  with pytest.raises(ValueError, match="temperature must be >= 0"):
+    SamplingConfig(temperature=float("nan"))
   # Frequencies follow softmax(logits / T) restricted to the top k.
   row = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0]])
   n = 20000

@@ -27,12 +27,18 @@ from swirl_jax import host_cpu
 from swirl_jax.models.gemma import Gemma, KVCache, LayerWeights
 
 
+# Temperatures below this sample greedily (as vLLM does): logits / T in float32 overflows to inf and NaN
+# long before T reaches 0 (T = 1e-45 drew the padding token).
+GREEDY_BELOW = 1e-5
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """How the next token is chosen.
 
   Attributes:
-    temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+    temperature: 0 means greedy (argmax), as does anything below GREEDY_BELOW (stored as 0); otherwise
+      logits are divided by it.
     top_k: keep the k most likely tokens (0 = no limit).
     top_p: keep the smallest set of tokens whose probability reaches p (1.0 = no limit). Applied within
       top_k when top_k > 0; with top_k = 0 it sorts the whole vocabulary (slower on big vocabularies).
@@ -45,8 +51,10 @@ class SamplingConfig:
   max_new_tokens: int = 256
 
   def __post_init__(self):
-    if self.temperature < 0:
+    if not self.temperature >= 0:  # (NaN too)
       raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+    if self.temperature < GREEDY_BELOW:
+      object.__setattr__(self, "temperature", 0.0)
     if not 0 < self.top_p <= 1:
       raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
     if self.top_k < 0 or self.max_new_tokens < 1:

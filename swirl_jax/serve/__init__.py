@@ -40,8 +40,9 @@ How requests become model work:
   most ``steps_per_call`` tokens past it; the extra tokens are discarded).
 * Finish reasons: "stop" for end of turn / EOS (the marker is not in the content) or a stop string (cut
   before it, as OpenAI does); "length" for ``max_tokens`` or a full KV cache.
-* Seeds: choice i of a request with ``seed`` s samples with row seed s + i; without a seed, a random
-  one. With temperature 0 the seed does not matter.
+* Seeds: choice 0 of a request with ``seed`` s samples with row seed s, choice i > 0 with a hash of
+  (s, i) (``engine.choice_seed``); without a seed, a random one. With temperature 0 (or below 1e-5,
+  treated as 0) the seed does not matter.
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad field
 (``param`` names it, e.g. ``messages[1].role``), 400 ``context_length_exceeded`` when the prompt plus

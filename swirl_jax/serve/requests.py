@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+from swirl_jax.sampling.decode import GREEDY_BELOW
 from swirl_jax.types import Message
 
 _MAX_STOPS = 4  # OpenAI's limit on stop strings
@@ -216,6 +217,8 @@ def parse_request(body: Any, model_names: Sequence[str], config: ServeConfig) ->
                code="unsupported_value")
   messages = to_gemma_messages(body.get("messages"))
   temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+  if temperature < GREEDY_BELOW:  # greedy, as the sampler would treat it (one sampler for all of them)
+    temperature = 0.0
   top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
   top_k = _integer(body, "top_k", 0, -1)
   max_tokens = _integer(body, "max_completion_tokens", None, 1)
