@@ -309,6 +309,9 @@ class StepExample:
     state: every message before action k (prompt, earlier actions, tool results).
     action: the recorded k-th model turn.
     process_label / outcome_label: the labels of the source step and trajectory, when judged.
+    budget: the tool calls the prompt in ``state`` allows (the rollout's step budget); a sampled tool call
+      at a state that already holds that many turns is over budget. None: unknown (files made before
+      the field existed).
   """
 
   question_id: str
@@ -318,9 +321,10 @@ class StepExample:
   action: str
   process_label: Label | None = None
   outcome_label: Label | None = None
+  budget: int | None = None
 
   def to_json(self) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "question_id": self.question_id,
         "sample_index": self.sample_index,
         "step_index": self.step_index,
@@ -329,6 +333,9 @@ class StepExample:
         "process_label": self.process_label,
         "outcome_label": self.outcome_label,
     }
+    if self.budget is not None:  # absent when unknown: an old example keeps its JSON (and its digest)
+      out["budget"] = self.budget
+    return out
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any], where: str = "step_example") -> "StepExample":
@@ -341,6 +348,7 @@ class StepExample:
         action=_require(d, "action", str, where),
         process_label=_label(d, "process_label", where),
         outcome_label=_label(d, "outcome_label", where),
+        budget=None if d.get("budget") is None else _count(d, "budget", where),
     )
 
 

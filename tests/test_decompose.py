@@ -17,7 +17,7 @@ from swirl_jax.pipeline.decompose import (
     tokenize_examples,
 )
 from swirl_jax.tokenizer import END_OF_TURN
-from swirl_jax.types import Message, Question, Step, StepExample, ToolCall, Trajectory, Verdict
+from swirl_jax.types import Message, Question, RecordError, Step, StepExample, ToolCall, Trajectory, Verdict
 from tiny_tokenizer import tiny_tokenizer
 
 TOK = tiny_tokenizer()
@@ -56,6 +56,25 @@ def test_three_steps_give_three_examples_with_the_right_states():
   bare = decompose_all([TRAJ, TRAJ], "math")
   assert len(bare) == 6 and bare[0].state == (Message("user", prompts.user_prompt("math", QUESTION.text)),)
   assert StepExample.from_json(bare[2].to_json()) == bare[2]
+
+
+def test_examples_carry_the_step_budget_and_old_files_still_load():
+  """The budget (for stage 2's over-budget rule): the one decompose is given, else the trajectory's
+  recorded one, else unknown; JSON without it (files written before the field) loads as unknown."""
+  recorded = dataclasses.replace(TRAJ, provenance={"task": "math", "budget": 4})
+  assert [ex.budget for ex in decompose(recorded, "math", DEMOS, 4)] == [4, 4, 4]
+  assert [ex.budget for ex in decompose(recorded, "math", DEMOS)] == [4, 4, 4]
+  assert [ex.budget for ex in decompose(recorded, "math", DEMOS, 6)] == [6, 6, 6]  # what the prompt says
+  assert [ex.budget for ex in decompose(TRAJ, "math", DEMOS)] == [None, None, None]
+  ex = decompose(recorded, "math", DEMOS)[1]
+  assert ex.to_json()["budget"] == 4 and StepExample.from_json(ex.to_json()) == ex
+  old = dataclasses.replace(ex, budget=None).to_json()
+  assert "budget" not in old  # an example without a budget keeps the JSON (and digest) it had before
+  assert StepExample.from_json(old).budget is None
+  assert StepExample.from_json({**old, "budget": None}).budget is None
+  for bad in ("4", True, 4.0):
+    with pytest.raises(RecordError, match="budget"):
+      StepExample.from_json({**old, "budget": bad})
 
 
 def test_split_state():

@@ -17,6 +17,7 @@ from swirl_jax.judges.base import (
     JudgeRequest,
     PromptJudge,
     context_from_state,
+    over_budget_step,
     step_contexts,
     verdict_from_completions,
 )
@@ -87,6 +88,14 @@ VERDICT_TABLE = [
     ("My verdict was good at first.\nVERDICT: not bad", None),
     ("", None),
     ("VERDICT: goodness", None),  # whole words only
+    # The verdict line decides: later prose that uses the word "verdict" does not.
+    ("The query repeats step 0.\nVERDICT: BAD\n(My verdict would be GOOD if the query were new.)", "BAD"),
+    ("Unsupported.\nVERDICT: BAD\n\nNote: I reached this verdict because no good evidence was found.", "BAD"),
+    ("VERDICT: BAD. A good verdict needs evidence.", "BAD"),
+    ("The step is fine.\nVERDICT: GOOD\nThis verdict is not bad at all.", "GOOD"),
+    ("VERDICT: BAD\nThe verdict: good ideas aside, it repeats a query.", "BAD"),
+    ("It repeats a query.\nFinal verdict: **BAD**", "BAD"),  # a verdict statement that ends its line
+    ("VERDICT: GOOD\nOn reflection it repeats step 1.\nVERDICT: NOT GOOD", None),
 ]
 
 
@@ -438,8 +447,48 @@ def test_stage_two_context_matches_stage_one():
     for ex, ctx in zip(examples, step_contexts(t, task)):
       if budget:
         assert f"at most {budget} times" in ctx.prompt
-      again = context_from_state(task, ex.state, ex.step_index, ex.action)
+      again = context_from_state(task, ex.state, ex.step_index, ex.action, budget=ex.budget)
       assert again.prompt == ctx.prompt
       assert judge_prompts.process_prompt(task, again.prompt, again.previous, again.action.text) == \
           judge_prompts.process_prompt(task, ctx.prompt, ctx.previous, ctx.action.text)
       assert RuleJudge().judge_contexts([again]) == RuleJudge().judge_contexts([ctx])
+
+
+def _over_budget_trajectory() -> Trajectory:
+  """A math trajectory with budget 2 whose third turn, a tool call, the rollout recorded as over budget."""
+  steps = [call("<math_exp>2 + 3</math_exp>", "5.0"), call("<math_exp>5 * 4</math_exp>", "20.0")]
+  third = over_budget_step(step("<math_exp>20 * 5</math_exp>"), 2, 2)
+  t = traj(steps + [third], text="What is (2 + 3) * 4 * 5?")
+  return dataclasses.replace(t, provenance={"task": "math", "budget": 2,
+                                            "end_reason": "step budget exhausted"})
+
+
+def test_over_budget_step_is_the_rollouts_record():
+  over = over_budget_step(step("<math_exp>20 * 5</math_exp>"), 2, 2)
+  assert over.kind == "malformed" and over.call.input == "20 * 5" and over.observation is None
+  assert over.error == "over_budget: the tool was already called 2 times, the most the prompt allows"
+  assert over_budget_step(step("no tag at all"), 3, 2).error == step("no tag at all").error  # parser's reason
+  assert over_budget_step(step("<math_exp>1 + 1</math_exp>"), 1, 2) is None  # within the budget
+  assert over_budget_step(step("<answer>100</answer>"), 2, 2) is None  # an answer is never over budget
+  assert over_budget_step(step("<math_exp>1 + 1</math_exp>"), 0, 0).kind == "malformed"  # budget 0
+  assert over_budget_step(step("<math_exp>1 + 1</math_exp>"), 99, None) is None  # unknown budget
+
+
+def test_stage_two_judges_a_call_past_the_budget_as_stage_one():
+  """The same over-budget call: BAD in stage 1 (recorded malformed) and in stage 2 (sampled at that state)."""
+  t = _over_budget_trajectory()
+  stage1 = step_contexts(t, "math")
+  for budget_arg in (2, None):  # the budget passed to decompose, else the one in provenance
+    examples = decompose(t, "math", demos=task_prompts.DEFAULT_DEMOS["math"], budget=budget_arg)
+    assert [ex.budget for ex in examples] == [2, 2, 2]
+  for ex, ctx in zip(examples, stage1):
+    again = context_from_state("math", ex.state, ex.step_index, ex.action, budget=ex.budget)
+    assert again.action == dataclasses.replace(ctx.action, observation=None)  # a sampled turn has no result
+    assert RuleJudge().judge_contexts([again]) == RuleJudge().judge_contexts([ctx])
+  verdict = RuleJudge().judge_contexts([context_from_state("math", ex.state, 2, ex.action, budget=2)])[0]
+  assert verdict.label == "BAD" and "over_budget" in verdict.explanation
+  answer = context_from_state("math", ex.state, 2, "<answer>100</answer>", budget=2)
+  assert answer.action.kind == "answer"  # answering is what the last state allows
+  # A step example without a budget (a file written before the field existed): judged as before.
+  stale = context_from_state("math", ex.state, ex.step_index, ex.action)
+  assert stale.action.kind == "tool_call" and RuleJudge().judge_contexts([stale])[0].label == "GOOD"

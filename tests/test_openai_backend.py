@@ -154,11 +154,49 @@ def test_always_failing_gives_a_clear_error_after_the_last_retry():
   assert "after 3 attempts" in msg and "503" in msg and "service temporarily down" in msg
 
 
-def test_unparseable_until_the_end_is_an_error():
-  with Server(lambda n, b, h: ok("Hmm, hard to say.")) as server:
-    with pytest.raises(JudgeBackendError, match="no parseable verdict: Hmm, hard to say"):
-      OpenAIBackend(config(server, max_retries=1)).complete([REQUEST])
-    assert server.count == 2
+def test_unparseable_reply_is_asked_once_more_at_temperature_0_then_counts_as_bad(tmp_path, monkeypatch):
+  """A 200 reply without a verdict (cut by max_tokens, say) is the judge's answer: at temperature 0 it is
+  asked for once more (the endpoint repeats itself), then returned, and PromptJudge labels it BAD
+  (UNPARSEABLE, not cached) instead of the whole call failing."""
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  sleeps: list[float] = []
+  with Server(lambda n, b, h: ok(f"Hmm, hard to say ({SECRET}) because")) as server:
+    backend = OpenAIBackend(config(server, max_retries=5, api_key_env=KEY_ENV), sleep=sleeps.append)
+    [completion] = backend.complete([REQUEST])
+    assert server.count == 2 and sleeps == []  # one retry, no backoff: the server is fine
+    assert completion.text == "Hmm, hard to say ([REDACTED]) because"
+    cache_path = tmp_path / "cache.jsonl"
+    with JudgeCache(str(cache_path)) as cache:
+      labelled = PromptJudge(backend, cache=cache, task="math").label([_trajectory()], outcome=False)
+      assert len(cache) == 0  # not cached: a rerun asks again
+  assert server.count == 2 + 2 * 2
+  for s in labelled[0].steps:
+    assert s.verdict.label == "BAD" and s.verdict.explanation.startswith("UNPARSEABLE VERDICT")
+  assert not cache_path.exists() or cache_path.read_text() == ""
+
+
+def test_unparseable_reply_is_retried_up_to_max_retries_above_temperature_0():
+  replies = iter(["Let me think", "Still thinking", "It helps.\nVERDICT: GOOD"])
+  with Server(lambda n, b, h: ok(next(replies))) as server:
+    assert OpenAIBackend(config(server, temperature=0.7, max_retries=3)).complete([REQUEST])[0].text == \
+        "It helps.\nVERDICT: GOOD"
+    assert server.count == 3
+  with Server(lambda n, b, h: ok("Hmm.")) as server:
+    assert OpenAIBackend(config(server, temperature=0.7, max_retries=3)).complete([REQUEST])[0].text == "Hmm."
+    assert server.count == 4
+  with Server(lambda n, b, h: ok("Hmm.")) as server:  # no retries asked for: none made
+    assert OpenAIBackend(config(server, max_retries=0)).complete([REQUEST])[0].text == "Hmm."
+    assert server.count == 1
+
+
+def test_unparseable_reply_then_server_errors_returns_the_reply():
+  """Once the judge has answered, later transport failures do not turn its answer into an error."""
+  def script(n, body, headers):
+    return ok("No verdict here.") if n == 0 else (503, {}, b"busy")
+
+  with Server(script) as server:
+    [completion] = OpenAIBackend(config(server, temperature=0.7, max_retries=2)).complete([REQUEST])
+    assert completion.text == "No verdict here." and server.count == 3
 
 
 def test_non_retryable_status_fails_at_once():

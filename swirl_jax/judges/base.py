@@ -15,7 +15,9 @@ fake. That is the whole contract, so a new backend needs no change here.
 
 The unit of process judging is a ``StepContext`` (task, the question's task prompt, the earlier steps,
 the step to judge). It is built from a recorded trajectory (stage 1) or from a decomposed state and a
-freshly sampled action (stage 2, ``context_from_state``), so both stages ask the judge the same thing.
+freshly sampled action (stage 2, ``context_from_state``), so both stages ask the judge the same thing;
+that includes the step budget: a turn past it is malformed in both (``over_budget_step``, which the
+rollout uses to record it).
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ def step_from_text(text: str, task: task_prompts.Task) -> Step:
   return Step(text=text, kind=parsed.kind, call=parsed.call, answer=parsed.answer, error=parsed.error)
 
 
+def over_budget_step(step: Step, tool_calls: int, budget: int | None) -> Step | None:
+  """The step recorded for a turn past the step budget, or None when the turn is within it.
+
+  The prompt allows ``budget`` tool calls, and every earlier turn of a trajectory counts as one (an
+  answer ends it; malformed turns count). A further turn that is not an answer is not run: it becomes a
+  malformed step that keeps its parsed call and the parser's error, else gets an "over_budget" error.
+  The rollout records turns with this and ``context_from_state`` judges sampled turns with it, so both
+  stages give the judge the same step.
+
+  Args:
+    step: the parsed turn (its tool not run).
+    tool_calls: non-answer turns before this one.
+    budget: the tool calls allowed; None when unknown (never over budget).
+  """
+  if budget is None or step.kind == "answer" or tool_calls < budget:
+    return None
+  error = step.error or (f"over_budget: the tool was already called {tool_calls} times, "
+                         f"the most the prompt allows")
+  return dataclasses.replace(step, kind="malformed", answer=None, observation=None, error=error)
+
+
 def step_contexts(trajectory: Trajectory, task: task_prompts.Task) -> list[StepContext]:
   """The context of every step of a trajectory: step k sees the prompt (with the step budget the rollout
   recorded, as the model saw it) and steps < k."""
@@ -73,11 +96,12 @@ def step_contexts(trajectory: Trajectory, task: task_prompts.Task) -> list[StepC
 
 
 def context_from_state(task: task_prompts.Task, state: Sequence[Message], step_index: int,
-                       action: str) -> StepContext:
+                       action: str, budget: int | None = None) -> StepContext:
   """The context of a sampled ``action`` in a decomposed state (StepExample.state and .step_index).
 
   Demonstrations are dropped; earlier model turns are re-parsed and paired with the user turn that
-  follows each as its observation.
+  follows each as its observation. When the earlier turns already number ``budget`` (StepExample.budget;
+  None = unknown), a tool call is over budget and judged as the malformed step the rollout records.
   """
   from swirl_jax.pipeline.decompose import split_state  # pipeline depends on judges, not back
 
@@ -88,7 +112,9 @@ def context_from_state(task: task_prompts.Task, state: Sequence[Message], step_i
       previous.append(step_from_text(m.content, task))
     elif previous:
       previous[-1] = dataclasses.replace(previous[-1], observation=m.content)
-  return StepContext(task, prompt.content, tuple(previous), step_from_text(action, task))
+  step = step_from_text(action, task)
+  step = over_budget_step(step, len(previous), budget) or step
+  return StepContext(task, prompt.content, tuple(previous), step)
 
 
 # ---------------------------------------------------------------------------------------------------

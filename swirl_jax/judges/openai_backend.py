@@ -10,12 +10,16 @@ response snippets, even completions) is passed through a redaction of the key. U
 ``user:password@`` part and query string before they are shown or used as an identity.
 
 Retries (``max_retries`` after the first attempt, so ``1 + max_retries`` attempts in all) on HTTP 408,
-429 and 5xx, on connection errors and timeouts, on a body that is not a chat completion, and on a
-completion whose verdict cannot be parsed (``accept``). Other 4xx (a bad request, a wrong key) fail at
-once. Between attempts: exponential backoff with full jitter, uniform(0, min(backoff_max_s,
-backoff_initial_s * 2**attempt)); a ``Retry-After`` header (seconds or an HTTP date) replaces it,
-capped at backoff_max_s. After the last attempt a ``JudgeBackendError`` names the URL, the last
-status and a snippet of the last response.
+429 and 5xx, on connection errors and timeouts, and on a body that is not a chat completion. Other 4xx
+(a bad request, a wrong key) fail at once. Between attempts: exponential backoff with full jitter,
+uniform(0, min(backoff_max_s, backoff_initial_s * 2**attempt)); a ``Retry-After`` header (seconds or an
+HTTP date) replaces it, capped at backoff_max_s. After the last attempt a ``JudgeBackendError`` names the
+URL, the last status and a snippet of the last response.
+
+A chat completion whose verdict cannot be parsed (``accept``) is a judge's answer, not a failure: it is
+asked again without backoff (at most once at temperature 0, where the endpoint would repeat it; up to
+``max_retries`` times otherwise), then returned as it is, so the judge counts it as BAD ("UNPARSEABLE
+VERDICT", judges/base.py) and does not cache it, instead of aborting the whole labelling or RL call.
 
 Concurrency: at most ``max_concurrency`` requests in flight per backend object (a semaphore shared by
 every ``complete`` call, also from several threads); the semaphore is not held while backing off.
@@ -139,6 +143,7 @@ class _Attempt:
   status: int | None = None  # HTTP status, None for a connection error
   snippet: str = ""
   retry_after: float | None = None
+  unparseable: str | None = None  # the completion text (redacted) when it came back but was not accepted
 
 
 class OpenAIBackend:
@@ -149,7 +154,7 @@ class OpenAIBackend:
     """Args:
       config: the endpoint and its settings.
       accept: whether a completion text is usable; default: it holds a parseable verdict. A text
-        that is not accepted is retried like a server error.
+        that is not accepted is asked again (see the module docstring), then returned as it is.
       sleep: how to wait between attempts (tests may pass a fake).
       rng: jitter source (default: an unseeded private Random).
     """
@@ -230,8 +235,14 @@ class OpenAIBackend:
     except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
       attempt.snippet = "not a chat completion: " + attempt.snippet
       return None, attempt
-    if not isinstance(content, str) or not self._accept(content):
-      attempt.snippet = "no parseable verdict: " + self._snippet(str(content).encode("utf-8"))
+    if content is None:  # no text (e.g. max_tokens spent on hidden reasoning): an empty answer
+      content = ""
+    if not isinstance(content, str):
+      attempt.snippet = "not a chat completion: " + attempt.snippet
+      return None, attempt
+    if not self._accept(content):
+      attempt.snippet = "no parseable verdict: " + self._snippet(content.encode("utf-8"))
+      attempt.unparseable = self._redact(content)
       return None, attempt
     return self._redact(content), attempt
 
@@ -249,17 +260,34 @@ class OpenAIBackend:
     """The completion of one request, retrying as described in the module docstring."""
     body = self._body(request)
     attempts = 1 + self.config.max_retries
+    # At temperature 0 a second unparseable reply would be the same text, paid for again; one retry
+    # still covers an endpoint that is not exactly deterministic.
+    unparseable_retries = min(self.config.max_retries, 1 if self.config.temperature == 0 else attempts)
+    kept: str | None = None  # the latest reply without a parseable verdict
+    n_unparseable = 0
     last = _Attempt()
     for i in range(attempts):
       text, last = self._post(body)
       if text is not None:
         return Completion(text=text)
+      if last.unparseable is not None:
+        kept = last.unparseable
+        n_unparseable += 1
+        if n_unparseable > unparseable_retries:
+          break
       what = f"HTTP {last.status}" if last.status is not None else "connection error"
       if i + 1 < attempts:
-        delay = self._delay(i, last)
+        # the server did answer after an unparseable reply: nothing to back off from
+        delay = 0.0 if last.unparseable is not None else self._delay(i, last)
         log.warning("Judge request to %s: %s (%s); retry %d/%d in %.2fs.", self.public_url, what,
                     last.snippet[:120], i + 1, self.config.max_retries, delay)
-        self._sleep(delay)
+        if last.unparseable is None:
+          self._sleep(delay)
+    if kept is not None:
+      # A reply is a judge's answer: counted as BAD (UNPARSEABLE VERDICT) rather than failing the run.
+      log.warning("Judge request to %s: no parseable verdict after %d reply(ies); returning the last one, "
+                  "which counts as BAD: %.120r", self.public_url, n_unparseable, kept)
+      return Completion(text=kept)
     status = last.status if last.status is not None else "none (connection error)"
     raise JudgeBackendError(f"POST {self.public_url} failed after {attempts} attempts; last status: {status}; "
                             f"last response: {last.snippet!r}")

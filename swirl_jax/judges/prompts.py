@@ -93,19 +93,44 @@ _VERDICT_RE = re.compile(r"\bverdict\b", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(not|isn't|is not|never)\W*$", re.IGNORECASE)
 _WINDOW = 80  # characters after "VERDICT" in which the label must appear
+# A verdict statement: "verdict", then only punctuation or markup, an optional negation, and the label.
+_STATEMENT_RE = re.compile(r"verdict\W*?(?P<neg>\b(?:not|isn't|never)\W+)?(?P<label>good|bad)\b",
+                           re.IGNORECASE)
+_WORD_RE = re.compile(r"\w")
+
+
+def _label_of(match: re.Match) -> Label | None:
+  if match.group("neg"):
+    return None
+  return "GOOD" if match.group("label").lower() == "good" else "BAD"
 
 
 def parse_verdict(text: str) -> Label | None:
-  """The label of a judge reply: the GOOD/BAD right after its last usable "VERDICT", else None.
+  """The label of a judge reply: the GOOD/BAD of its last verdict line, else of its last usable "VERDICT".
 
   Case-insensitive and tolerant of markdown ("**Verdict:** **bad**") and of a line break after the
-  colon. Occurrences of "verdict" are tried from the last one back; for each, the first GOOD or BAD
-  within 80 characters (and before any later "verdict") counts. A negated label ("VERDICT: not good")
-  is unusable rather than guessed: the reply gets None, not an earlier mention of a label.
+  colon. A verdict line is a statement "VERDICT: GOOD" (only punctuation or markup between the word and
+  the label) that starts its line or ends it; the last one decides, so prose after it that uses the
+  word ("My verdict would be GOOD if ...") changes nothing. Without such a line, occurrences of "verdict"
+  are tried from the last one back; for each, the first GOOD or BAD within 80 characters (and before any
+  later "verdict") counts. A negated label ("VERDICT: not good") is unusable rather than guessed: the
+  reply gets None, not an earlier mention of a label.
   """
   if not text:
     return None
-  starts = [m.end() for m in _VERDICT_RE.finditer(text)]
+  mentions = list(_VERDICT_RE.finditer(text))
+  for v in reversed(mentions):
+    m = _STATEMENT_RE.match(text, v.start())
+    if m is None:
+      continue
+    line_start = text.rfind("\n", 0, v.start()) + 1
+    line_end = text.find("\n", m.end())
+    before = text[line_start : v.start()]
+    after = text[m.end() : len(text) if line_end < 0 else line_end]
+    if not _WORD_RE.search(before) or not _WORD_RE.search(after):
+      return _label_of(m)
+  # No verdict line (e.g. "Verdict - the step is GOOD."): the loose scan.
+  starts = [m.end() for m in mentions]
   for i in range(len(starts) - 1, -1, -1):
     end = starts[i + 1] if i + 1 < len(starts) else len(text)
     window = text[starts[i] : min(end, starts[i] + _WINDOW)]

@@ -5,7 +5,8 @@ k: the initial messages of the question (``prompts.initial_messages`` with the t
 step budget the rollout used), then each earlier model turn followed by its observation as a user turn.
 Action a_k is the text of turn k. Turn texts are cut after their first closing tag
 (``truncate_after_action``), which is what the rollout kept in context; on already-cut text this is a
-no-op.
+no-op. Each example also carries the step budget (StepExample.budget), so that stage 2 judges a sampled
+tool call past it as the rollout would have recorded it (``judges.base.context_from_state``).
 
 Tokenization (``tokenize_example``): tokens = encode(render(state, add_generation_prompt=True)) with BOS,
 then encode(action) without BOS, then the ``<end_of_turn>`` id. The prefix and the action are encoded
@@ -45,11 +46,22 @@ POLICIES: tuple[Policy, ...] = ("truncate_left", "drop")
 # Trajectories -> step examples.
 
 
+def _recorded_budget(trajectory: Trajectory) -> int | None:
+  """The step budget the rollout recorded in the trajectory's provenance, or None."""
+  value = trajectory.provenance.get("budget")
+  return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def decompose(trajectory: Trajectory, task: task_prompts.Task,
               demos: Sequence[task_prompts.Demonstration] = (), budget: int | None = None) -> list[StepExample]:
-  """The K step examples of a trajectory with K model turns (state s_k, action a_k)."""
+  """The K step examples of a trajectory with K model turns (state s_k, action a_k).
+
+  ``budget`` is the step budget the states' prompts state (None: the task's default); each example's
+  StepExample.budget is ``budget``, else the one recorded in the trajectory's provenance, else None.
+  """
   state: list[Message] = task_prompts.initial_messages(task, trajectory.question.text, demos, budget)
   outcome = trajectory.outcome.label if trajectory.outcome is not None else None
+  ex_budget = budget if budget is not None else _recorded_budget(trajectory)
   out = []
   for k, step in enumerate(trajectory.steps):
     action = truncate_after_action(step.text)
@@ -61,6 +73,7 @@ def decompose(trajectory: Trajectory, task: task_prompts.Task,
         action=action,
         process_label=step.verdict.label if step.verdict is not None else None,
         outcome_label=outcome,
+        budget=ex_budget,
     ))
     state.append(Message("model", action))
     if step.observation is not None:

@@ -23,6 +23,7 @@ from flax import nnx
 
 from swirl_jax import chat, prompts
 from swirl_jax.distributed import to_host
+from swirl_jax.judges.base import over_budget_step
 from swirl_jax.sampling.decode import Sampler
 from swirl_jax.sampling.generate import write_rows
 from swirl_jax.sampling.turns import cut_turn
@@ -199,11 +200,12 @@ class Rollout:
     if parsed.kind == "answer":
       row.steps.append(Step(kind="answer", answer=parsed.answer, **base))
       return self._finish(row, parsed.answer)
-    if row.tool_calls >= self.cfg.budget:
-      # the prompt allowed `budget` calls: a further one is not run (its result would reach no model turn)
-      error = parsed.error or (f"over_budget: the tool was already called {row.tool_calls} times, "
-                               f"the most the prompt allows")
-      row.steps.append(Step(kind="malformed", call=parsed.call, error=error, **base))
+    # the prompt allowed `budget` calls: a further one is not run (its result would reach no model turn);
+    # the rule is shared with stage 2's judge contexts
+    over = over_budget_step(Step(kind=parsed.kind, call=parsed.call, error=parsed.error, **base),
+                            row.tool_calls, self.cfg.budget)
+    if over is not None:
+      row.steps.append(over)
       return self._finish(row, None, "step budget exhausted")
     if parsed.kind == "tool_call":
       call: ToolCall = parsed.call

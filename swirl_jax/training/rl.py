@@ -236,7 +236,8 @@ class _Run:
     return [self.kept[_example_at(p, n, self.cfg.seed, self._perm)] for p in range(pos, pos + self.cfg.states_per_step)]
 
   def judge_texts(self, exs: Sequence[StepExample], texts: Sequence[str]):
-    contexts = [context_from_state(self.cfg.task, ex.state, ex.step_index, text) for ex, text in zip(exs, texts)]
+    contexts = [context_from_state(self.cfg.task, ex.state, ex.step_index, text, budget=ex.budget)
+                for ex, text in zip(exs, texts)]
     if jax.process_count() > 1 and _is_http_judge(self.judge):
       return judged_on_process_0(lambda: self.judge.judge_contexts(contexts), len(contexts))
     # Rule judges are free, and a JAX judge model on the global mesh needs every process.
