@@ -75,7 +75,8 @@ HELP: dict[str, str] = {
                                 "itself is never a config value",
     "judge.openai.max_concurrency": "requests in flight at once",
     "judge.openai.timeout_s": "per-request timeout",
-    "judge.openai.max_retries": "retries on 429, 5xx, timeouts and unparseable replies",
+    "judge.openai.max_retries": "retries on 429, 5xx and timeouts; an unparseable reply is asked again (once at "
+                                 "temperature 0) and then counted as BAD",
     "judge.openai.temperature": "judge sampling temperature",
     "judge.openai.max_tokens": "judge reply length limit",
     "judge.model.source": "judge model source (any model.source form)",
