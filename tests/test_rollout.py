@@ -48,7 +48,7 @@ class ScriptedSampler:
 
   def __post_init__(self):
     self.rows = [dict(question=None, turn=0, queue=[]) for _ in range(self.batch)]
-    self.resets, self.rollbacks, self.max_busy = [], [], 0
+    self.resets, self.rollbacks, self.max_busy, self.chunks = [], [], 0, []
 
   @property
   def max_chunk(self):
@@ -71,8 +71,11 @@ class ScriptedSampler:
     return _State(_Cache(z.copy()), z.copy(), np.zeros(self.batch, bool))
 
   def _turn_tokens(self, row):
-    text = self.scripts[row["question"]][row["turn"]]
-    ids = self.tok.encode(text, add_bos=False)
+    turn = self.scripts[row["question"]][row["turn"]]
+    # a tuple of pieces, each encoded alone: a split of the text that encoding it whole does not give
+    pieces = turn if isinstance(turn, tuple) else (turn,)
+    text = "".join(pieces)
+    ids = [i for p in pieces for i in self.tok.encode(p, add_bos=False)]
     if text.endswith("!"):
       ids.append(self.tok.end_of_turn_id)
     return ids[:self.sampling.max_new_tokens]
@@ -98,6 +101,7 @@ class ScriptedSampler:
       else:
         row["turn"] += 1
       chunk = tokens[i, :n].tolist()
+      self.chunks.append((r, chunk))
       lengths[r] += n
       text = self.tok.decode(chunk)
       if set_lengths[i] == 0:
@@ -244,3 +248,24 @@ def test_a_zero_budget_prompt_says_so_and_a_call_ends_the_trajectory(scripted):
   assert [s.kind for s in t.steps] == ["malformed"] and t.steps[0].error.startswith("over_budget")
   with pytest.raises(ValueError, match="max_tool_calls must be >= 0"):
     RolloutConfig(max_tool_calls=-1)
+
+
+def test_a_turn_sampled_as_another_split_of_its_text_is_rewritten_as_its_encoding(scripted):
+  """The cache held the sampled tokens (" wri" "t" "ing") while decompose's states and stage-2 RL encode
+  the text (" writing"): later turns saw another context than the one trained on."""
+  tok = scripted.tok
+  turn = ("I am wri", "ting. <math_exp>2 + 2</math_exp>")
+  sampled = [i for p in turn for i in tok.encode(p, add_bos=False)]
+  canonical = tok.encode("".join(turn), add_bos=False)
+  assert sampled != canonical and tok.decode(sampled) == tok.decode(canonical)  # the premise
+  scripted.scripts = {"Q-split": [turn, "<answer>4</answer>"]}
+  rollout = Rollout(scripted, None, tok, {"calculator": Calculator()},
+                    RolloutConfig(task="math", max_tool_calls=2, num_demos=0))
+  (t,) = rollout.run([Question(id="Q-split", dataset="test", text="Q-split", answer="4")])
+  assert [s.kind for s in t.steps] == ["tool_call", "answer"] and t.final_answer == "4"
+  in_cache = len(sampled) - 1  # the last sampled token was pending
+  assert scripted.rollbacks == [(0, in_cache)]  # back to the turn's start
+  (r, chunk), = [c for c in scripted.chunks[1:]]  # the prompt, then the turn and the tool result
+  assert chunk[:len(canonical)] == canonical
+  assert tok.decode(chunk[len(canonical):]).startswith("<end_of_turn>\n<start_of_turn>user\n2 + 2 -> 4.0")
+  assert t.steps[1].prompt_tokens == t.steps[0].prompt_tokens + len(chunk)

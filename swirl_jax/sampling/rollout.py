@@ -193,6 +193,14 @@ class Rollout:
       set_len[r] = length - (in_cache - keep)
       length = set_len[r]
     carry = ids[in_cache:keep]  # the pending token when it is part of the kept text
+    canonical = self.tok.encode(text, add_bos=False)
+    if canonical != ids[:keep]:
+      # The model wrote its text as tokens that encoding the text does not give back (another split of a
+      # word, or a closing tag merged with what followed). Every later reader of the conversation
+      # (decompose's states, stage-2 RL, a model judge) encodes the text, so the cache is rewritten with
+      # that encoding: the next turns see what training sees. At most max_new_tokens are rolled back.
+      set_len[r] = length = row.turn_start_len
+      carry = canonical
     parsed = parse_action(text, self.allowed)
     seconds = time.perf_counter() - row.turn_start_time
     base = dict(text=text, prompt_tokens=row.turn_start_len, new_tokens=keep, seconds=seconds)

@@ -3,7 +3,9 @@
 The device stop rule ends a turn at a closing tag, but when the tag's last token merges with what
 follows (``>.``) the turn runs on; the host then cuts the text after the action (one parser:
 ``truncate_after_action``) and keeps the fewest tokens whose text covers it. The rollout rolls the
-cache back to those tokens; step-wise RL trains on exactly them, so the loss covers what the judge saw.
+cache back to those tokens (and rewrites the turn as the text's own encoding when they are not it, so
+later turns see what decompose's states hold); step-wise RL trains on exactly them, so the loss covers
+what the judge saw.
 """
 
 from __future__ import annotations
