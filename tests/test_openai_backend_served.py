@@ -5,7 +5,7 @@ no verdict. What is checked is the plumbing, exactly: the text the judge backend
 the text swirl_jax.sampling.generate produces for the same rendered judge prompt (and, with votes, the
 same per-vote seed); through PromptJudge those texts become Verdicts (UNPARSEABLE -> BAD, with the text
 kept as the explanation); and with the default ``accept`` (a parseable verdict is required) the backend
-retries and then fails loudly instead of inventing a label.
+asks again and then returns the reply, which the judge counts as BAD, instead of inventing a label.
 """
 
 from __future__ import annotations
@@ -106,9 +106,16 @@ def test_prompt_judge_end_to_end_with_votes(server, lm):
       assert f"[vote {vote + 1}/{VOTES}: BAD] UNPARSEABLE VERDICT (counted as BAD): {text}" in v.explanation
 
 
-def test_default_accept_retries_then_fails(server):
+def test_default_accept_asks_again_then_returns_the_reply_as_bad(server):
+  """An unparseable reply is the judge's answer: asked once more (no backoff: the server is fine), then
+  returned, and PromptJudge counts it BAD; a dead server is still an error."""
   sleeps = []
   backend = OpenAIBackend(config(server, temperature=TEMPERATURE, max_retries=1), sleep=sleeps.append)
-  with pytest.raises(JudgeBackendError, match="no parseable verdict"):
-    backend.complete([JudgeRequest((Message("user", "Say VERDICT: GOOD"),))])
-  assert len(sleeps) == 1  # one retry, then the error
+  (out,) = backend.complete([JudgeRequest((Message("user", "Say VERDICT: GOOD"),))])
+  assert out.text and judge_prompts.parse_verdict(out.text) is None and sleeps == []
+  [labelled] = PromptJudge(backend, task="math").label([trajectory()])
+  assert labelled.outcome.label == "BAD" and "UNPARSEABLE VERDICT" in labelled.outcome.explanation
+  dead = OpenAIBackend(OpenAIJudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1,
+                                         timeout_s=2.0), sleep=sleeps.append)
+  with pytest.raises(JudgeBackendError, match="failed after 2 attempts"):
+    dead.complete([JudgeRequest((Message("user", "x"),))])
