@@ -69,6 +69,13 @@ SEARCH_TRAJ = traj([
 # parse_verdict.
 
 VERDICT_TABLE = [
+    # a corrected verdict at the end decides, with a qualifier before it or punctuation after it
+    ("Verdict: GOOD\n\nOn reflection, it does not hold.\nFinal verdict: BAD, the answer contradicts it.", "BAD"),
+    ("Preliminary verdict: GOOD\nThe paragraph names another year.\nFinal verdict: BAD (it does not follow).",
+     "BAD"),
+    ("1. Verdict: GOOD\n2. Verdict: BAD (revised)", "BAD"),
+    ("VERDICT: GOOD\n\nWait, I misread the observation. Final verdict is BAD.", "BAD"),
+    ("VERDICT: GOOD\nCorrection - my verdict is BAD.", "BAD"),
     ("The query is useful.\nVERDICT: GOOD", "GOOD"),
     ("The answer is unsupported.\nVERDICT: BAD", "BAD"),
     ("verdict: good", "GOOD"),

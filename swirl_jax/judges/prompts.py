@@ -94,9 +94,12 @@ _LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(not|isn't|is not|never)\W*$", re.IGNORECASE)
 _WINDOW = 80  # characters after "VERDICT" in which the label must appear
 # A verdict statement: "verdict", then only punctuation or markup, an optional negation, and the label.
-_STATEMENT_RE = re.compile(r"verdict\W*?(?P<neg>\b(?:not|isn't|never)\W+)?(?P<label>good|bad)\b",
-                           re.IGNORECASE)
-_WORD_RE = re.compile(r"\w")
+_STATEMENT_RE = re.compile(r"verdict\W*?(?:\b(?:is|was)\W+)?(?P<neg>\b(?:not|isn't|never)\W+)?"
+                           r"(?P<label>good|bad)\b", re.IGNORECASE)
+_LETTERS_RE = re.compile(r"[^\W\d_]+")
+_QUALIFIERS = frozenset({"final", "overall", "my", "preliminary", "revised", "updated", "step", "process",
+                         "outcome", "answer", "judge"})
+_ENDS_STATEMENT_RE = re.compile(r"\W*$|\s*[^\w\s]")  # only markup to the line's end, or punctuation next
 
 
 def _label_of(match: re.Match) -> Label | None:
@@ -105,13 +108,27 @@ def _label_of(match: re.Match) -> Label | None:
   return "GOOD" if match.group("label").lower() == "good" else "BAD"
 
 
+def _is_statement(text: str, start: int, end: int) -> bool:
+  """Whether the "verdict ... LABEL" at text[start:end] states the verdict rather than sits in prose ("The
+  verdict: good ideas aside, ..."): nothing but qualifiers before it on its line ("Final verdict:",
+  "2. Verdict:", "**Overall verdict**:"), or punctuation or the line's end right after the label."""
+  line_start = text.rfind("\n", 0, start) + 1
+  line_end = text.find("\n", end)
+  before = _LETTERS_RE.findall(text[line_start:start])
+  after = text[end : len(text) if line_end < 0 else line_end]
+  return all(w.lower() in _QUALIFIERS for w in before) or _ENDS_STATEMENT_RE.match(after) is not None
+
+
 def parse_verdict(text: str) -> Label | None:
-  """The label of a judge reply: the GOOD/BAD of its last verdict line, else of its last usable "VERDICT".
+  """The label of a judge reply: the GOOD/BAD of its last verdict statement, else of its last usable
+  "VERDICT".
 
   Case-insensitive and tolerant of markdown ("**Verdict:** **bad**") and of a line break after the
-  colon. A verdict line is a statement "VERDICT: GOOD" (only punctuation or markup between the word and
-  the label) that starts its line or ends it; the last one decides, so prose after it that uses the
-  word ("My verdict would be GOOD if ...") changes nothing. Without such a line, occurrences of "verdict"
+  colon. A verdict statement is "VERDICT: GOOD" (only punctuation or markup, or "is", between the word
+  and the label) with only qualifiers before it on its line ("Final verdict: BAD, because ...") or punctuation
+  or the line's end after it ("On reflection, VERDICT: GOOD."); the last one decides, so prose after it
+  that uses the word ("My verdict would be GOOD if ...", "The verdict: good ideas aside, ...") changes
+  nothing. Without one, occurrences of "verdict"
   are tried from the last one back; for each, the first GOOD or BAD within 80 characters (and before any
   later "verdict") counts. A negated label ("VERDICT: not good") is unusable rather than guessed: the
   reply gets None, not an earlier mention of a label.
@@ -123,13 +140,9 @@ def parse_verdict(text: str) -> Label | None:
     m = _STATEMENT_RE.match(text, v.start())
     if m is None:
       continue
-    line_start = text.rfind("\n", 0, v.start()) + 1
-    line_end = text.find("\n", m.end())
-    before = text[line_start : v.start()]
-    after = text[m.end() : len(text) if line_end < 0 else line_end]
-    if not _WORD_RE.search(before) or not _WORD_RE.search(after):
+    if _is_statement(text, v.start(), m.end()):
       return _label_of(m)
-  # No verdict line (e.g. "Verdict - the step is GOOD."): the loose scan.
+  # No verdict statement (e.g. "Verdict - the step is GOOD."): the loose scan.
   starts = [m.end() for m in mentions]
   for i in range(len(starts) - 1, -1, -1):
     end = starts[i + 1] if i + 1 < len(starts) else len(text)
