@@ -185,6 +185,8 @@ def run_label(cfg, paths: Paths, policy=None) -> dict:
                        "labels would be mixed with these, or kept under these settings' name. Use a new workdir, or "
                        f"remove {paths.labelled} (and what was made from it: {paths.kept}, {paths.step_examples}) "
                        "to label again")
+    # recorded before labelling too: a run killed mid-way must not leave labels without their settings
+    stamps.write(paths.workdir, "label", inputs)
     summary = stages.label(paths.trajectories, paths.labelled, judge(cfg, paths, policy))
     stamps.write(paths.workdir, "label", _label_inputs(cfg, paths))
   _barrier("label done")
@@ -266,8 +268,9 @@ def run_eval(cfg, paths: Paths) -> dict:
                       max_chunk=s.max_chunk, judge_process=cfg.eval.judge_process)
 
   policies = [("base", cfg.model.source, paths.eval_base)]
-  # (an empty checkpoint directory, from train.steps=0, holds no trained policy)
-  trained = cfg.eval.checkpoint or (paths.checkpoints if _checkpoint_step(paths.checkpoints) is not None else "")
+  # (no checkpoint, or step 0 = the initial weights, which older versions saved for train.steps=0: no
+  # trained policy)
+  trained = cfg.eval.checkpoint or (paths.checkpoints if _checkpoint_step(paths.checkpoints) else "")
   if trained:
     policies.append(("trained", trained, paths.eval_trained))
   specs = eval_dataset_specs(cfg)
@@ -286,9 +289,7 @@ def run_eval(cfg, paths: Paths) -> dict:
     inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source), **_checkpoint_saved(source),
               "settings": _without_neutral(_settings(cfg, *_EVAL_SETTINGS)),
               **({"data_files": data_files} if data_files else {})}
-    recorded = stamps.read(paths.workdir, f"eval-{label}")
-    # (a record from before the neutral judge settings were left out compares without them)
-    fresh = recorded is not None and {**recorded, "settings": _without_neutral(recorded.get("settings"))} == inputs
+    fresh = _record_matches(paths.workdir, f"eval-{label}", inputs)
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
     todo = [sp for sp in specs if not (fresh and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
     if not todo:
@@ -321,7 +322,7 @@ def run_export(cfg, paths: Paths) -> dict:
 
   out = cfg.export.out or paths.export
   source = cfg.eval.checkpoint or paths.checkpoints
-  if not cfg.eval.checkpoint and _checkpoint_step(paths.checkpoints) is None:
+  if not cfg.eval.checkpoint and not _checkpoint_step(paths.checkpoints):  # none, or step 0 (untrained)
     # exporting model.source unchanged under the trained policy's name would pass it off as trained
     raise FileNotFoundError(f"mode=export: {paths.checkpoints} holds no checkpoint; train first, or name the "
                             f"policy to export with --config.eval.checkpoint (a checkpoint directory or any "
@@ -422,16 +423,37 @@ _TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "r
 
 def _without_neutral(judge_settings: dict | None) -> dict | None:
   """Judge settings (``_settings(cfg, "judge")["judge"]`` or a stamp's) less the _JUDGE_NEUTRAL keys."""
-  if judge_settings is None:
-    return None
+  if not isinstance(judge_settings, dict) or "judge" not in judge_settings:
+    return judge_settings
   out = json.loads(json.dumps(judge_settings))
   for key in _JUDGE_NEUTRAL:
     *parents, leaf = key.split(".")
-    d = out.get("judge", out)
+    d = out["judge"]
     for part in parents:
       d = d.get(part, {})
     d.pop(leaf, None)
   return out
+
+
+# Keys added to stage records after workdirs were made with the earlier ones: a record without one is
+# compared without it, so an upgrade does not redo finished stages.
+_LATER_KEYS = ("checkpoint_saved", "data_files")
+
+
+def _record_matches(workdir: str, name: str, inputs: dict) -> bool:
+  """Whether stage ``name``'s record matches ``inputs``, reading records of earlier versions: the neutral
+  judge settings compare as absent, a key of _LATER_KEYS the record lacks is not compared, and a train
+  record of the step examples alone compares on them."""
+  recorded = stamps.read(workdir, name)
+  if recorded is None:
+    return False
+  now = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+  now = {k: v for k, v in now.items() if k not in _LATER_KEYS or k in recorded}
+  if "settings" in recorded:
+    recorded = {**recorded, "settings": _without_neutral(recorded["settings"])}
+  if name == "train" and "settings" not in recorded:
+    now.pop("settings", None)
+  return recorded == now
 
 
 def _label_inputs(cfg, paths: Paths) -> dict:
@@ -515,7 +537,7 @@ def run_pipeline(cfg, paths: Paths) -> dict:
     """Runs ``fn`` unless ``done()``; ``inputs()`` (the stage's stamp) must also match to skip it."""
     t = time.perf_counter()
     stamp = inputs() if inputs else None
-    fresh = stamp is None or stamps.matches(paths.workdir, name, stamp)
+    fresh = stamp is None or _record_matches(paths.workdir, name, stamp)
     if done() and fresh:
       print(f"== {name}: already complete, skipped", flush=True)
       summary[name] = "skipped (complete)"
@@ -551,7 +573,7 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
   export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
                            "out": cfg.export.out, **_checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
-  if cfg.eval.checkpoint or _checkpoint_step(paths.checkpoints) is not None:
+  if cfg.eval.checkpoint or _checkpoint_step(paths.checkpoints):  # (step 0: the initial weights)
     stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
           lambda: run_export(cfg, paths), export_inputs)
   else:  # train.steps=0 trained nothing: nothing to export

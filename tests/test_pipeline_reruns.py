@@ -238,7 +238,7 @@ def test_train_steps_0_evaluates_and_exports_no_trained_policy(stubbed, tmp_path
   paths = modes.Paths(str(tmp_path))
   cfg = get_config()
   cfg.data.num_questions, cfg.eval.limit, cfg.train.steps = 4, 2, 0
-  os.makedirs(paths.checkpoints)  # what an empty Orbax manager leaves
+  os.makedirs(os.path.join(paths.checkpoints, "0"))  # what earlier versions saved for train.steps=0
   summary = modes.run_pipeline(cfg, paths)
   assert stubbed == ["generate", "eval base synthetic_arith"]
   assert summary["train"] == "skipped (train.steps=0)" and summary["export"] == "skipped (no checkpoint)"
@@ -258,3 +258,57 @@ def test_an_edited_question_file_is_evaluated_again(stubbed, tmp_path):
   data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}) + "\n")
   modes.run_eval(cfg, paths)
   assert stubbed == ["eval base gsm8k"]
+
+
+def test_records_of_the_previous_version_do_not_redo_finished_stages(stubbed, tmp_path, monkeypatch):
+  """Records written before the train settings, the checkpoint save time and the neutral judge keys were
+  recorded compare without them: upgrading must not re-train, re-evaluate or re-export a finished run."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  monkeypatch.setattr(modes, "_checkpoint_saved", lambda source: {"checkpoint_saved": 123.0} if
+                      source == paths.checkpoints else {})
+  modes.run_pipeline(cfg, paths)
+  old = {name: modes.stamps.read(paths.workdir, name) for name in ("train", "eval-trained", "export", "label")}
+  modes.stamps.write(paths.workdir, "train", {"step_examples": old["train"]["step_examples"]})
+  for name in ("eval-trained", "export"):
+    modes.stamps.write(paths.workdir, name, {k: v for k, v in old[name].items() if k != "checkpoint_saved"})
+  old["label"]["settings"]["judge"]["openai"]["max_concurrency"] = 99  # a key that is no longer recorded
+  modes.stamps.write(paths.workdir, "label", old["label"])
+  stubbed.clear()
+  modes.run_pipeline(cfg, paths)
+  assert stubbed == []
+  monkeypatch.setattr(modes, "_checkpoint_saved", lambda source: {"checkpoint_saved": 456.0} if
+                      source == paths.checkpoints else {})  # trained again to the same step: redone
+  modes.stamps.write(paths.workdir, "export", old["export"])
+  modes.stamps.write(paths.workdir, "eval-trained", old["eval-trained"])
+  modes.run_pipeline(cfg, paths)
+  assert stubbed == ["eval trained synthetic_arith", "export"]
+
+
+def test_a_label_run_killed_midway_keeps_its_judge_settings(stubbed, tmp_path, monkeypatch):
+  """The label record was written only at the end: after a killed first run, a rerun with other judge
+  settings appended its labels to the first run's and recorded only its own settings."""
+  from swirl_jax.pipeline import stages
+
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions = 4
+  from swirl_jax.config import dataset_spec
+  from swirl_jax.data.registry import load_questions
+
+  modes.run_generate(cfg, paths, load_questions(dataset_spec(cfg)))
+  real_label = stages.label
+
+  def killed(in_path, out_path, judge, **kw):
+    with open(in_path, encoding="utf-8") as src, open(out_path, "w", encoding="utf-8") as f:
+      f.write(src.readline())  # one trajectory written (unlabelled here; only the record matters), then killed
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(stages, "label", killed)
+  with pytest.raises(KeyboardInterrupt):
+    modes.run_label(cfg, paths)
+  monkeypatch.setattr(stages, "label", real_label)
+  cfg.judge.n_votes = 3
+  with pytest.raises(ValueError, match=r"labelled with other judge settings \(judge.n_votes: 1 -> 3\)"):
+    modes.run_label(cfg, paths)
