@@ -7,9 +7,11 @@ The data goes to a temporary file in the same directory, is flushed and fsynced,
 ``path``; on any error the temporary file is removed and ``path`` is left as it was.
 
 A process killed outright (SIGKILL, out of memory, a pre-empted VM) removes nothing, so every temporary
-file and folder is named after its writer (``.KIND-PID@HOST@random``) and the next write into that
-directory removes the ones whose process no longer runs on this host (``remove_stale_temps``): a killed
-conversion or export leaves no gigabyte-sized folder behind for good.
+file and folder is named after its writer (``.KIND-PID@HOST+PIDNS@random``) and the next write into that
+directory removes the ones whose process no longer runs (``remove_stale_temps``): a killed conversion or
+export leaves no gigabyte-sized folder behind for good. A pid means something only on its host and in its
+PID namespace (containers sharing a host name and a volume each number their processes from 1), so only
+entries of this host and namespace are ever judged.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def make_temp_dir(parent: str | os.PathLike, kind: str = "tmp") -> str:
 
 
 def temp_prefix(kind: str = "tmp") -> str:
-  """``.KIND-PID@HOST@``: the name start of this process's temporary files and folders."""
+  """``.KIND-PID@HOST+PIDNS@``: the name start of this process's temporary files and folders."""
   return f".{kind}-{os.getpid()}@{_host()}@"
 
 
 def remove_stale_temps(directory: str | os.PathLike, kind: str = "tmp") -> list[str]:
   """Removes the temporary files and folders of ``kind`` in ``directory`` whose writer, a process of this
-  host, no longer runs; returns their names. Other hosts' entries (a shared file system) are left alone."""
+  host and PID namespace, no longer runs; returns their names. Other hosts' and namespaces' entries (a
+  shared file system, another container) are left alone."""
   pattern = re.compile(rf"\.{re.escape(kind)}-(\d+)@{re.escape(_host())}@")
   try:
     names = os.listdir(directory)
@@ -88,7 +91,13 @@ def remove_stale_temps(directory: str | os.PathLike, kind: str = "tmp") -> list[
 
 
 def _host() -> str:
-  return re.sub(r"[@/\s]", "_", socket.gethostname()) or "localhost"
+  """This host's name and PID namespace (``HOST+INODE``; ``HOST+0`` where /proc has no namespaces)."""
+  try:
+    ns = os.stat("/proc/self/ns/pid").st_ino
+  except OSError:
+    ns = 0
+  host = re.sub(r"[@/+\s]", "_", socket.gethostname()) or "localhost"
+  return f"{host}+{ns}"
 
 
 def _running(pid: int) -> bool:

@@ -93,3 +93,40 @@ def test_current_umask_reads_without_changing_it():
     assert os.umask(0o027) == 0o027  # still set
   finally:
     os.umask(old)
+
+
+def test_a_writer_in_another_pid_namespace_is_never_judged_dead(tmp_path):
+  """Containers sharing a host name and a volume number their processes from 1: a writer at pid 9 in its
+  own namespace looked dead to another namespace's cleaner, which deleted its temp file mid-write."""
+  import shutil
+  import time
+
+  if shutil.which("unshare") is None or subprocess.run(["unshare", "--pid", "--fork", "true"],
+                                                       capture_output=True).returncode != 0:
+    pytest.skip("needs unshare --pid (root or user namespaces)")
+  # the writer's pid in its namespace is one no process holds here: pids there count up from 1, so the
+  # namespace's first process forks until a child gets that pid, and that child writes
+  target = next(p for p in range(5, 10_000) if not os.path.exists(f"/proc/{p}"))
+  writer = ("import os, sys, time; from swirl_jax.atomic_io import atomic_open\n"
+            "while True:\n"
+            "  pid = os.fork()\n"
+            "  if pid == 0:\n"
+            f"    if os.getpid() == {target}:\n"
+            "      with atomic_open(sys.argv[1] + '/a.jsonl') as f:\n"
+            "        f.write('A\\n'); open(sys.argv[1] + '/A_ready', 'w').close(); time.sleep(2)\n"
+            "    os._exit(0)\n"
+            "  _, status = os.waitpid(pid, 0)\n"
+            f"  if pid >= {target}:\n"
+            "    sys.exit(os.waitstatus_to_exitcode(status))\n")
+  proc = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", writer, str(tmp_path)],
+                          env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not (tmp_path / "A_ready").exists():
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+    time.sleep(0.05)
+  (temp,) = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+  assert temp.startswith(f".tmp-{target}@")  # the premise: its pid is dead here
+  with atomic_open(tmp_path / "b.jsonl") as f:  # this namespace's cleaner runs here
+    f.write("B\n")
+  assert proc.wait(timeout=60) == 0, proc.stderr.read()
+  assert (tmp_path / "a.jsonl").read_text() == "A\n" and (tmp_path / "b.jsonl").read_text() == "B\n"
