@@ -177,18 +177,17 @@ def run_label(cfg, paths: Paths, policy=None) -> dict:
   if jax.process_index() == 0:
     inputs = _label_inputs(cfg, paths)
     recorded = stamps.read(paths.workdir, "label")
-    if os.path.exists(paths.labelled) and recorded is not None and \
-        _without_neutral(recorded.get("settings")) != inputs["settings"]:
-      changed = [c[len("settings."):] for c in stamps.changed_settings(paths.workdir, "label", inputs)
-                 if c.startswith("settings.") and not c.startswith(tuple(f"settings.judge.{k}:" for k in _JUDGE_NEUTRAL))]
+    changed = stamps.setting_changes(_without_neutral(recorded.get("settings")), inputs["settings"]) \
+        if recorded is not None and os.path.exists(paths.labelled) else []
+    if changed:
       raise ValueError(f"{paths.labelled} was labelled with other judge settings ({'; '.join(changed)}); its "
                        "labels would be mixed with these, or kept under these settings' name. Use a new workdir, or "
                        f"remove {paths.labelled} (and what was made from it: {paths.kept}, {paths.step_examples}) "
                        "to label again")
-    # recorded before labelling too: a run killed mid-way must not leave labels without their settings
+    # recorded before labelling (labelling changes neither input): a run killed mid-way must not leave
+    # labels without their settings
     stamps.write(paths.workdir, "label", inputs)
     summary = stages.label(paths.trajectories, paths.labelled, judge(cfg, paths, policy))
-    stamps.write(paths.workdir, "label", _label_inputs(cfg, paths))
   _barrier("label done")
   return summary
 
@@ -235,7 +234,8 @@ def run_train(cfg, paths: Paths) -> dict:
       loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),
                       normalize_std=t.normalize_std, kl_coef=t.kl_coef),
       optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                                decay_steps=max(t.steps - t.warmup_steps, 0) if t.decay_steps < 0 else t.decay_steps,
+                                decay_steps=(max(t.steps - t.warmup_steps, 0) if t.decay_steps < 0
+                                             else t.decay_steps),
                                 end_lr_ratio=t.end_lr_ratio, weight_decay=t.weight_decay, clip_norm=t.clip_norm),
       sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
       checkpoint=CheckpointConfig(directory=os.path.abspath(paths.checkpoints), save_every=t.save_every,
@@ -471,14 +471,6 @@ def _train_inputs(cfg, paths: Paths) -> dict:
   return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}
 
 
-def _train_record_differs(recorded: dict | None, inputs: dict) -> bool:
-  if recorded is None:
-    return False
-  if "settings" not in recorded:  # recorded before settings were (step examples only)
-    return recorded.get("step_examples") != inputs["step_examples"]
-  return recorded != inputs
-
-
 def _generate_inputs(cfg) -> dict:
   """What trajectories are made from. data.limit is left out: raising it extends a run (resume adds the
   new questions' trajectories)."""
@@ -507,19 +499,22 @@ def _train_stage(cfg, paths: Paths) -> dict:
   """run_train, refusing to resume checkpoints made from other step examples or other train settings."""
   inputs = _train_inputs(cfg, paths)
   recorded = stamps.read(paths.workdir, "train")
-  if _final_checkpoint_step(paths) >= 0 and _train_record_differs(recorded, inputs):
+  trained = _final_checkpoint_step(paths) >= 0
+  if trained and recorded is not None and not _record_matches(paths.workdir, "train", inputs):
     if recorded.get("step_examples") != inputs["step_examples"]:
       why = f"{paths.step_examples} changed since they were trained on it (the trajectories or filter settings changed)"
     else:
-      why = "they were trained with other settings (" + "; ".join(
-          c[len("settings."):] for c in stamps.changed_settings(paths.workdir, "train", inputs)
-          if c.startswith("settings.")) + ")"
+      changes = stamps.setting_changes(_without_neutral(recorded["settings"]), inputs["settings"])
+      why = f"they were trained with other settings ({'; '.join(changes)})"
     raise ValueError(f"{paths.checkpoints} would continue under other inputs: {why}. Remove {paths.checkpoints} "
                      "to train again, or use a new workdir")
-  if jax.process_index() == 0 and (recorded is not None or _final_checkpoint_step(paths) < 0):
-    stamps.write(paths.workdir, "train", inputs)  # what the checkpoints are made from, before the first one
+  # What the checkpoints are made from, before the first one; checkpoints without a record get one once
+  # run_train has accepted the resume (it checks the examples' digest in the checkpoint).
+  record_first = recorded is not None or not trained
+  if jax.process_index() == 0 and record_first:
+    stamps.write(paths.workdir, "train", inputs)
   out = run_train(cfg, paths)
-  if jax.process_index() == 0:  # (checkpoints without a record: recorded once the resume was accepted)
+  if jax.process_index() == 0 and not record_first:
     stamps.write(paths.workdir, "train", inputs)
   return out
 

@@ -56,8 +56,8 @@ def changed(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def changed_settings(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
-  """Every leaf that differs from the stamp, as "dotted.name: old -> new" (for error messages)."""
+def setting_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+  """Every leaf of two settings trees that differs, as "dotted.name: old -> new" (for error messages)."""
   def leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
       return {prefix[:-1]: d}
@@ -66,7 +66,7 @@ def changed_settings(workdir: str, name: str, inputs: dict[str, Any]) -> list[st
       out.update(leaves(v, f"{prefix}{k}."))
     return out
 
-  old, new = leaves(read(workdir, name) or {}), leaves(_plain(inputs))
+  old, new = leaves(_plain(old or {})), leaves(_plain(new))
   missing = "(not set)"
   return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in sorted(set(old) | set(new))
           if old.get(k, missing) != new.get(k, missing)]

@@ -346,14 +346,13 @@ def examples_digest(examples: Sequence[StepExample]) -> str:
   return h.hexdigest()
 
 
-def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, examples: Sequence[StepExample]
-                     ) -> None:
+def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, examples: int, digest: str) -> None:
   saved = meta.get("train_config") or {}
   changed = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(cfg, k)!r} now" for k in _DATA_SETTINGS
              if k in saved and saved[k] != getattr(cfg, k)]
-  if "examples" in meta and meta["examples"] != len(examples):
-    changed.append(f"examples: {meta['examples']} in the checkpoint, {len(examples)} now")
-  elif "examples_digest" in meta and meta["examples_digest"] != examples_digest(examples):
+  if "examples" in meta and meta["examples"] != examples:
+    changed.append(f"examples: {meta['examples']} in the checkpoint, {examples} now")
+  elif "examples_digest" in meta and meta["examples_digest"] != digest:
     # as many examples, other ones (another filter, or trajectories generated again)
     changed.append("examples: as many as the checkpoint's, but other ones (their sha256 differs)")
   if changed:
@@ -426,6 +425,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
   step_fn = make_train_step(graphdef, opt, lr_fn, StepConfig(loss, group, cfg.micro_batches), mesh, rules, ssh,
                             psh if loss.uses_reference else None)
   ref_fp = ts.fingerprint(init_params)
+  digest = examples_digest(run.examples)
   ckpt = Checkpointer(checkpoint) if checkpoint is not None else None
   resumed_from = ckpt.latest_step() if ckpt is not None else None
   if resumed_from is not None:
@@ -440,7 +440,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                        "the run started from")
     if meta.get("mode") != cfg.mode:
       raise ValueError(f"checkpoint mode {meta.get('mode')!r} != config mode {cfg.mode!r}")
-    _check_same_data(checkpoint.directory, resumed_from, meta, cfg, run.examples)
+    _check_same_data(checkpoint.directory, resumed_from, meta, cfg, len(run.examples), digest)
   else:
     state = ts.init_train_state(init_params, opt, cfg.seed, ssh)
   # The initial model's own arrays are the reference (the step never donates them): no extra copy.
@@ -450,7 +450,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
                "reference_fingerprint": ref_fp, "train_config": dataclasses.asdict(cfg),
                "loss": dataclasses.asdict(loss), "optimizer": dataclasses.asdict(optimizer),
                "sampling": dataclasses.asdict(sampling), "examples": len(run.examples),
-               "examples_digest": examples_digest(run.examples), "examples_dropped": run.dropped}
+               "examples_digest": digest, "examples_dropped": run.dropped}
   main_process = jax.process_index() == 0  # logs and the console are written once
   logger = metrics_lib.MetricsLogger(cfg.log_dir, cfg.tensorboard) if cfg.log_dir and main_process else None
   step = int(to_host(state.step))
