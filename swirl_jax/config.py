@@ -161,9 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = dict(mode="rl", steps=100, states_per_step=8, group_size=4, micro_batches=1, max_len=1024,
                  temperature=1.0, max_new_tokens=96, remat=False, remat_policy="block", share_prefix=True,
                  seed=0, offline_reward="process", learning_rate=1e-6, warmup_steps=10, decay_steps=0,
-                 end_lr_ratio=0.1, weight_decay=0.0,
-                 clip_norm=1.0, baseline="", normalize_std=False, kl_coef=0.05, save_every=50,
-                 keep_checkpoints=3)
+                 end_lr_ratio=0.1, weight_decay=0.0, clip_norm=1.0, baseline="", normalize_std=False,
+                 kl_coef=0.05, save_every=50, keep_checkpoints=3)
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
   c.export = dict(dtype="float32", out="")
   c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="")
@@ -204,7 +203,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "sampling.temperature": (0.0, float("inf"), True), "sampling.top_p": (0.0, 1.0, False),
     "train.temperature": (0.0, float("inf"), True), "judge.model.temperature": (0.0, float("inf"), True),
     "judge.openai.temperature": (0.0, 2.0, True), "judge.openai.timeout_s": (0.0, float("inf"), False),
-    "train.learning_rate": (0.0, float("inf"), False), "train.end_lr_ratio": (0.0, 1.0, True), "train.weight_decay": (0.0, float("inf"), True),
+    "train.learning_rate": (0.0, float("inf"), False), "train.end_lr_ratio": (0.0, 1.0, True),
+    "train.weight_decay": (0.0, float("inf"), True),
     "train.clip_norm": (0.0, float("inf"), False), "train.kl_coef": (0.0, float("inf"), True),
 }
 
