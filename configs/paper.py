@@ -53,8 +53,9 @@ def get_config(arg: str = "gemma2-27b,hotpot_qa"):
   c = base_config()
   c.mode = "pipeline"
   c.model.source = source
+  # bfloat16 matmuls over float32 parameters: AdamW's 1e-6 steps would round away in bfloat16 storage
   c.model.dtype = "bfloat16"
-  c.model.param_dtype = "bfloat16"
+  c.model.param_dtype = "float32"
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
 
   c.data.name = dataset

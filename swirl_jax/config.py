@@ -26,7 +26,8 @@ HELP: dict[str, str] = {
             "export, serve, or sample (complete sample.prompts)",
     "model.source": "packaged short name (gemma3-270m), a HF checkpoint directory, a .gguf file, or random:PRESET",
     "model.dtype": "compute dtype: float32 or bfloat16",
-    "model.param_dtype": "parameter storage dtype: float32 or bfloat16",
+    "model.param_dtype": "parameter storage dtype: float32 or bfloat16 (bfloat16 cannot train: AdamW's small "
+                         "updates round away; train float32 parameters with model.dtype=bfloat16)",
     "model.cache_dir": "where packaged models are converted once ('' = $SWIRL_JAX_CACHE or ~/.cache/swirl_jax)",
     "compile_cache_dir": "JAX's persistent compilation cache, reused by later runs ('' = MODEL_CACHE/xla/HOST "
                          "beside the packaged models, one folder per host CPU; 'none' = off; "
@@ -247,6 +248,16 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
     errors.append(f"--config.train.normalize_std=True needs --config.train.baseline=loo or mean (it is "
                   f"{t.baseline or 'none, the default of train.mode=offline'}): without a baseline a group of "
                   "equal rewards would be divided by a zero std")
+  if cfg.mode == "train" or (cfg.mode == "pipeline" and t.steps > 0):
+    if cfg.model.param_dtype != "float32":
+      errors.append(f"--config.model.param_dtype={cfg.model.param_dtype!r} cannot train: AdamW updates smaller "
+                    "than half a bfloat16 rounding step are lost (at train.learning_rate=1e-6, 99% of the Gemma 3 "
+                    "270M's weights would never change); pass --config.model.param_dtype=float32 and keep "
+                    "--config.model.dtype=bfloat16 for bfloat16 matmuls")
+    if t.mode == "rl" and t.group_size == 1 and (t.baseline or "loo") != "none":
+      errors.append(f"--config.train.group_size=1 with --config.train.baseline={t.baseline or 'loo'!r} (rl): the "
+                    "baseline of a one-action group is its own reward, so every advantage is 0; pass "
+                    "--config.train.group_size >= 2, or --config.train.baseline=none")
   if cfg.mode in ("pipeline", "generate", "eval"):
     # name and split typos surface now, not after hours of generation and training
     checks = {"data.name / data.split": lambda: resolve(dataset_spec(cfg))}

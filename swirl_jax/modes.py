@@ -91,6 +91,28 @@ def _file_name(spec) -> str:
   return spec.name.replace("/", "-")
 
 
+class EvalDataError(ValueError):
+  """An evaluation dataset cannot be loaded (the message names each one and why)."""
+
+
+def eval_questions(cfg, specs) -> dict:
+  """Every eval dataset's questions by ``_file_name``, or one error naming each dataset that cannot load:
+  checked before hours of generation and training (pipeline) or a model load (eval) are spent."""
+  from swirl_jax.data.registry import load_questions
+
+  out, errors = {}, []
+  for sp in specs:
+    try:
+      out[_file_name(sp)] = load_questions(sp)
+    except Exception as e:  # noqa: BLE001 - a missing file, a malformed record, a TFDS failure: all named
+      errors.append(f"{sp.name} ({sp.split}): {type(e).__name__}: {e}")
+  if errors:
+    raise EvalDataError("--config.eval.datasets: cannot load " + ("these evaluation datasets" if len(errors) > 1
+                            else "this evaluation dataset") + " (see data.manual_dir / data.source / "
+                            "data.path, or drop it from eval.datasets):\n  " + "\n  ".join(errors))
+  return out
+
+
 def tools(cfg, paths: Paths, spec=None, task: str | None = None):
   from swirl_jax.config import dataset_spec
   from swirl_jax.data.registry import build_corpus, source_file
@@ -250,7 +272,7 @@ def run_train(cfg, paths: Paths) -> dict:
 
 def run_eval(cfg, paths: Paths) -> dict:
   from swirl_jax.config import dataset_task, eval_dataset_specs, rollout_config, sampling_config
-  from swirl_jax.data.registry import load_questions, source_file
+  from swirl_jax.data.registry import source_file
   from swirl_jax.evaluation.evaluate import EvalConfig, evaluate
   from swirl_jax.evaluation.report import comparison_table, load_reports
 
@@ -284,6 +306,7 @@ def run_eval(cfg, paths: Paths) -> dict:
     if path is not None:
       data_files[_file_name(sp)] = stamps.file_digest(str(path))
   judges = {}  # task -> judge, shared by base and trained (a judge model loads once)
+  questions = None  # loaded (all of them, which checks them) before the first model load
   for label, source, out_dir in policies:
     # Reports are reused only when made from the same policy (checkpoint step) and settings.
     inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source), **_checkpoint_saved(source),
@@ -297,13 +320,15 @@ def run_eval(cfg, paths: Paths) -> dict:
     if not fresh and stamps.read(paths.workdir, f"eval-{label}") is not None:
       print(f"[eval {label}] re-evaluating: changed since the reports were made: "
             f"{stamps.changed(paths.workdir, f'eval-{label}', inputs)}", flush=True)
+    if questions is None:
+      questions = eval_questions(cfg, specs)
     stamps.write(paths.workdir, f"eval-{label}", {"in_progress": True})  # a partial re-run is never fresh
     lm = load(cfg, source=source)
     for sp in todo:
       task = dataset_task(sp.name)
       if task not in judges:
         judges[task] = judge(cfg, paths, lm, task)
-      report = evaluate(lm, load_questions(sp), judges[task], tools(cfg, paths, sp, task),
+      report = evaluate(lm, questions[_file_name(sp)], judges[task], tools(cfg, paths, sp, task),
                         eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label,
                         provenance={"source": source, "checkpoint_step": inputs["checkpoint_step"]})
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
@@ -520,12 +545,13 @@ def _train_stage(cfg, paths: Paths) -> dict:
 
 
 def run_pipeline(cfg, paths: Paths) -> dict:
-  from swirl_jax.config import dataset_spec
+  from swirl_jax.config import dataset_spec, eval_dataset_specs
   from swirl_jax.data.registry import load_questions
   from swirl_jax.pipeline.generate import done_keys
 
   summary, t0 = {}, time.perf_counter()
   questions = load_questions(dataset_spec(cfg))
+  eval_questions(cfg, eval_dataset_specs(cfg))  # a missing eval set fails now, not after training
   expected = len(questions) * cfg.rollout.samples_per_question
 
   def stage(name, done, fn, inputs=None):

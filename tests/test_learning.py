@@ -127,6 +127,24 @@ def test_share_prefix_asks_for_states_divisible_by_micro_batches():
              _examples(6, seed=2), lm)
 
 
+def test_training_refuses_settings_that_cannot_learn():
+  """bfloat16 parameters: AdamW's steps round away (the weights barely move); rl with one action per
+  state and a group baseline: every advantage is 0. Both used to train with normal-looking losses."""
+  tok = tiny_tokenizer()
+  cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"),
+               param_dtype="bfloat16", dtype="bfloat16")
+  lm = LoadedModel(random_model(cfg, seed=0), tok, cfg, "random:bf16-test")
+  with pytest.raises(ValueError, match="cannot train bfloat16 parameters.*param_dtype='float32'"):
+    rl.train(rl.TrainConfig(mode="rl", steps=1, states_per_step=2, group_size=2, **COMMON), _examples(2, seed=2), lm)
+  cfg = cfg.replace(param_dtype="float32")
+  lm = LoadedModel(random_model(cfg, seed=0), tok, cfg, "random:group-test")
+  with pytest.raises(ValueError, match="group_size=1 with baseline='loo'.*every advantage is 0"):
+    rl.train(rl.TrainConfig(mode="rl", steps=1, states_per_step=2, group_size=1, **COMMON), _examples(2, seed=2), lm)
+  with pytest.raises(ValueError, match="group_size=1 with baseline='mean'"):
+    rl.train(rl.TrainConfig(mode="rl", steps=1, states_per_step=2, group_size=1, **COMMON), _examples(2, seed=2), lm,
+             loss=LossConfig(baseline="mean"))
+
+
 def test_resuming_with_other_optimizer_settings_names_them(tmp_path):
   """clip_norm on or off changes the optimizer state's structure: the error says which setting, not only
   that two trees differ."""

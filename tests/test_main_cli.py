@@ -275,3 +275,56 @@ def test_a_single_data_file_is_not_evaluated_as_another_split(tmp_path):
   (tmp_path / "test.jsonl").write_text(train.read_text())
   cfg.data.path, cfg.eval.split = str(tmp_path), ""  # a directory holding each split's file
   config_lib.validate(cfg, ("pipeline",))
+
+
+def test_validate_refuses_training_settings_that_cannot_learn():
+  """bfloat16 parameter storage (the paper recipe's, until this check): AdamW's 1e-6 steps rounded away and
+  the weights barely moved while the losses looked normal. rl with group_size=1 and a group baseline:
+  every advantage r - r = 0."""
+  cfg = config_lib.base_config()
+  cfg.model.param_dtype = "bfloat16"
+  cfg.train.group_size = 1
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  msg = str(e.value)
+  assert "--config.model.param_dtype='bfloat16' cannot train" in msg and "--config.model.param_dtype=float32" in msg
+  assert "--config.train.group_size=1 with --config.train.baseline='loo' (rl)" in msg
+  cfg.train.steps = 0  # generation and evaluation only: bfloat16 storage is fine
+  config_lib.validate(cfg, ("pipeline",))
+  cfg.mode, cfg.train.steps = "train", 5
+  cfg.model.param_dtype, cfg.model.dtype = "float32", "bfloat16"
+  cfg.train.baseline = "none"  # advantage = reward: a one-action group learns
+  config_lib.validate(cfg, ("pipeline", "train"))
+  cfg.train.baseline, cfg.train.mode = "mean", "offline"  # group_size is rl's
+  config_lib.validate(cfg, ("pipeline", "train"))
+
+
+def test_eval_datasets_that_cannot_load_stop_the_pipeline_before_generation(tmp_path, monkeypatch):
+  """A missing eval file surfaced only at the eval stage, after generation, labelling and training (and in
+  mode=eval after the model load). Now every eval set is loaded first; the error names each one."""
+  from swirl_jax import modes
+
+  (tmp_path / "test.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+  cfg = config_lib.base_config()
+  cfg.eval.datasets = "synthetic_arith,gsm8k,cofca"
+  cfg.data.source, cfg.data.path = "file", str(tmp_path)  # gsm8k's test file is there, cofca's is not
+  (tmp_path / "cofca_test.json").write_text('[{"id": "1", "question": "q?", "answer": "a", "context": [}]')
+  config_lib.validate(cfg, ("pipeline",))  # names and splits are fine: files are found when loaded
+
+  def no_model(*a, **k):
+    raise AssertionError("a model was loaded before the eval data was checked")
+
+  monkeypatch.setattr(modes, "load", no_model)
+  paths = modes.Paths(str(tmp_path / "run"))
+  with pytest.raises(modes.EvalDataError) as e:
+    modes.run_pipeline(cfg, paths)
+  msg = str(e.value)
+  assert msg.startswith("--config.eval.datasets: cannot load this evaluation dataset")
+  assert "cofca (test): RecordError:" in msg and "cofca_test.json" in msg and "gsm8k" not in msg
+  assert not os.path.exists(paths.trajectories)
+  (tmp_path / "cofca_test.json").unlink()
+  os.remove(tmp_path / "test.jsonl")
+  with pytest.raises(modes.EvalDataError) as e:
+    modes.run_eval(cfg, paths)
+  assert "cannot load these evaluation datasets" in str(e.value)
+  assert "gsm8k (test): FileNotFoundError:" in str(e.value) and "cofca (test): FileNotFoundError:" in str(e.value)
