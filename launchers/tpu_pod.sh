@@ -6,6 +6,8 @@
 # every worker sees (a GCS bucket via gcsfuse, or an NFS mount), so that outputs and checkpoints are
 # written once, by process 0, and read by all.
 # SWIRL_JAX_REMOTE_DIR: where the code goes on the workers, relative to the remote home (default swirl_jax).
+# SWIRL_JAX_PYTHON: the workers' interpreter for the venv (default python3; swirl_jax needs Python >= 3.11,
+# which some TPU VM images do not ship as python3: install e.g. python3.11-venv and pass python3.11).
 # The remote commands run in the workers' login shell (bash on TPU VM images).
 set -euo pipefail
 tpu=${1:?usage: launchers/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]}
@@ -13,6 +15,7 @@ zone=${2:?zone}; config=${3:?config}; workdir=${4:?workdir}
 shift 4
 root=$(cd "$(dirname "$0")/.." && pwd)
 remote_dir=${SWIRL_JAX_REMOTE_DIR:-swirl_jax}  # not ~/...: that would expand to the local home
+python=${SWIRL_JAX_PYTHON:-python3}
 jax_version=$(sed -n 's/^jax==//p' "$root/requirements.txt")
 [ -n "$jax_version" ] || { echo "tpu_pod.sh: no jax== pin in requirements.txt" >&2; exit 1; }
 
@@ -29,9 +32,15 @@ gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$tarball" "$tpu:$rem
 # 2. Unpack, create the venv there (never copied), install the pinned requirements + TPU JAX of the same
 # version, 3. run. Every value is quoted with %q so that spaces, |, & or $ reach python unchanged.
 printf -v run_cmd ' %q' python -m swirl_jax.main "--config=$config" "--workdir=$workdir" "$@"
+# (pip would fail on an older Python with a resolver error about numpy/jax pins: say what is wrong instead)
 printf -v remote 'set -e; mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q
-[ -d .venv ] || python3 -m venv .venv
+if [ ! -d .venv ]; then
+  %q -c "import sys; sys.exit(sys.version_info < (3, 11))" || {
+    echo "tpu_pod.sh: $(hostname): %q is $(%q --version 2>&1); swirl_jax needs Python >= 3.11: install one on the workers and pass SWIRL_JAX_PYTHON=python3.11 (or newer)" >&2; exit 1; }
+  %q -m venv .venv
+fi
 . .venv/bin/activate
 pip install -q -r requirements.txt && pip install -q %q
-' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "jax[tpu]==$jax_version"
+' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "$python" "$python" "$python" "$python" \
+  "jax[tpu]==$jax_version"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote$run_cmd"

@@ -23,6 +23,7 @@ _FAKE = """#!/bin/bash
 n=$(cat "$FAKE_REC/count" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_REC/count"
 printf '%s\\0' {name} "$PWD" "$@" > "$FAKE_REC/call.$(printf %04d "$n")"
 if [ {name} = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"; : > "$3/bin/activate"; fi
+if [ {name} = python3 ] && [ "$1" = -c ] && [ -n "$FAKE_OLD_PYTHON" ]; then exit 1; fi
 if [ {name} = gcloud ]; then for a; do if [ -f "$a" ]; then cp "$a" "$FAKE_REC/payload"; fi; done; fi
 exit 0
 """
@@ -136,9 +137,28 @@ def test_tpu_pod_copies_tracked_files_and_quotes_arguments(tmp_path, fakes, remo
   assert os.path.exists(os.path.join(code, "swirl_jax", "distributed.py"))
   assert not os.path.exists(remote_home / f"{remote_dir}.tar.gz")
   assert recorded()[2:] == [
+      ("python3", code, ["-c", "import sys; sys.exit(sys.version_info < (3, 11))"]),
       ("python3", code, ["-m", "venv", ".venv"]),
       ("pip", code, ["install", "-q", "-r", "requirements.txt"]),
       ("pip", code, ["install", "-q", f"jax[tpu]=={_jax_pin()}"]),
       ("python", code, ["-m", "swirl_jax.main", "--config=configs/paper.py:gemma2-27b",
                         "--workdir=/mnt/shared dir/run", *overrides]),
   ]
+
+
+def test_tpu_pod_refuses_a_python_older_than_3_11_before_installing(tmp_path, fakes):
+  """Some TPU VM images ship Python 3.10 as python3: pip then failed on the pins with a resolver error
+  that did not say why. The worker script checks the version first and names SWIRL_JAX_PYTHON."""
+  env, recorded = fakes
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
+                 cwd=tmp_path, env=env, check=True)
+  (_, _, scp), (_, _, ssh) = recorded()
+  remote_home = tmp_path / "worker"
+  remote_home.mkdir()
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  r = subprocess.run(["bash", "-c", ssh[ssh.index("--command") + 1]], cwd=remote_home, capture_output=True,
+                     text=True, env={**env, "HOME": str(remote_home), "FAKE_OLD_PYTHON": "1"})
+  assert r.returncode == 1
+  assert "swirl_jax needs Python >= 3.11" in r.stderr and "SWIRL_JAX_PYTHON=python3.11" in r.stderr
+  assert [c[0] for c in recorded()[2:]] == ["python3", "python3"]  # the check and --version; no venv, no pip
+  assert not os.path.exists(remote_home / "swirl_jax" / ".venv")
