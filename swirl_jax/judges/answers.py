@@ -3,20 +3,30 @@
 Two layers:
 
 * ``normalize_text``: the official SQuAD / HotPotQA normalisation (lowercase, delete punctuation, drop
-  the articles a/an/the, collapse whitespace), so EM and F1 are the published metrics: "U.S." = "US",
-  "Don't Look Back" = "Dont Look Back". ``normalize_words`` replaces punctuation with a space instead,
-  for finding an answer inside free text ("jean-pierre" in an observation matches "Jean Pierre") and
-  comparing search queries.
+  the articles a/an/the, collapse whitespace): "U.S." = "US", "Don't Look Back" = "Dont Look Back".
+  ``normalize_words`` replaces punctuation with a space instead, for finding an answer inside free text
+  ("jean-pierre" in an observation matches "Jean Pierre") and comparing search queries.
 * ``parse_number``: an answer that is one number, optionally with a currency sign, thousands commas, a
   sign, a simple fraction, a percent sign or one trailing unit word ("10", "10.00", "$10",
-  "10 dollars", "1,000", "-3", "3/4", "50%"). Such answers are compared numerically, so GSM8K-style
-  keys match however the model writes the number. The unit word is any single alphabetic word (a fixed
-  unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal suffixes
-  ("12th"); two numbers with different unit words are different answers ("5 May" is not "5 June").
-  Two or more trailing words are text, so "2014 FIFA World Cup" stays a text answer.
+  "10 dollars", "1,000", "-3", "3/4", "50%"). Such answers are compared by value, so GSM8K-style keys
+  match however the model writes the number. The tolerance only absorbs floating-point noise
+  (0.30000000000000004 = 0.3); 1000001 is not 1000000. The unit word is any single alphabetic word (a
+  fixed unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal
+  suffixes ("12th"). Singular and plural are the same unit ("6.8 inch" = "6.8 inches", "1 foot" =
+  "1 feet"); different unit words are different answers ("5 May" is not "5 June"). Two or more
+  trailing words are text, so "2014 FIFA World Cup" stays a text answer.
 
-``exact_match`` is numeric equality or equal normalised text; ``token_f1`` is 1 for equal numbers, else
-the official token F1. Both accept one gold answer or several (key and aliases) and take the best.
+``numbers_equal(prediction, gold)`` is directional: a unit word on the gold must be on the prediction
+too ("21" does not answer "21 Savage", "5" does not answer "5 June"), but the prediction may add one the
+gold lacks ("18 eggs" answers the GSM8K key "18"). A currency sign counts as its currency's unit ("$10"
+answers "10 dollars").
+
+``exact_match`` is equal numbers or equal normalised text; ``token_f1`` is 1 for equal numbers, else the
+official token F1. Both accept one gold answer or several (key and aliases) and take the best. For text
+answers they are the official SQuAD / HotPotQA EM and F1. They deviate from the official scripts only
+for numeric answers, where the official scripts compare the normalised text: here numbers compare by
+value ("10.00" = "10", "3/4" = "0.75", "10 dollars" = "$10"), and a prediction may add one unit word to
+a bare-number key ("18 eggs" = "18"); the official scripts give these EM 0 and F1 below 1.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import collections
 import math
 import re
 import string
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation) | frozenset("‘’“”–—…")
@@ -35,7 +45,7 @@ _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
 _NUMBER_ANSWER_RE = re.compile(
     rf"""^\s*
     (?P<sign1>[-+−])?\s*
-    (?:[{_CURRENCY}]|usd\b|us\$)?\s*
+    (?P<currency>[{_CURRENCY}]|usd\b|us\$)?\s*
     (?P<sign2>[-+−])?\s*
     (?P<num>{_NUM})
     (?:\s*/\s*(?P<den>{_NUM}))?
@@ -78,15 +88,54 @@ def parse_number(text: str) -> float | None:
   return None if parsed is None else parsed[0]
 
 
+# Irregular plurals of words that can follow a number; regular ones are handled by ``_singulars``.
+_IRREGULAR_PLURALS = {
+    "feet": "foot", "teeth": "tooth", "people": "person", "men": "man", "women": "woman",
+    "children": "child", "mice": "mouse", "geese": "goose", "knives": "knife", "lives": "life",
+    "leaves": "leaf", "halves": "half", "loaves": "loaf", "calves": "calf", "wolves": "wolf",
+    "shelves": "shelf",
+}
+# The unit a currency sign stands for, as words a gold answer may use ("10 dollars", "10 USD").
+_CURRENCY_UNITS = {
+    "$": frozenset({"dollar", "usd"}), "usd": frozenset({"dollar", "usd"}), "us$": frozenset({"dollar", "usd"}),
+    "€": frozenset({"euro", "eur"}), "£": frozenset({"pound", "gbp"}), "¥": frozenset({"yen", "yuan"}),
+    "₹": frozenset({"rupee", "inr"}),
+}
+
+
+def _singulars(word: str) -> frozenset[str]:
+  """The forms ``word`` may be the plural of (itself included): two unit words are the same unit when
+  these sets intersect ("inches" and "inch" share "inch", "feet" and "foot" share "foot").
+
+  Guessing every candidate ("boxes" -> box, boxe; "cities" -> city) is simpler than English plural rules
+  and only matters for words that follow the same number. Stems are kept at two letters or more, so
+  "ms" (milliseconds) is not "m".
+  """
+  out = {word}
+  if word.endswith("s") and len(word) > 2:
+    out.add(word[:-1])
+  if word.endswith("es") and len(word) > 3:
+    out.add(word[:-2])
+  if word.endswith("ies") and len(word) > 4:
+    out.add(word[:-3] + "y")
+  if word in _IRREGULAR_PLURALS:
+    out.add(_IRREGULAR_PLURALS[word])
+  return frozenset(out)
+
+
 def _unit(m: re.Match) -> str | None:
-  """The unit word of a matched numeric answer, singular and lowercase (None: no unit, or a percent sign)."""
+  """The unit word of a matched numeric answer, lowercase (None: no unit, or a percent sign)."""
   unit = (m.group("unit") or "").lower()
-  if unit in ("", "%", "percent"):
-    return None
-  return unit[:-1] if unit.endswith("s") and len(unit) > 2 else unit
+  return None if unit in ("", "%", "percent") else unit
 
 
-def _parse_number(text: str) -> tuple[float, str | None] | None:
+class _Number(NamedTuple):
+  value: float
+  unit: str | None  # the unit word, lowercase ("eggs"); None without one
+  currency: str | None  # the currency sign or code, lowercase ("$", "usd"); None without one
+
+
+def _parse_number(text: str) -> _Number | None:
   m = _NUMBER_ANSWER_RE.match(text)
   if m is None or (m.group("unit") or "").lower() in _NOT_UNITS:
     return None
@@ -98,7 +147,8 @@ def _parse_number(text: str) -> tuple[float, str | None] | None:
     value /= den
   negative = (m.group("sign1") in ("-", "−")) != (m.group("sign2") in ("-", "−"))
   value = -value if negative else value
-  return (value, _unit(m)) if math.isfinite(value) else None
+  currency = (m.group("currency") or "").lower() or None
+  return _Number(value, _unit(m), currency) if math.isfinite(value) else None
 
 
 def format_number(value: float) -> str:
@@ -108,19 +158,31 @@ def format_number(value: float) -> str:
   return f"{value:.12g}"
 
 
-def numbers_equal(a: float | str, b: float | str, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
-  """Whether two numbers (or numeric answers, parsed with ``parse_number``) are equal within tolerance.
+def numbers_equal(prediction: float | str, gold: float | str, rel_tol: float = 1e-9,
+                  abs_tol: float = 1e-9) -> bool:
+  """Whether a predicted number (or numeric answer, parsed with ``parse_number``) equals a gold one.
 
-  Non-numeric strings are never equal to anything here, nor are answers with different unit words
-  ("5 May" and "5 June"; "10 dollars" and "$10" are equal, a unit on one side only does not count).
+  The order matters for unit words (see the module docstring): a unit word on ``gold`` must be on
+  ``prediction`` too, as the same word or its singular/plural ("21" is not "21 Savage", "5 May" is not
+  "5 June", "$10" is "10 dollars"), while a unit word on ``prediction`` only is allowed ("18 eggs" is
+  "18"). Floats have no unit. Whole numbers compare exactly (1000001 is not 1000000); otherwise the
+  tolerance absorbs floating-point noise only (``format_number`` keeps 12 significant digits, and a
+  calculator's 0.1 + 0.2 is 0.30000000000000004).
+  Non-numeric strings are never equal to anything here.
   """
-  x = _parse_number(a) if isinstance(a, str) else (float(a), None)
-  y = _parse_number(b) if isinstance(b, str) else (float(b), None)
-  if x is None or y is None:
+  p = _parse_number(prediction) if isinstance(prediction, str) else _Number(float(prediction), None, None)
+  g = _parse_number(gold) if isinstance(gold, str) else _Number(float(gold), None, None)
+  if p is None or g is None:
     return False
-  if x[1] is not None and y[1] is not None and x[1] != y[1]:
-    return False
-  return math.isclose(x[0], y[0], rel_tol=rel_tol, abs_tol=abs_tol)
+  if g.unit is not None:
+    said = _CURRENCY_UNITS.get(p.currency, frozenset())
+    if p.unit is not None:
+      said |= _singulars(p.unit)
+    if not said & _singulars(g.unit):
+      return False
+  if p.value.is_integer() and g.value.is_integer():  # whole numbers exactly: 10**12 + 1 is not 10**12
+    return p.value == g.value
+  return math.isclose(p.value, g.value, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
 def normalize_answer(text: str) -> str:

@@ -1,0 +1,79 @@
+"""Tests for swirl_jax.judges.answers: numeric tolerance, unit words and the direction of numbers_equal.
+
+The general answer-matching cases (normalisation, the official SQuAD comparison) are in test_judges.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from swirl_jax.judges import answers
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    # Large integers: a relative tolerance of 1e-6 accepted gold + 1 (16 GSM8K training keys did).
+    ("1000001", "1000000", False), ("109200099", "109,200,000", False), ("$2,520,002", "2520000", False),
+    ("1000.001", "1000", False), ("1000000000001", "1000000000000", False), (10**15 + 1, str(10**15), False),
+    # Floating-point noise still compares equal, and so do the ways of writing one value.
+    (0.30000000000000004, "0.3", True), ("0.30000000000000004", "0.3", True), ("$1,000.00", "1000", True),
+    (1 / 3, answers.format_number(1 / 3), True), (0.1 * 3, "0.3", True), ("-2.5", "−2.50", True),
+])
+def test_tolerance_absorbs_float_noise_only(pred, gold, equal):
+  assert answers.numbers_equal(pred, gold) is equal
+  if isinstance(pred, str):
+    assert answers.exact_match(pred, gold) is equal
+    assert answers.token_f1(pred, gold) == (1.0 if equal else 0.0)
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("6.8 inch", "6.8 inches"), ("6.8 inches", "6.8 inch"),  # "6.8 inches" is a HotPotQA gold answer
+    ("3 boxes", "3 box"), ("1 box", "1 boxes"), ("1 foot", "1 feet"), ("2 feet", "2 foot"),
+    ("4 cities", "4 city"), ("3 children", "3 child"), ("2 women", "2 woman"), ("5 knives", "5 knife"),
+    ("2 shelves", "2 shelf"), ("7 People", "7 person"), ("3 wolves", "3 wolf"),
+])
+def test_singular_and_plural_unit_words_are_the_same_unit(pred, gold):
+  assert answers.numbers_equal(pred, gold)
+  assert answers.exact_match(pred, gold)
+  assert answers.token_f1(pred, gold) == 1.0
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("5 May", "5 June"), ("2 men", "2 women"), ("3 feet", "3 teeth"), ("5 ms", "5 m"), ("2 days", "2 hours"),
+])
+def test_different_unit_words_are_different_answers(pred, gold):
+  assert not answers.numbers_equal(pred, gold)
+  assert not answers.numbers_equal(gold, pred)
+
+
+@pytest.mark.parametrize("pred, gold", [("21", "21 Savage"), ("50", "50 Cent"), ("5", "5 June"),
+                                        ("7", "7 Seconds"), ("1984", "1984 Olympics")])
+def test_bare_number_does_not_answer_a_number_led_name(pred, gold):
+  """As in the official SQuAD / HotPotQA scripts: EM 0 and the token F1 of one shared word of two."""
+  assert not answers.numbers_equal(pred, gold)
+  assert not answers.exact_match(pred, gold)
+  assert answers.token_f1(pred, gold) == pytest.approx(2 / 3)
+  assert answers.exact_match(gold, gold) and answers.token_f1(gold, gold) == 1.0
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("18 eggs", "18"),  # GSM8K keys are bare numbers; the model may name what it counts
+    ("10 dollars", "$10"), ("$10", "10 dollars"), ("$10", "10 USD"), ("10 usd", "$10.00"), ("€5", "5 euros"),
+    ("21 Savage", "21 Savage"), ("50%", "50 percent"),
+])
+def test_prediction_may_add_a_unit_word_or_say_it_with_a_currency_sign(pred, gold):
+  assert answers.numbers_equal(pred, gold)
+  assert answers.exact_match(pred, gold)
+  assert answers.token_f1(pred, gold) == 1.0
+
+
+def test_numbers_equal_is_directional_for_unit_words():
+  assert answers.numbers_equal("18 eggs", "18") and not answers.numbers_equal("18", "18 eggs")
+  assert not answers.numbers_equal("$10", "10 euros")  # a currency sign is its own currency only
+  assert answers.numbers_equal(21.0, 21.0) and not answers.numbers_equal(21.0, "21 Savage")
+
+
+def test_contains_answer_and_aliases_use_the_same_tolerance():
+  assert not answers.contains_answer("the population was 1000001 in 2010", "1000000")
+  assert answers.contains_answer("the population was 1,000,000 in 2010", "1000000")
+  assert answers.exact_match("21", ["21 Savage", "21"])  # an alias that is the bare number still matches
+  assert not answers.exact_match("21", ["21 Savage", "Shéyaa Abraham-Joseph"])
