@@ -168,6 +168,31 @@ def test_malformed_record_names_file_position_and_field(tmp_path, name, filename
     assert re.search(pattern, str(e.value)), (pattern, str(e.value))
 
 
+def test_json_syntax_error_is_reported_where_it_is_not_as_json_lines(tmp_path):
+  """A stray "]" ends a JSON list after its first record: the error is at that line, not line 1 column 1."""
+  first, second = json.dumps(HOTPOT[0]), json.dumps(HOTPOT[1])
+  path = tmp_path / "h.json"
+  path.write_text(f"[\n{first}],\n{second}\n]\n", encoding="utf-8")
+  where = rf"h\.json: not valid JSON \(line 2 column {len(first) + 2}: Extra data\)"  # just after the "]"
+  with pytest.raises(RecordError, match=where):
+    load_questions(DatasetSpec("hotpot_qa", source="file", path=str(path)))
+  # A corpus file is read by the same reader.
+  with pytest.raises(RecordError, match=r"line 2 column \d+: Extra data"):
+    corpus.read_paragraphs(path)
+
+
+@pytest.mark.parametrize("blank", ["", "\n\n"])
+def test_json_lines_saved_as_json_still_load(tmp_path, blank):
+  path = tmp_path / "h.json"
+  path.write_text(blank + "".join(json.dumps(r) + "\n" for r in HOTPOT), encoding="utf-8")
+  questions = load_questions(DatasetSpec("hotpot_qa", source="file", path=str(path)))
+  assert [q.id for q in questions] == [r["_id"] for r in HOTPOT]
+  # A bad later line is named by its line number, as in a .jsonl file.
+  path.write_text(json.dumps(HOTPOT[0]) + '\n{"_id": "x", "question": "q"\n', encoding="utf-8")
+  with pytest.raises(RecordError, match=r"h\.json:2: not valid JSON"):
+    load_questions(DatasetSpec("hotpot_qa", source="file", path=str(path)))
+
+
 def test_unknown_dataset_split_and_config_list_what_exists(tmp_path):
   with pytest.raises(UnknownDatasetError, match="datasets: gsm8k, hotpot_qa, musique, beerqa, cofca, "
                                                 "synthetic_arith, synthetic_multihop"):

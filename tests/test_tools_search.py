@@ -214,6 +214,8 @@ def test_empty_and_stop_word_queries(tmp_path):
     ('{"A": ["one.", " two."], "B": ["ok", 7]}', ["corpus.json['B'][1]", "sentence"]),
     ('{"A": 5}', ["corpus.json['A']", "sentences"]),
     ('[{"title": "A", "text": "x"}', ["corpus.json", "not valid JSON"]),
+    # a list closed early by a stray "]": reported where it is, not re-read as JSON Lines (line 1 column 1)
+    ('[\n{"title": "A", "text": "x"}],\n{"title": "B", "text": "y"}\n]\n', ["corpus.json", "line 2 column 29: Extra data"]),
     ("42", ["corpus.json", "got int"]),
     ("[]", ["corpus.json", "no paragraphs"]),
 ])

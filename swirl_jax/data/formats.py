@@ -91,7 +91,9 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
   Accepted layouts: JSON Lines (one object per line; blank lines skipped), a JSON list of objects, or a
   JSON object holding the list under ``"data"`` (BeerQA's ``{version, split, data}``). ``.jsonl`` files
   are streamed line by line; others are parsed whole and fall back to JSON Lines when the text holds
-  several top-level values.
+  several top-level values and its first line is one complete value (JSON Lines saved as ``.json``).
+  Otherwise a syntax error is reported where the whole-file parse found it, e.g. a stray ``]`` that ends
+  a list early.
   """
   path = Path(path)
   if not path.exists():
@@ -105,7 +107,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
   try:
     data = json.loads(text)
   except json.JSONDecodeError as e:
-    if e.msg == "Extra data":  # Several top-level values: JSON Lines saved under another extension.
+    if e.msg == "Extra data" and first_line_is_json(text):  # JSON Lines saved under another extension.
       yield from _read_jsonl(path)
       return
     raise RecordError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
@@ -132,6 +134,22 @@ def _first_char(path: Path) -> str:
       if stripped := chunk.lstrip():
         return stripped[0]
   return ""
+
+
+def first_line_is_json(text: str) -> bool:
+  """Whether the first non-blank line of ``text`` is a complete JSON value on its own, as in JSON Lines.
+
+  A JSON list or object spread over lines (its first line "[" or "{") is not, so "Extra data" in it is a
+  syntax error to report where it is, not a reason to re-read the file line by line.
+  """
+  first = re.search(r"\S", text)  # not text.lstrip(): that copies a file of hundreds of MB
+  start = first.start() if first else 0
+  end = text.find("\n", start)  # "\n" only, as the JSON Lines reader splits lines (not at U+2028)
+  try:
+    json.loads(text[start:] if end < 0 else text[start:end])
+  except json.JSONDecodeError:
+    return False
+  return True
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

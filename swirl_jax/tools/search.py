@@ -49,6 +49,7 @@ import numpy as np
 
 from swirl_jax import types
 from swirl_jax.atomic_io import atomic_open
+from swirl_jax.data.formats import first_line_is_json
 from swirl_jax.tools.base import ToolResult
 
 # A small English stop-word list (NLTK's, lowercased; single letters left by \w+ splitting of
@@ -141,7 +142,7 @@ def parse_corpus(path: str, data: bytes) -> list[types.Paragraph]:
     try:
       obj = json.loads(text)
     except json.JSONDecodeError as e:
-      if e.msg != "Extra data":
+      if e.msg != "Extra data" or not first_line_is_json(text):  # a list with a stray "]" is no JSON Lines
         raise types.RecordError(
             f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
       obj = None  # several top-level values: JSON Lines under a .json name
