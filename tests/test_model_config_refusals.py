@@ -1,5 +1,7 @@
 """config.json import/export refuses what our Gemma does not compute; the mesh shape refuses bad axes."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,90 @@ def test_accepted_rope_matches_transformers(family, kw, tmp_path):
   tokens, valid = pad_batch([list(rng.integers(3, 512, n)) for n in (21, 13, 5)], 0)
   ref = hf_logits(hf, tokens, valid)
   assert np.abs(lm.logits(tokens, valid) - ref)[valid].max() <= 1e-4
+
+
+# A config.json with a missing, null or mistyped size names the key (and, read from a directory, the file).
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": None}, "config.json key 'hidden_size' = None is not an integer"),
+    ({"num_hidden_layers": None}, "config.json key 'num_hidden_layers' = None is not an integer"),
+    ({"num_key_value_heads": "4"}, "config.json key 'num_key_value_heads' = '4' is not an integer"),
+    ({"intermediate_size": 127.5}, "config.json key 'intermediate_size' = 127.5 is not an integer"),
+    ({"num_attention_heads": 0}, "config.json key 'num_attention_heads' = 0 must be positive"),
+    ({"vocab_size": True}, "config.json key 'vocab_size' = True is not an integer"),
+    ({"max_position_embeddings": None}, "config.json key 'max_position_embeddings' = None is not an integer"),
+    ({"rms_norm_eps": None}, "config.json key 'rms_norm_eps' = None is not a number"),
+    ({"layer_types": "sliding_attention"}, "config.json key 'layer_types' is a JSON str, not a list"),
+])
+def test_bad_config_value_names_the_key(change, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    from_hf_config({**GEMMA3, **change})
+
+
+@pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                 "intermediate_size", "vocab_size"])
+def test_missing_config_key_names_the_key(key):
+  hf = dict(GEMMA3)
+  del hf[key]
+  with pytest.raises(ValueError, match=re.escape(f"config.json key {key!r} is missing")):
+    from_hf_config(hf)
+
+
+def test_whole_floats_nulls_with_defaults_and_text_config_are_read():
+  assert from_hf_config({**GEMMA3, "hidden_size": 64.0}) == from_hf_config(GEMMA3)
+  # null head_dim / sliding_window mean the default, as they always did
+  cfg = from_hf_config({**GEMMA3, "head_dim": None, "sliding_window": None})
+  assert (cfg.head_dim, cfg.sliding_window) == (64 // 8, 4096)
+  with pytest.raises(ValueError, match="config.json key 'text_config' is a JSON list, not an object"):
+    from_hf_config({"model_type": "gemma3", "text_config": []})
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  """A tiny Gemma 3 checkpoint directory as transformers writes it (config.json + model.safetensors)."""
+  from swirl_jax.checkpoints.build import model_weights, random_model
+  from swirl_jax.checkpoints.hf_export import export_hf
+
+  cfg = preset("tiny-gemma3")
+  return export_hf(cfg, model_weights(random_model(cfg)), str(tmp_path_factory.mktemp("hf") / "hf"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("hidden_size"), "config.json key 'hidden_size' is missing"),
+    (lambda c: c.update(num_hidden_layers=None), "config.json key 'num_hidden_layers' = None is not an integer"),
+    (lambda c: c.update(model_type="llama"), "config.json model_type 'llama' is not gemma2"),
+], ids=["missing", "null", "model_type"])
+def test_hf_checkpoint_errors_name_the_config_file(hf_dir, tmp_path, change, message):
+  import json
+  import shutil
+
+  from swirl_jax.checkpoints.hf_import import read_hf_checkpoint
+
+  d = shutil.copytree(hf_dir, tmp_path / "hf")
+  config = json.loads((d / "config.json").read_text())
+  change(config)
+  (d / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError) as info:
+    read_hf_checkpoint(str(d))
+  # The path takes the place of the bare "config.json": "/.../hf/config.json key 'hidden_size' is missing".
+  assert str(info.value).startswith(str(d / "config.json") + message[len("config.json"):]), str(info.value)
+
+
+def test_hf_checkpoint_whose_weights_do_not_fit_config_names_tensor_and_file(hf_dir, tmp_path):
+  import json
+  import shutil
+
+  from swirl_jax.checkpoints.hf_import import read_hf_checkpoint
+
+  d = shutil.copytree(hf_dir, tmp_path / "hf")
+  config = json.loads((d / "config.json").read_text())
+  real = config["intermediate_size"]
+  config["intermediate_size"] = real // 2
+  (d / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError) as info:
+    read_hf_checkpoint(str(d))
+  msg = str(info.value)
+  assert "'model.layers.0.mlp.gate_proj.weight'" in msg and str(d / "config.json") in msg, msg
+  assert f"has shape ({real}, {config['hidden_size']})" in msg and "intermediate_size" in msg, msg
+  (d / "config.json").write_text("{")
+  with pytest.raises(ValueError, match=re.escape(str(d / "config.json")) + ": not valid JSON"):
+    read_hf_checkpoint(str(d))

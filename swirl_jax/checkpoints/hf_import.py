@@ -6,6 +6,7 @@ of Gemma3ForConditionalGeneration (whose tensor names carry a ``language_model``
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -19,12 +20,49 @@ from swirl_jax.models.config import ModelConfig, from_hf_config, load_json
 _TEXT_TOWER_PREFIXES = ("model.language_model.", "language_model.model.")
 
 
+def _hf_shape(cfg: ModelConfig, hf_name: str) -> tuple[tuple[int, ...], str] | None:
+  """The shape transformers' Gemma gives tensor ``hf_name`` under ``cfg``, and the config.json keys it
+  comes from (None for a name not listed here: ``build_model`` still checks its shape)."""
+  d, f, dh = cfg.d_model, cfg.mlp_dim, cfg.head_dim
+  q, kv = cfg.num_heads * dh, cfg.num_kv_heads * dh
+  # Torch Linear weights are (out, in); the q/k norms scale one head, the other norms the residual stream.
+  shapes = (
+      ("embed_tokens.weight", (cfg.vocab_size, d), "vocab_size, hidden_size"),
+      ("q_proj.weight", (q, d), "num_attention_heads * head_dim, hidden_size"),
+      ("k_proj.weight", (kv, d), "num_key_value_heads * head_dim, hidden_size"),
+      ("v_proj.weight", (kv, d), "num_key_value_heads * head_dim, hidden_size"),
+      ("o_proj.weight", (d, q), "hidden_size, num_attention_heads * head_dim"),
+      ("q_norm.weight", (dh,), "head_dim"),
+      ("k_norm.weight", (dh,), "head_dim"),
+      ("gate_proj.weight", (f, d), "intermediate_size, hidden_size"),
+      ("up_proj.weight", (f, d), "intermediate_size, hidden_size"),
+      ("down_proj.weight", (d, f), "hidden_size, intermediate_size"),
+      ("norm.weight", (d,), "hidden_size"),
+  )
+  for suffix, shape, keys in shapes:
+    if hf_name.endswith(suffix):
+      return shape, keys
+  return None
+
+
+def _in_file(e: ValueError, cfg_path: str) -> ValueError:
+  """``e`` from ``from_hf_config`` with the file's path in place of its "config.json"."""
+  msg = str(e)
+  msg = cfg_path + msg[len("config.json"):] if msg.startswith("config.json") else f"{cfg_path}: {msg}"
+  return ValueError(msg)
+
+
 def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callable[[str], np.ndarray]]:
   """(config, fetch) for a HF directory; ``fetch(our_path)`` returns the tensor in our layout."""
   cfg_path = os.path.join(directory, "config.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"{directory}: no config.json (expected a Hugging Face checkpoint directory)")
-  hf = load_json(cfg_path)
+  try:
+    hf = load_json(cfg_path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"{cfg_path}: a JSON {type(hf).__name__}, not an object")
   archs = hf.get("architectures") or []
   known = {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"}
   if archs and not set(archs) & known:
@@ -33,7 +71,10 @@ def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callab
   if not (text_cfg or hf).get("tie_word_embeddings", hf.get("tie_word_embeddings", True)):
     raise ValueError(f"{cfg_path}: tie_word_embeddings is false (a separate lm_head.weight); swirl_jax's Gemma "
                      "computes the logits with the embedding, as the published Gemma 2 and 3 checkpoints do")
-  cfg = from_hf_config(hf, **overrides)
+  try:
+    cfg = from_hf_config(hf, **overrides)
+  except ValueError as e:
+    raise _in_file(e, cfg_path) from None
   tensors = ShardedSafetensors(directory)
   names = set(tensors.keys())
   prefix = "model."
@@ -45,6 +86,15 @@ def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callab
   missing = [rename(e.hf) for e in table.values() if rename(e.hf) not in names]
   if missing:
     raise ValueError(f"{directory}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+  # Checked here, from the safetensors headers, so a config.json that does not fit the weights is named
+  # before a model is built (build_model would name only our parameter path).
+  for e in table.values():
+    name = rename(e.hf)
+    expected = _hf_shape(cfg, e.hf)
+    shape = tuple(tensors.get(name).shape)  # a memmap view: no data is read
+    if expected is not None and shape != expected[0]:
+      raise ValueError(f"{directory}: safetensors tensor {name!r} has shape {shape}, but {cfg_path} "
+                       f"gives ({expected[1]}) = {expected[0]}")
 
   def fetch(path: str) -> np.ndarray:
     e = table[path]

@@ -235,15 +235,49 @@ def _check_hf_features(hf: Mapping[str, Any]) -> None:
     raise ValueError(f"config.json hidden_activation {act!r} is not supported (only gelu_pytorch_tanh)")
 
 
+_REQUIRED = object()
+
+
+def _hf_int(hf: Mapping[str, Any], key: str, default: Any = _REQUIRED) -> int:
+  """``hf[key]`` as a positive integer; a missing (without a default), null or mistyped value is a
+  ValueError naming the key, not a KeyError or a TypeError from ``int(None)``."""
+  if key not in hf:
+    if default is _REQUIRED:
+      raise ValueError(f"config.json key {key!r} is missing")
+    return default
+  value = hf[key]
+  # bool is an int in Python; 64.0 is accepted as some writers store whole numbers as floats.
+  whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+  if isinstance(value, bool) or not whole:
+    raise ValueError(f"config.json key {key!r} = {value!r} is not an integer")
+  if value <= 0:
+    raise ValueError(f"config.json key {key!r} = {value!r} must be positive")
+  return int(value)
+
+
+def _hf_float(hf: Mapping[str, Any], key: str, default: float) -> float:
+  """``hf[key]`` as a float (``default`` when the key is absent); null or a string is a ValueError."""
+  value = hf.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"config.json key {key!r} = {value!r} is not a number")
+  return float(value)
+
+
 def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   """Builds a ModelConfig from a Hugging Face Gemma2/Gemma3 config.json dict.
 
   Accepts Gemma2ForCausalLM, Gemma3ForCausalLM (model_type gemma3_text) and the text tower of
-  Gemma3ForConditionalGeneration (its ``text_config``).
+  Gemma3ForConditionalGeneration (its ``text_config``). A missing, null or mistyped size is a ValueError
+  naming the key ("config.json key 'hidden_size' is missing"); ``hf_import`` adds the file's path.
   """
+  if not isinstance(hf, Mapping):
+    raise ValueError(f"config.json is a JSON {type(hf).__name__}, not an object")
   model_type = hf.get("model_type")
   if model_type == "gemma3" and "text_config" in hf:
-    hf = dict(hf["text_config"])
+    text = hf["text_config"]
+    if not isinstance(text, Mapping):
+      raise ValueError(f"config.json key 'text_config' is a JSON {type(text).__name__}, not an object")
+    hf = dict(text)
     model_type = "gemma3_text"
   if model_type == "gemma2":
     family: Family = "gemma2"
@@ -252,25 +286,28 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   else:
     raise ValueError(f"config.json model_type {model_type!r} is not gemma2, gemma3_text or gemma3")
   _check_hf_features(hf)
-  n = int(hf["num_hidden_layers"])
-  if hf.get("layer_types"):
-    layer_types = tuple("local" if t == "sliding_attention" else "global" for t in hf["layer_types"])
+  n = _hf_int(hf, "num_hidden_layers")
+  if names := hf.get("layer_types"):
+    if not isinstance(names, list):
+      raise ValueError(f"config.json key 'layer_types' is a JSON {type(names).__name__}, not a list")
+    layer_types = tuple("local" if t == "sliding_attention" else "global" for t in names)
   else:
-    period = int(hf.get("sliding_window_pattern", 2 if family == "gemma2" else 6))
-    layer_types = _pattern(n, period)
-  head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+    layer_types = _pattern(n, _hf_int(hf, "sliding_window_pattern", 2 if family == "gemma2" else 6))
+  d_model, num_heads = _hf_int(hf, "hidden_size"), _hf_int(hf, "num_attention_heads")
+  # A null (or 0) head_dim or sliding_window means the default, as before these keys were checked.
+  head_dim = _hf_int(hf, "head_dim") if hf.get("head_dim") else d_model // num_heads
   rope_global, rope_local, scale = _hf_rope(hf, family, layer_types)
   cfg = ModelConfig(
       family=family,
-      vocab_size=int(hf["vocab_size"]),
-      d_model=int(hf["hidden_size"]),
+      vocab_size=_hf_int(hf, "vocab_size"),
+      d_model=d_model,
       num_layers=n,
-      num_heads=int(hf["num_attention_heads"]),
-      num_kv_heads=int(hf["num_key_value_heads"]),
+      num_heads=num_heads,
+      num_kv_heads=_hf_int(hf, "num_key_value_heads"),
       head_dim=head_dim,
-      mlp_dim=int(hf["intermediate_size"]),
-      query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", head_dim)),
-      sliding_window=int(hf.get("sliding_window") or 4096),
+      mlp_dim=_hf_int(hf, "intermediate_size"),
+      query_pre_attn_scalar=_hf_float(hf, "query_pre_attn_scalar", head_dim),
+      sliding_window=_hf_int(hf, "sliding_window") if hf.get("sliding_window") else 4096,
       layer_types=layer_types,
       rope_base_global=rope_global,
       rope_base_local=rope_local,
@@ -279,8 +316,8 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
       attn_logit_softcap=hf.get("attn_logit_softcapping") if family == "gemma2" else None,
       final_logit_softcap=hf.get("final_logit_softcapping"),
       use_qk_norm=family == "gemma3",
-      rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      max_seq_len=int(hf.get("max_position_embeddings", 8192)),
+      rms_eps=_hf_float(hf, "rms_norm_eps", 1e-6),
+      max_seq_len=_hf_int(hf, "max_position_embeddings", 8192),
   )
   return cfg.replace(**overrides)
 
