@@ -153,6 +153,9 @@ def test_accepted_rope_matches_transformers(family, kw, tmp_path):
     ({"max_position_embeddings": None}, "config.json key 'max_position_embeddings' = None is not an integer"),
     ({"rms_norm_eps": None}, "config.json key 'rms_norm_eps' = None is not a number"),
     ({"layer_types": "sliding_attention"}, "config.json key 'layer_types' is a JSON str, not a list"),
+    ({"rope_theta": None}, "config.json key 'rope_theta' = None is not a number"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": None}},
+     "config.json rope_scaling key 'factor' = None is not a number"),
 ])
 def test_bad_config_value_names_the_key(change, message):
   with pytest.raises(ValueError, match=re.escape(message)):

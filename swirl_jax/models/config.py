@@ -190,8 +190,8 @@ def _hf_rope_entry(entry: Mapping[str, Any], field: str, default_theta: float) -
   kind = entry.get("rope_type", entry.get("type", "default"))
   if kind not in ("default", "linear"):
     raise ValueError(f"config.json {field} rope_type {kind!r} is not supported (only default and linear)")
-  factor = float(entry.get("factor", 1.0)) if kind == "linear" else 1.0
-  return float(entry.get("rope_theta", default_theta)), factor
+  factor = _hf_float(entry, "factor", 1.0, f"{field} ") if kind == "linear" else 1.0
+  return _hf_float(entry, "rope_theta", default_theta, f"{field} "), factor
 
 
 def _hf_rope(hf: Mapping[str, Any], family: Family,
@@ -204,7 +204,7 @@ def _hf_rope(hf: Mapping[str, Any], family: Family,
   """
   legacy = dict(hf.get("rope_scaling") or {})
   rp = hf.get("rope_parameters") or {}
-  theta = float(hf.get("rope_theta", 1_000_000.0 if family == "gemma3" else 10_000.0))
+  theta = _hf_float(hf, "rope_theta", 1_000_000.0 if family == "gemma3" else 10_000.0)
   if family == "gemma3" or "full_attention" in rp or "sliding_attention" in rp:
     # transformers merges a legacy rope_scaling into the full-attention entry.
     full = {**(rp.get("full_attention") or {}), **legacy}
@@ -212,7 +212,7 @@ def _hf_rope(hf: Mapping[str, Any], family: Family,
     rope_global, scale = _hf_rope_entry(full, g_field, theta)
     l_field = "rope_parameters['sliding_attention']"
     rope_local, local_scale = _hf_rope_entry(rp.get("sliding_attention") or {}, l_field,
-                                             float(hf.get("rope_local_base_freq", 10_000.0)))
+                                             _hf_float(hf, "rope_local_base_freq", 10_000.0))
   else:
     # Gemma 2 has one rotary embedding for every layer, local ones included.
     l_field = "rope_scaling" if legacy else "rope_parameters"
@@ -255,11 +255,12 @@ def _hf_int(hf: Mapping[str, Any], key: str, default: Any = _REQUIRED) -> int:
   return int(value)
 
 
-def _hf_float(hf: Mapping[str, Any], key: str, default: float) -> float:
-  """``hf[key]`` as a float (``default`` when the key is absent); null or a string is a ValueError."""
+def _hf_float(hf: Mapping[str, Any], key: str, default: float, within: str = "") -> float:
+  """``hf[key]`` as a float (``default`` when the key is absent); null or a string is a ValueError
+  (``within``: where the dict sits, e.g. "rope_scaling ")."""
   value = hf.get(key, default)
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ValueError(f"config.json key {key!r} = {value!r} is not a number")
+    raise ValueError(f"config.json {within}key {key!r} = {value!r} is not a number")
   return float(value)
 
 
