@@ -77,3 +77,14 @@ def test_contains_answer_and_aliases_use_the_same_tolerance():
   assert answers.contains_answer("the population was 1,000,000 in 2010", "1000000")
   assert answers.exact_match("21", ["21 Savage", "21"])  # an alias that is the bare number still matches
   assert not answers.exact_match("21", ["21 Savage", "Shéyaa Abraham-Joseph"])
+
+
+@pytest.mark.parametrize("text, answer, supported", [
+    ("The rapper, aged 21, released an album.", "21 Savage", False),  # the number alone is not the name
+    ("21 Savage is an Atlanta rapper.", "21 Savage", True),
+    ("She was born on 5 June 1990.", "5 June", True), ("She was born on 5 May 1990.", "5 June", False),
+    ("The board is 6.8 inches wide.", "6.8 inch", True), ("It grew to 1,200 feet.", "1200 foot", True),
+    ("It cost $1,200 in total.", "1200", True), ("It cost $1,200 in total.", "1201", False),
+])
+def test_contains_answer_needs_the_unit_word_of_a_number_with_one(text, answer, supported):
+  assert answers.contains_answer(text, answer) is supported

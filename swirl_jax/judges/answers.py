@@ -246,11 +246,19 @@ def numbers_in_text(text: str) -> list[float]:
 
 
 def contains_answer(text: str, answer: str) -> bool:
-  """Whether ``answer`` occurs in ``text``: as whole normalised words, or numerically for a number."""
-  value = parse_number(answer)
-  if value is not None:
-    return any(numbers_equal(value, x) for x in numbers_in_text(text))
+  """Whether ``answer`` occurs in ``text``: as whole normalised words, or numerically for a number. A
+  number with a unit word also needs that word (or its singular/plural) in the text: "21 Savage" is not
+  supported by "aged 21", as ``numbers_equal`` does not let "21" answer "21 Savage"."""
+  words = f" {normalize_words(text)} "
+  parsed = _parse_number(answer)
+  if parsed is not None:
+    forms = _singulars(parsed.unit) if parsed.unit is not None else None
+    if forms is not None and not any(_singulars(w) & forms for w in set(words.split())):
+      return _contains_words(words, answer)
+    return any(numbers_equal(parsed.value, x) for x in numbers_in_text(text))
+  return _contains_words(words, answer)
+
+
+def _contains_words(padded_text_words: str, answer: str) -> bool:
   needle = normalize_words(answer)
-  if not needle:
-    return False
-  return f" {needle} " in f" {normalize_words(text)} "
+  return bool(needle) and f" {needle} " in padded_text_words
