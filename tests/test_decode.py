@@ -445,6 +445,38 @@ def test_sampler_upcasts_a_bfloat16_models_weights_and_cache_only():
   assert s.init_state(p, [0, 1]).cache.layers[0][0].dtype == jnp.float32
 
 
+def test_prepare_rounds_a_mixed_precision_models_matrices_to_the_compute_dtype():
+  """float32 parameters with bfloat16 compute (how training holds a bfloat16 model): ``prepare`` rounds
+  the weight matrices to bfloat16 once (norm scales stay float32), so decode streams bfloat16 weights and
+  decodes exactly as the model rounding them at every use; the upcast copies hold the rounded values (they
+  copied the unrounded float32 weights: another policy than the one trained)."""
+  mixed = random_model(config_preset("tiny-gemma3", dtype="bfloat16", param_dtype="float32"), seed=4)
+  raw = nnx.state(mixed)
+  kw = dict(batch=2, cache_len=64, sampling=SamplingConfig(temperature=0, max_new_tokens=12), stops=_no_stops(),
+            steps_per_call=6, max_chunk=16, exit_when_done=2)
+  prompts = [[5, 6, 7, 8, 9], [40, 41]]
+  s = Sampler.create(mixed, feature_major=False, **kw)
+  p = s.prepare(raw)
+  assert p.state["embedding"].value.dtype == jnp.bfloat16 and p.layers is None
+  assert p.state["layers"][0]["mlp"]["gate"].value.dtype == jnp.bfloat16
+  assert p.state["final_norm"]["scale"].value.dtype == jnp.float32
+  assert raw["embedding"].value.dtype == jnp.float32  # the caller's parameters are not touched
+  want = [list(map(int, row)) for row in generate(s, raw, prompts)]  # unprepared: rounded at every use
+  assert [list(map(int, row)) for row in generate(s, p, prompts)] == want
+
+  for upcast in (True, False):
+    fm = Sampler.create(mixed, feature_major=True, upcast_weights=upcast, **kw)
+    q = fm.prepare(raw)
+    gate = np.asarray(mixed.layers[0].mlp.gate[...].astype(jnp.bfloat16).astype(jnp.float32))
+    d = gate.shape[0]
+    np.testing.assert_array_equal(np.asarray(q.layers[0].gate_up[:gate.shape[1]].astype(jnp.float32)), gate.T)
+    assert q.layers[0].gate_up.dtype == (jnp.float32 if upcast else jnp.bfloat16) and d == mixed.config.d_model
+    if upcast:
+      np.testing.assert_array_equal(np.asarray(q.head), np.asarray(
+          mixed.embedding[...].astype(jnp.bfloat16).astype(jnp.float32)))
+    assert generate(fm, q, prompts) == generate(s, p, prompts)
+
+
 def test_upcast_weights_default_follows_the_cpus_bfloat16_arithmetic():
   avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
   spr = "model name\t: Intel Xeon\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n"
