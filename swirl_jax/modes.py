@@ -49,6 +49,23 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _train_questions(cfg, check_eval: bool = False) -> list:
+  """The training questions (data.*), and with ``check_eval`` every eval set loaded once (``eval_questions``):
+  process 0 first, the others after a barrier, since TFDS prepares a dataset into the shared data_dir on
+  its first load and two processes preparing it at once would race on the same folder."""
+  from swirl_jax.config import dataset_spec, eval_dataset_specs
+  from swirl_jax.data.registry import load_questions
+
+  if jax.process_index() == 0:
+    questions = load_questions(dataset_spec(cfg))
+    if check_eval:  # a missing eval set fails now, not after generation and training
+      eval_questions(cfg, eval_dataset_specs(cfg))
+  _barrier("datasets prepared")
+  if jax.process_index() != 0:
+    questions = load_questions(dataset_spec(cfg))
+  return questions
+
+
 def _mesh(cfg, global_mesh: bool = False):
   from swirl_jax.config import mesh_config
   from swirl_jax.models.sharding import make_mesh
@@ -159,14 +176,13 @@ def judge(cfg, paths: Paths, policy=None, task: str | None = None):
 def run_generate(cfg, paths: Paths, questions=None) -> dict:
   from flax import nnx
 
-  from swirl_jax.config import dataset_spec, rollout_config
-  from swirl_jax.data.registry import load_questions
+  from swirl_jax.config import rollout_config
   from swirl_jax.pipeline.generate import generate, merge_shards
   from swirl_jax.sampling.rollout import Rollout
   from swirl_jax.tools import STOP_STRINGS
 
   if questions is None:
-    questions = load_questions(dataset_spec(cfg))
+    questions = _train_questions(cfg)
   _check_generate_inputs(cfg, paths)
   lm = load(cfg)
   rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
@@ -545,13 +561,10 @@ def _train_stage(cfg, paths: Paths) -> dict:
 
 
 def run_pipeline(cfg, paths: Paths) -> dict:
-  from swirl_jax.config import dataset_spec, eval_dataset_specs
-  from swirl_jax.data.registry import load_questions
   from swirl_jax.pipeline.generate import done_keys
 
   summary, t0 = {}, time.perf_counter()
-  questions = load_questions(dataset_spec(cfg))
-  eval_questions(cfg, eval_dataset_specs(cfg))  # a missing eval set fails now, not after training
+  questions = _train_questions(cfg, check_eval=True)
   expected = len(questions) * cfg.rollout.samples_per_question
 
   def stage(name, done, fn, inputs=None):
