@@ -18,12 +18,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = os.path.join(ROOT, "launchers")
 
 # Records "name\0cwd\0argv...\0" per call, numbered in call order. python3 -m venv DIR makes an empty
-# DIR/bin/activate (what the scripts source); gcloud keeps a copy of any file it is given (the scp payload).
+# DIR/bin/activate (what the scripts source) and a DIR/bin/python that passes the version check; gcloud
+# keeps a copy of any file it is given (the scp payload).
 _FAKE = """#!/bin/bash
 n=$(cat "$FAKE_REC/count" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_REC/count"
 printf '%s\\0' {name} "$PWD" "$@" > "$FAKE_REC/call.$(printf %04d "$n")"
-if [ {name} = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"; : > "$3/bin/activate"; fi
+if [ {name} = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin"; : > "$3/bin/activate"; printf '#!/bin/bash\\nexit 0\\n' > "$3/bin/python"; chmod +x "$3/bin/python"
+fi
 if [ {name} = python3 ] && [ "$1" = -c ] && [ -n "$FAKE_OLD_PYTHON" ]; then exit 1; fi
+if [ {name} = pip ] && [ -n "$FAKE_PIP_FAILS" ]; then exit 1; fi
 if [ {name} = gcloud ]; then for a; do if [ -f "$a" ]; then cp "$a" "$FAKE_REC/payload"; fi; done; fi
 exit 0
 """
@@ -162,3 +166,31 @@ def test_tpu_pod_refuses_a_python_older_than_3_11_before_installing(tmp_path, fa
   assert "swirl_jax needs Python >= 3.11" in r.stderr and "SWIRL_JAX_PYTHON=python3.11" in r.stderr
   assert [c[0] for c in recorded()[2:]] == ["python3", "python3"]  # the check and --version; no venv, no pip
   assert not os.path.exists(remote_home / "swirl_jax" / ".venv")
+
+
+def test_tpu_pod_rebuilds_a_venv_an_older_python_made_and_stops_when_pip_fails(tmp_path, fakes):
+  """A 3.10 venv left by a run before the version check was reused (the check ran only without .venv),
+  and a failed first pip install went on to run swirl_jax (set -e does not stop at the left of &&)."""
+  env, recorded = fakes
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
+                 cwd=tmp_path, env=env, check=True)
+  (_, _, scp), (_, _, ssh) = recorded()
+  remote_home = tmp_path / "worker"
+  stale = remote_home / "swirl_jax" / ".venv" / "bin"
+  stale.mkdir(parents=True)
+  (stale / "activate").write_text("")
+  (stale / "python").write_text("#!/bin/bash\nexit 1\n")  # python3.10: fails the version check
+  (stale / "python").chmod(0o755)
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  command = ssh[ssh.index("--command") + 1]
+  subprocess.run(["bash", "-c", command], cwd=remote_home, env={**env, "HOME": str(remote_home)}, check=True)
+  calls = [(c[0], c[2][:2]) for c in recorded()[2:]]
+  assert calls[:2] == [("python3", ["-c", "import sys; sys.exit(sys.version_info < (3, 11))"]),
+                       ("python3", ["-m", "venv"])]  # rebuilt
+  assert "exit 0" in (stale / "python").read_text()  # the new venv's
+  n = len(recorded())
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  r = subprocess.run(["bash", "-c", command], cwd=remote_home, capture_output=True,
+                     env={**env, "HOME": str(remote_home), "FAKE_PIP_FAILS": "1"})
+  assert r.returncode != 0
+  assert [c[0] for c in recorded()[n:]] == ["pip"]  # the first install failed: no second, no run
