@@ -88,3 +88,20 @@ def test_contains_answer_and_aliases_use_the_same_tolerance():
 ])
 def test_contains_answer_needs_the_unit_word_of_a_number_with_one(text, answer, supported):
   assert answers.contains_answer(text, answer) is supported
+
+
+@pytest.mark.parametrize("text, answer, supported", [
+    ("The ticket cost $10.", "10 dollars", True), ("It was priced at $1,200.", "1200 dollars", True),
+    ("It was priced at 1,200 USD.", "1200 dollars", True), ("It costs €5.", "5 euros", True),
+    ("It costs €5.", "5 dollars", False), ("The ticket cost $10.", "11 dollars", False),
+])
+def test_contains_answer_takes_a_currency_sign_for_its_unit_word(text, answer, supported):
+  assert answers.contains_answer(text, answer) is supported
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    ("10", "$10", True), ("10 dollars", "$10", True), ("USD 10", "$10", True),
+    ("10 euros", "$10", False), ("£10", "$10", False), ("10 apples", "$10", False),
+])
+def test_a_gold_currency_sign_must_be_answered_in_that_currency(pred, gold, equal):
+  assert answers.numbers_equal(pred, gold) is equal and answers.exact_match(pred, gold) is equal

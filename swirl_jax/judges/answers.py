@@ -53,6 +53,10 @@ _NUMBER_ANSWER_RE = re.compile(
     \s*[.!]?\s*$""",
     re.VERBOSE | re.IGNORECASE,
 )
+# An amount of money inside free text: "$1,200", "US$ 5", "1,200 USD", "5 EUR".
+_AMOUNT_IN_TEXT_RE = re.compile(
+    rf"(?P<sign>[{_CURRENCY}]|\bus\$|\busd\b)\s*(?P<num>{_NUM})|(?P<num2>{_NUM})\s*(?P<code>usd|eur|gbp|inr)\b",
+    re.IGNORECASE)
 # Numbers inside free text (observations): thousands groups, decimals and a leading sign.
 _NUMBER_IN_TEXT_RE = re.compile(rf"(?<![\w.])[-−]?(?:{_NUM})(?![\d])")
 YES_NO = frozenset({"yes", "no"})
@@ -101,6 +105,7 @@ _CURRENCY_UNITS = {
     "€": frozenset({"euro", "eur"}), "£": frozenset({"pound", "gbp"}), "¥": frozenset({"yen", "yuan"}),
     "₹": frozenset({"rupee", "inr"}),
 }
+_CURRENCY_UNITS.update({"eur": _CURRENCY_UNITS["€"], "gbp": _CURRENCY_UNITS["£"], "inr": _CURRENCY_UNITS["₹"]})
 
 
 def _singulars(word: str) -> frozenset[str]:
@@ -180,6 +185,12 @@ def numbers_equal(prediction: float | str, gold: float | str, rel_tol: float = 1
       said |= _singulars(p.unit)
     if not said & _singulars(g.unit):
       return False
+  if g.currency is not None:  # "$10" is answered by "10", "$10" or "10 dollars", not "10 euros" or "£10"
+    money = _CURRENCY_UNITS[g.currency]
+    if p.currency is not None and _CURRENCY_UNITS[p.currency] != money:
+      return False
+    if p.unit is not None and not _singulars(p.unit) & money:
+      return False
   if p.value.is_integer() and g.value.is_integer():  # whole numbers exactly: 10**12 + 1 is not 10**12
     return p.value == g.value
   return math.isclose(p.value, g.value, rel_tol=rel_tol, abs_tol=abs_tol)
@@ -254,7 +265,10 @@ def contains_answer(text: str, answer: str) -> bool:
   if parsed is not None:
     forms = _singulars(parsed.unit) if parsed.unit is not None else None
     if forms is not None and not any(_singulars(w) & forms for w in set(words.split())):
-      return _contains_words(words, answer)
+      # the unit word is not in the text: an amount in its currency is ("$10" supports "10 dollars")
+      return any(_CURRENCY_UNITS[(m["sign"] or m["code"]).lower()] & forms
+                 and numbers_equal(parsed.value, _to_float(m["num"] or m["num2"]))
+                 for m in _AMOUNT_IN_TEXT_RE.finditer(text)) or _contains_words(words, answer)
     return any(numbers_equal(parsed.value, x) for x in numbers_in_text(text))
   return _contains_words(words, answer)
 
