@@ -279,3 +279,59 @@ def test_a_burst_of_connections_fits_the_listen_backlog():
   from swirl_jax.serve.server import _HTTPServer
 
   assert _HTTPServer.request_queue_size >= 64
+
+
+def test_a_host_side_stop_does_not_recompile_the_engine_on_a_mesh():
+  """A row ended on the host (a stop string, max_tokens) replaced the state's ``active`` with a fresh
+  single-device array; on a mesh the next extend and decode calls then compiled again (minutes per
+  program for a large model on an accelerator). Run on the accelerator path (row-major, no upcasts)."""
+  from multidevice import run_with_devices
+
+  out = run_with_devices("""
+    import collections, logging
+    import jax
+    from swirl_jax.sampling import decode as _d
+    _d._feature_major_default = lambda: False
+    _d._upcast_weights_default = lambda: False
+    from tiny_tokenizer import tiny_tokenizer
+    from swirl_jax.checkpoints.build import build_model, model_weights, random_model
+    from swirl_jax.loading import LoadedModel
+    from swirl_jax.models.config import preset
+    from swirl_jax.models.sharding import MeshConfig, Rules, make_mesh
+    from swirl_jax.serve.engine import BatchingEngine
+    from swirl_jax.serve.requests import ChatRequest, ServeConfig
+    from swirl_jax.types import Message
+
+    compiles = collections.Counter()
+    class Count(logging.Handler):
+      def emit(self, rec):
+        m = rec.getMessage()
+        if m.startswith("Finished XLA compilation of "):
+          compiles[m.split()[4]] += 1
+    jax.config.update("jax_log_compiles", True)
+    logging.getLogger("jax").addHandler(Count())
+    tok = tiny_tokenizer()
+    cfg = preset("tiny-gemma3", vocab_size=len(tok.hf) + (-len(tok.hf) % 8))
+    base = random_model(cfg, seed=3)
+    mesh = make_mesh(MeshConfig(8, 1, 1))
+    lm = LoadedModel(build_model(cfg, model_weights(base).__getitem__, mesh, Rules()), tok, cfg, "x", mesh, Rules())
+    eng = BatchingEngine(lm, ServeConfig(batch_size=4, cache_len=128, max_tokens_limit=16, steps_per_call=4,
+                                         max_chunk=32, batch_wait_ms=200))
+    per_round = []
+    for rnd in range(3):
+      before = sum(v for k, v in compiles.items() if "_extend" in k or "_decode" in k)
+      jobs = []
+      for i in range(6):  # max_tokens and stop strings end rows on the host
+        job = eng.make_job(ChatRequest(messages=(Message("user", f"Question {rnd} {i}"),), temperature=0.0,
+                                       max_tokens=[3, 16, 7, 16, 5, 11][i], stop=(("e",) if i % 2 else ()),
+                                       n=1, seed=i))
+        eng.submit(job)
+        jobs.append(job)
+      for j in jobs:
+        assert j.done.wait(120) and j.error is None, j.error
+      per_round.append(sum(v for k, v in compiles.items() if "_extend" in k or "_decode" in k) - before)
+    eng.stop()
+    print("ROUNDS", per_round)
+  """)
+  rounds = eval(out.split("ROUNDS", 1)[1].strip().splitlines()[0])
+  assert rounds[0] > 0 and rounds[1:] == [0, 0], rounds

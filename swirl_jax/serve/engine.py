@@ -346,5 +346,7 @@ class _Loop:
           eng._finish(c)
     if host_stopped:  # end these rows on the device too, so the next decode call skips them
       active[host_stopped] = False
-      self.state = self.state._replace(active=jnp.asarray(active))
+      # combined with the device array, which keeps its sharding (a fresh host array on a mesh made the
+      # next decode and extend calls compile again)
+      self.state = self.state._replace(active=self.state.active & jnp.asarray(active))
     return True
