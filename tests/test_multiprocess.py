@@ -147,3 +147,77 @@ def test_http_judge_is_asked_once_across_processes():
   assert [o["calls"] for o in outs] == [1, 0]
   for o in outs:
     assert o["scores"] == [0.75, 0.0, 1.0] and o["labels"] == ["GOOD", "BAD", "GOOD"]
+
+
+_RL_ACROSS_PROCESSES = """
+import json, os, signal, sys
+import jax
+work, address, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if address != "single":
+  jax.distributed.initialize(coordinator_address=address, num_processes=2, process_id=pid)
+import numpy as np
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from tiny_tokenizer import tiny_tokenizer
+from swirl_jax.checkpoints.build import random_model
+from swirl_jax.judges.rule import RuleJudge
+from swirl_jax.loading import LoadedModel
+from swirl_jax.models.config import preset
+from swirl_jax.models.sharding import MeshConfig, Rules, make_mesh
+from swirl_jax.sampling.decode import SamplingConfig
+from swirl_jax.training import rl
+from swirl_jax.training.checkpointing import CheckpointConfig
+from swirl_jax.training.losses import LossConfig
+from swirl_jax.training.optimizer import OptimizerConfig
+from swirl_jax.types import Message, StepExample
+
+tok = tiny_tokenizer()
+cfg = preset("tiny-gemma3", vocab_size=len(tok.hf), num_layers=2, layer_types=("local", "global"))
+mesh = make_mesh(MeshConfig(1, jax.process_count(), 1), jax.devices())  # fsdp across the processes
+lm = LoadedModel(random_model(cfg, seed=0, mesh=mesh, rules=Rules()), tok, cfg, "random:test", mesh, Rules())
+rng = np.random.default_rng(0)
+states = [StepExample(f"q{i}", 0, 0, (Message("user", f"Add {a} and {b}."),), "")
+          for i, (a, b) in enumerate(rng.integers(1, 99, (10, 2)))]
+
+def on_step(step, m):
+  if step == 2 and pid == 0 and address != "single":  # a preemption that reaches process 0 only
+    os.kill(os.getpid(), signal.SIGTERM)
+
+res = rl.train(rl.TrainConfig(mode="rl", steps=4, states_per_step=2, group_size=2, max_len=48, seq_bucket=16,
+                              slot_bucket=8, steps_per_call=8, progress=False),
+               states, lm, RuleJudge(), loss=LossConfig(kl_coef=0.05), optimizer=OptimizerConfig(learning_rate=1e-2),
+               sampling=SamplingConfig(temperature=1.0, max_new_tokens=8),
+               checkpoint=CheckpointConfig(os.path.join(work, "ckpt"), save_every=0), on_step=on_step)
+print(json.dumps({"losses": [h["loss"] for h in res.history], "rewards": [h["mean_reward"] for h in res.history],
+                  "interrupted": res.interrupted, "step": int(res.state.step)}))
+"""
+
+
+def test_step_wise_rl_across_two_processes_and_a_sigterm_seen_by_one(tmp_path):
+  """RL (not only SFT) on a mesh spanning two processes: the decode loop read row lengths that live on
+  the other process's device (a RuntimeError at the first decode call). And a SIGTERM that reaches one
+  process only: it alone left the loop and saved, the other ran the next step's collectives (gloo
+  aborted, no checkpoint). Now both stop after the same step and save it; the steps run match one
+  process's."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  single = subprocess.run([sys.executable, "-c", _RL_ACROSS_PROCESSES, str(tmp_path / "one"), "single", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  want = json.loads(single.stdout.strip().splitlines()[-1])
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", _RL_ACROSS_PROCESSES, str(tmp_path / "two"), address, str(i)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  assert want["step"] == 4 and not want["interrupted"]
+  for o in outs:
+    assert o["interrupted"] and o["step"] == 2
+    assert o["rewards"] == want["rewards"][:2]
+    np.testing.assert_allclose(o["losses"], want["losses"][:2], rtol=1e-5, atol=1e-7)
+  from swirl_jax.training.checkpointing import Checkpointer, CheckpointConfig
+  ckpt = Checkpointer(CheckpointConfig(str(tmp_path / "two" / "ckpt")))
+  assert ckpt.latest_step() == 2  # the preemption's checkpoint
+  ckpt.close()

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from swirl_jax import host_cpu
+from swirl_jax.distributed import to_host
 from swirl_jax.models.gemma import Gemma, KVCache, LayerWeights
 
 
@@ -478,10 +479,12 @@ class Sampler:
 
     Returns the new state and out [B, steps_per_call] int32: the tokens sampled in this call (-1 after a
     row's last). A stopped row's final token stays ``pending`` (not in the cache). Reads the row lengths
-    back to pick the call's span bucket (``span_buckets``), so it waits for the state's last update.
+    back to pick the call's span bucket (``span_buckets``), so it waits for the state's last update (and
+    on a mesh across processes it is a collective: every process calls it, as SPMD code does).
     """
     layers = params.layers if isinstance(params, SamplerParams) else None
-    span = self.span_bucket(int(np.max(np.asarray(state.cache.lengths))) + self.steps_per_call)
+    # to_host: on a training mesh across processes the lengths span other processes' devices
+    span = self.span_bucket(int(np.max(to_host(state.cache.lengths))) + self.steps_per_call)
     return self._decode(_model_state(params), layers, _head(params), state, self.device_stops, span)
 
   def span_bucket(self, n: int) -> int:

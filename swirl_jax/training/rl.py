@@ -300,6 +300,17 @@ def _is_http_judge(judge: Judge | None) -> bool:
   return isinstance(getattr(judge, "backend", None), OpenAIBackend)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (a collective when there are several: every process calls it
+  at the same point). A SIGTERM reaches the hosts of a preempted job at different moments, and a process
+  that left the loop or saved alone would leave the others in the next step's collectives."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def judged_on_process_0(judge_fn: Callable[[], Sequence[Verdict]], n: int) -> list[Verdict]:
   """Verdicts that process 0 obtains (``judge_fn()``) and every other process receives.
 
@@ -488,7 +499,8 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
 
   try:
     with SigtermFlag() as sigterm:
-      while step < cfg.steps and not sigterm.requested:
+      stop = any_process(sigterm.requested)
+      while step < cfg.steps and not stop:
         t0 = time.perf_counter()
         idx = run.take(pos)
         info: dict[str, float] = {}
@@ -519,9 +531,10 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
           bar.update(step, m)
         if on_step:
           on_step(step, m)
-        if ckpt is not None and (ckpt.should_save(step) or sigterm.requested):
+        stop = any_process(sigterm.requested)
+        if ckpt is not None and (ckpt.should_save(step) or stop):
           save()
-      interrupted = sigterm.requested and step < cfg.steps
+      interrupted = stop and step < cfg.steps
     if ckpt is not None and not interrupted and step > 0:
       # the end of the run (a no-op when this step was just saved); steps=0 trained nothing, and a step-0
       # checkpoint would be evaluated and exported as a trained policy
