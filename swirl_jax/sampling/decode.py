@@ -426,9 +426,12 @@ class Sampler:
                              jnp.float32 if self.upcast_cache else None)
     width = self.stops.tails.shape[1]
     keys = jax.vmap(jax.random.key)(seeds)
-    z = jnp.zeros((self.batch,), jnp.int32)
-    return DecodeState(cache, z, jnp.zeros((self.batch,), bool), z,
-                       jnp.full((self.batch, width + 1), -1, jnp.int32), keys)
+    # Per-row state split over the batch axes as extend and decode return it: left replicated here, the
+    # first extend call's program would not serve the later ones (a mesh compiled extend twice).
+    rows = lambda x: model.shard(x, "batch", *([None] * (x.ndim - 1)))
+    z = rows(jnp.zeros((self.batch,), jnp.int32))
+    return DecodeState(cache._replace(lengths=rows(cache.lengths)), z, rows(jnp.zeros((self.batch,), bool)), z,
+                       rows(jnp.full((self.batch, width + 1), -1, jnp.int32)), keys)
 
   # -- the jitted programs -------------------------------------------------------------------------
 
