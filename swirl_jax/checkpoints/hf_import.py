@@ -10,39 +10,26 @@ import json
 import os
 from typing import Callable
 
+import jax
 import numpy as np
+from flax import nnx
 
+from swirl_jax.checkpoints.build import abstract_model
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import ShardedSafetensors
-from swirl_jax.models.config import ModelConfig, from_hf_config, load_json
+from swirl_jax.models.config import ModelConfig, from_hf_config, load_json, to_hf_config
 
 # Where the text decoder's tensors live in the multimodal checkpoint, across transformers versions.
 _TEXT_TOWER_PREFIXES = ("model.language_model.", "language_model.model.")
 
 
-def _hf_shape(cfg: ModelConfig, hf_name: str) -> tuple[tuple[int, ...], str] | None:
-  """The shape transformers' Gemma gives tensor ``hf_name`` under ``cfg``, and the config.json keys it
-  comes from (None for a name not listed here: ``build_model`` still checks its shape)."""
-  d, f, dh = cfg.d_model, cfg.mlp_dim, cfg.head_dim
-  q, kv = cfg.num_heads * dh, cfg.num_kv_heads * dh
-  # Torch Linear weights are (out, in); the q/k norms scale one head, the other norms the residual stream.
-  shapes = (
-      ("embed_tokens.weight", (cfg.vocab_size, d), "vocab_size, hidden_size"),
-      ("q_proj.weight", (q, d), "num_attention_heads * head_dim, hidden_size"),
-      ("k_proj.weight", (kv, d), "num_key_value_heads * head_dim, hidden_size"),
-      ("v_proj.weight", (kv, d), "num_key_value_heads * head_dim, hidden_size"),
-      ("o_proj.weight", (d, q), "hidden_size, num_attention_heads * head_dim"),
-      ("q_norm.weight", (dh,), "head_dim"),
-      ("k_norm.weight", (dh,), "head_dim"),
-      ("gate_proj.weight", (f, d), "intermediate_size, hidden_size"),
-      ("up_proj.weight", (f, d), "intermediate_size, hidden_size"),
-      ("down_proj.weight", (d, f), "hidden_size, intermediate_size"),
-      ("norm.weight", (d,), "hidden_size"),
-  )
-  for suffix, shape, keys in shapes:
-    if hf_name.endswith(suffix):
-      return shape, keys
-  return None
+def _hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Our path -> the HF tensor's shape under ``cfg``: our parameter shapes (an abstract model, no memory)
+  through the layout table's conversions, so the one table stays the one place that knows the layouts."""
+  state = nnx.state(abstract_model(cfg))
+  ours = {".".join(map(str, path)): v.shape for path, v in nnx.to_flat_state(state)}
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, np.float32)
+  return {e.path: jax.eval_shape(lambda x, f=e.to_hf: f(x), spec(ours[e.path])).shape for e in entries(cfg)}
 
 
 def _in_file(e: ValueError, cfg_path: str) -> ValueError:
@@ -88,13 +75,16 @@ def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callab
     raise ValueError(f"{directory}: {len(missing)} tensors missing, e.g. {missing[:5]}")
   # Checked here, from the safetensors headers, so a config.json that does not fit the weights is named
   # before a model is built (build_model would name only our parameter path).
+  expected = _hf_shapes(cfg)
   for e in table.values():
     name = rename(e.hf)
-    expected = _hf_shape(cfg, e.hf)
     shape = tuple(tensors.get(name).shape)  # a memmap view: no data is read
-    if expected is not None and shape != expected[0]:
-      raise ValueError(f"{directory}: safetensors tensor {name!r} has shape {shape}, but {cfg_path} "
-                       f"gives ({expected[1]}) = {expected[0]}")
+    if shape != expected[e.path]:
+      hf_cfg = to_hf_config(cfg)
+      sizes = ", ".join(f"{k}={hf_cfg[k]}" for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                     "num_attention_heads", "num_key_value_heads", "head_dim"))
+      raise ValueError(f"{directory}: safetensors tensor {name!r} has shape {shape}, but {cfg_path} ({sizes}) "
+                       f"gives {expected[e.path]}")
 
   def fetch(path: str) -> np.ndarray:
     e = table[path]
