@@ -35,18 +35,18 @@ printf -v run_cmd ' %q' python -m swirl_jax.main "--config=$config" "--workdir=$
 # (pip would fail on an older Python with a resolver error about numpy/jax pins: say what is wrong instead)
 # A venv an older Python made (an earlier run's, before this check) is rebuilt. The two pip installs are
 # separate statements: under set -e a failure on the left of && would not stop the run.
-printf -v remote 'set -e; mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q
+printf -v remote 'set -e; mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q; py=%q
 if [ -d .venv ] && ! .venv/bin/python -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
   rm -rf .venv
 fi
 if [ ! -d .venv ]; then
-  %q -c "import sys; sys.exit(sys.version_info < (3, 11))" || {
-    echo "tpu_pod.sh: $(hostname): %q is $(%q --version 2>&1); swirl_jax needs Python >= 3.11: install one on the workers and pass SWIRL_JAX_PYTHON=python3.11 (or newer)" >&2; exit 1; }
-  %q -m venv .venv
+  "$py" -c "import sys; sys.exit(sys.version_info < (3, 11))" || {
+    echo "tpu_pod.sh: $(hostname): $py is $("$py" --version 2>&1); swirl_jax needs Python >= 3.11: install one on the workers and pass SWIRL_JAX_PYTHON=python3.11 (or newer)" >&2; exit 1; }
+  "$py" -m venv .venv
 fi
 . .venv/bin/activate
 pip install -q -r requirements.txt
 pip install -q %q
-' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "$python" "$python" "$python" "$python" \
+' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "$python" \
   "jax[tpu]==$jax_version"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote$run_cmd"
