@@ -100,12 +100,9 @@ _IRREGULAR_PLURALS = {
     "shelves": "shelf",
 }
 # The unit a currency sign stands for, as words a gold answer may use ("10 dollars", "10 USD").
-_CURRENCY_UNITS = {
-    "$": frozenset({"dollar", "usd"}), "usd": frozenset({"dollar", "usd"}), "us$": frozenset({"dollar", "usd"}),
-    "€": frozenset({"euro", "eur"}), "£": frozenset({"pound", "gbp"}), "¥": frozenset({"yen", "yuan"}),
-    "₹": frozenset({"rupee", "inr"}),
-}
-_CURRENCY_UNITS.update({"eur": _CURRENCY_UNITS["€"], "gbp": _CURRENCY_UNITS["£"], "inr": _CURRENCY_UNITS["₹"]})
+_CURRENCY_UNITS = {sign: frozenset(words) for signs, words in (
+    (("$", "us$", "usd"), ("dollar", "usd")), (("€", "eur"), ("euro", "eur")), (("£", "gbp"), ("pound", "gbp")),
+    (("¥",), ("yen", "yuan")), (("₹", "inr"), ("rupee", "inr"))) for sign in signs}
 
 
 def _singulars(word: str) -> frozenset[str]:
