@@ -21,6 +21,9 @@ import time
 import jax
 
 from swirl_jax.pipeline import stamps
+from swirl_jax.pipeline.stage_inputs import (EVAL_SETTINGS, checkpoint_saved, checkpoint_step,
+                                              generate_inputs, label_inputs, record_matches, settings_of,
+                                              train_inputs, without_neutral)
 
 
 class Paths:
@@ -213,9 +216,9 @@ def run_label(cfg, paths: Paths, policy=None) -> dict:
 
   summary = {}
   if jax.process_index() == 0:
-    inputs = _label_inputs(cfg, paths)
+    inputs = label_inputs(cfg, paths)
     recorded = stamps.read(paths.workdir, "label")
-    changed = stamps.setting_changes(_without_neutral(recorded.get("settings")), inputs["settings"]) \
+    changed = stamps.setting_changes(without_neutral(recorded.get("settings")), inputs["settings"]) \
         if recorded is not None and os.path.exists(paths.labelled) else []
     if changed:
       raise ValueError(f"{paths.labelled} was labelled with other judge settings ({'; '.join(changed)}); its "
@@ -308,7 +311,7 @@ def run_eval(cfg, paths: Paths) -> dict:
   policies = [("base", cfg.model.source, paths.eval_base)]
   # (no checkpoint, or step 0 = the initial weights, which older versions saved for train.steps=0: no
   # trained policy)
-  trained = cfg.eval.checkpoint or (paths.checkpoints if _checkpoint_step(paths.checkpoints) else "")
+  trained = cfg.eval.checkpoint or (paths.checkpoints if checkpoint_step(paths.checkpoints) else "")
   if trained:
     policies.append(("trained", trained, paths.eval_trained))
   specs = eval_dataset_specs(cfg)
@@ -325,10 +328,10 @@ def run_eval(cfg, paths: Paths) -> dict:
   questions = None  # loaded (all of them, which checks them) before the first model load
   for label, source, out_dir in policies:
     # Reports are reused only when made from the same policy (checkpoint step) and settings.
-    inputs = {"policy": source, "checkpoint_step": _checkpoint_step(source), **_checkpoint_saved(source),
-              "settings": _without_neutral(_settings(cfg, *_EVAL_SETTINGS)),
+    inputs = {"policy": source, "checkpoint_step": checkpoint_step(source), **checkpoint_saved(source),
+              "settings": without_neutral(settings_of(cfg, *EVAL_SETTINGS)),
               **({"data_files": data_files} if data_files else {})}
-    fresh = _record_matches(paths.workdir, f"eval-{label}", inputs)
+    fresh = record_matches(paths.workdir, f"eval-{label}", inputs)
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
     todo = [sp for sp in specs if not (fresh and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
     if not todo:
@@ -363,7 +366,7 @@ def run_export(cfg, paths: Paths) -> dict:
 
   out = cfg.export.out or paths.export
   source = cfg.eval.checkpoint or paths.checkpoints
-  if not cfg.eval.checkpoint and not _checkpoint_step(paths.checkpoints):  # none, or step 0 (untrained)
+  if not cfg.eval.checkpoint and not checkpoint_step(paths.checkpoints):  # none, or step 0 (untrained)
     # exporting model.source unchanged under the trained policy's name would pass it off as trained
     raise FileNotFoundError(f"mode=export: {paths.checkpoints} holds no checkpoint; train first, or name the "
                             f"policy to export with --config.eval.checkpoint (a checkpoint directory or any "
@@ -404,44 +407,6 @@ def run_sample(cfg, paths: Paths) -> dict:
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 
-# What the eval reports depend on besides the policy: a change of any of these re-evaluates.
-_EVAL_SETTINGS = ("model.dtype", "model.param_dtype", "data", "eval", "rollout", "sampling", "sampler", "judge",
-                  "search")
-
-
-def _settings(cfg, *names: str) -> dict:
-  """The named settings (a group or a single key) as plain values, for a stage's stamp."""
-  out = {}
-  for name in names:
-    v = cfg
-    for part in name.split("."):
-      v = v[part]
-    out[name] = v.to_dict() if hasattr(v, "to_dict") else v
-  return out
-
-
-def _checkpoint_step(source: str) -> int | None:
-  """The step a checkpoint directory's latest checkpoint holds (what load() restores); None otherwise."""
-  if not os.path.isdir(source):
-    return None
-  return max((int(d) for d in os.listdir(source) if d.isdigit()), default=None)
-
-
-def _checkpoint_saved(source: str) -> dict:
-  """{"checkpoint_saved": time} of a checkpoint directory's latest checkpoint ({} for any other source):
-  a run trained again to the same step is another policy, and its reports and export are redone."""
-  from swirl_jax.training.checkpointing import read_meta
-
-  step = _checkpoint_step(source)
-  if step is None:
-    return {}
-  try:
-    saved = read_meta(source, step)[1].get("time")
-  except Exception:  # noqa: BLE001 - not a swirl_jax checkpoint directory: the step alone identifies it
-    return {}
-  return {} if saved is None else {"checkpoint_saved": saved}
-
-
 def _count_lines(path: str) -> int:
   from swirl_jax.pipeline.jsonl import read_records
 
@@ -450,80 +415,13 @@ def _count_lines(path: str) -> int:
 
 def _final_checkpoint_step(paths: Paths) -> int:
   """The run's latest checkpoint step, -1 before the first one."""
-  step = _checkpoint_step(paths.checkpoints)
+  step = checkpoint_step(paths.checkpoints)
   return -1 if step is None else step
-
-
-# Judge settings that do not change a label or a reward (throughput, retries, caching, which key pays).
-_JUDGE_NEUTRAL = ("cache", "openai.max_concurrency", "openai.timeout_s", "openai.max_retries",
-                  "openai.api_key_env", "model.batch_size")
-# Train settings that do not change what the checkpoints hold: steps (raising it extends a run),
-# checkpoint cadence, and the memory knobs (same gradients up to float rounding).
-_TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "remat", "remat_policy")
-
-
-def _without_neutral(judge_settings: dict | None) -> dict | None:
-  """Judge settings (``_settings(cfg, "judge")["judge"]`` or a stamp's) less the _JUDGE_NEUTRAL keys."""
-  if not isinstance(judge_settings, dict) or "judge" not in judge_settings:
-    return judge_settings
-  out = json.loads(json.dumps(judge_settings))
-  for key in _JUDGE_NEUTRAL:
-    *parents, leaf = key.split(".")
-    d = out["judge"]
-    for part in parents:
-      d = d.get(part, {})
-    d.pop(leaf, None)
-  return out
-
-
-# Keys added to stage records after workdirs were made with the earlier ones: a record without one is
-# compared without it, so an upgrade does not redo finished stages.
-_LATER_KEYS = ("checkpoint_saved", "data_files")
-
-
-def _record_matches(workdir: str, name: str, inputs: dict) -> bool:
-  """Whether stage ``name``'s record matches ``inputs``, reading records of earlier versions: the neutral
-  judge settings compare as absent, a key of _LATER_KEYS the record lacks is not compared, and a train
-  record of the step examples alone compares on them."""
-  recorded = stamps.read(workdir, name)
-  if recorded is None:
-    return False
-  now = json.loads(json.dumps(inputs, sort_keys=True, default=str))
-  now = {k: v for k, v in now.items() if k not in _LATER_KEYS or k in recorded}
-  if "settings" in recorded:
-    recorded = {**recorded, "settings": _without_neutral(recorded["settings"])}
-  if name == "train" and "settings" not in recorded:
-    now.pop("settings", None)
-  return recorded == now
-
-
-def _label_inputs(cfg, paths: Paths) -> dict:
-  return {"trajectories": stamps.file_digest(paths.trajectories),
-          "settings": _without_neutral(_settings(cfg, "judge"))}
-
-
-def _train_inputs(cfg, paths: Paths) -> dict:
-  """What the checkpoints are made from: the step examples and the settings that change the updates."""
-  settings = _settings(cfg, "train", "rollout.task", "model.source", "model.dtype", "model.param_dtype")
-  for key in _TRAIN_NEUTRAL:
-    settings["train"].pop(key)
-  if cfg.train.mode != "sft":  # the judge rewards rl samples (and unlabelled offline actions)
-    settings.update(_without_neutral(_settings(cfg, "judge")))
-  return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}
-
-
-def _generate_inputs(cfg) -> dict:
-  """What trajectories are made from. data.limit is left out: raising it extends a run (resume adds the
-  new questions' trajectories)."""
-  inputs = _settings(cfg, "data", "rollout", "sampling", "search", "model.source", "model.dtype",
-                     "model.param_dtype")
-  inputs["data"].pop("limit", None)
-  return inputs
 
 
 def _check_generate_inputs(cfg, paths: Paths) -> None:
   """Refuses to add trajectories of other settings to a file generated with these; stamps them first."""
-  inputs = _generate_inputs(cfg)
+  inputs = generate_inputs(cfg)
   root, ext = os.path.splitext(paths.trajectories)
   written = os.path.exists(paths.trajectories) or glob.glob(f"{glob.escape(root)}-*-of-*{ext}")
   if written and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
@@ -538,14 +436,14 @@ def _check_generate_inputs(cfg, paths: Paths) -> None:
 
 def _train_stage(cfg, paths: Paths) -> dict:
   """run_train, refusing to resume checkpoints made from other step examples or other train settings."""
-  inputs = _train_inputs(cfg, paths)
+  inputs = train_inputs(cfg, paths)
   recorded = stamps.read(paths.workdir, "train")
   trained = _final_checkpoint_step(paths) >= 0
-  if trained and recorded is not None and not _record_matches(paths.workdir, "train", inputs):
+  if trained and recorded is not None and not record_matches(paths.workdir, "train", inputs):
     if recorded.get("step_examples") != inputs["step_examples"]:
       why = f"{paths.step_examples} changed since they were trained on it (the trajectories or filter settings changed)"
     else:
-      changes = stamps.setting_changes(_without_neutral(recorded["settings"]), inputs["settings"])
+      changes = stamps.setting_changes(without_neutral(recorded["settings"]), inputs["settings"])
       why = f"they were trained with other settings ({'; '.join(changes)})"
     raise ValueError(f"{paths.checkpoints} would continue under other inputs: {why}. Remove {paths.checkpoints} "
                      "to train again, or use a new workdir")
@@ -571,7 +469,7 @@ def run_pipeline(cfg, paths: Paths) -> dict:
     """Runs ``fn`` unless ``done()``; ``inputs()`` (the stage's stamp) must also match to skip it."""
     t = time.perf_counter()
     stamp = inputs() if inputs else None
-    fresh = stamp is None or _record_matches(paths.workdir, name, stamp)
+    fresh = stamp is None or record_matches(paths.workdir, name, stamp)
     if done() and fresh:
       print(f"== {name}: already complete, skipped", flush=True)
       summary[name] = "skipped (complete)"
@@ -587,27 +485,27 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   wanted = {(q.id, k) for q in questions for k in range(cfg.rollout.samples_per_question)}
   generated = lambda: os.path.exists(paths.trajectories) and wanted <= done_keys(paths.trajectories)
   if generated() and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
-      paths.workdir, "generate", _generate_inputs(cfg)):
+      paths.workdir, "generate", generate_inputs(cfg)):
     # complete for these questions: kept (sampling settings are eval settings too), but never silently
     print(f"== note: {paths.trajectories} was generated with other settings (changed: "
-          f"{', '.join(stamps.changed(paths.workdir, 'generate', _generate_inputs(cfg)))}); it is used as it is. "
+          f"{', '.join(stamps.changed(paths.workdir, 'generate', generate_inputs(cfg)))}); it is used as it is. "
           "Use a new workdir to generate with these.", flush=True)
   stage("generate", generated, lambda: run_generate(cfg, paths, questions))
   stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths),
-        lambda: _label_inputs(cfg, paths))
+        lambda: label_inputs(cfg, paths))
   stage("filter", lambda: os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths),
         lambda: {"labelled": stamps.file_digest(paths.labelled),
-                 "settings": _settings(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})
+                 "settings": settings_of(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})
   if cfg.train.steps == 0:  # base-model evaluation only
     print("== train: train.steps=0, skipped", flush=True)
     summary["train"] = "skipped (train.steps=0)"
   else:
     stage("train", lambda: _final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
-          lambda: _train_inputs(cfg, paths))
+          lambda: train_inputs(cfg, paths))
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
   export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
-                           "out": cfg.export.out, **_checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
-  if cfg.eval.checkpoint or _checkpoint_step(paths.checkpoints):  # (step 0: the initial weights)
+                           "out": cfg.export.out, **checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
+  if cfg.eval.checkpoint or checkpoint_step(paths.checkpoints):  # (step 0: the initial weights)
     stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
           lambda: run_export(cfg, paths), export_inputs)
   else:  # train.steps=0 trained nothing: nothing to export

@@ -266,7 +266,7 @@ def test_records_of_the_previous_version_do_not_redo_finished_stages(stubbed, tm
   paths = modes.Paths(str(tmp_path))
   cfg = get_config()
   cfg.data.num_questions, cfg.eval.limit = 4, 2
-  monkeypatch.setattr(modes, "_checkpoint_saved", lambda source: {"checkpoint_saved": 123.0} if
+  monkeypatch.setattr(modes, "checkpoint_saved", lambda source: {"checkpoint_saved": 123.0} if
                       source == paths.checkpoints else {})
   modes.run_pipeline(cfg, paths)
   old = {name: modes.stamps.read(paths.workdir, name) for name in ("train", "eval-trained", "export", "label")}
@@ -278,7 +278,7 @@ def test_records_of_the_previous_version_do_not_redo_finished_stages(stubbed, tm
   stubbed.clear()
   modes.run_pipeline(cfg, paths)
   assert stubbed == []
-  monkeypatch.setattr(modes, "_checkpoint_saved", lambda source: {"checkpoint_saved": 456.0} if
+  monkeypatch.setattr(modes, "checkpoint_saved", lambda source: {"checkpoint_saved": 456.0} if
                       source == paths.checkpoints else {})  # trained again to the same step: redone
   modes.stamps.write(paths.workdir, "export", old["export"])
   modes.stamps.write(paths.workdir, "eval-trained", old["eval-trained"])

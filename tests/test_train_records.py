@@ -10,6 +10,7 @@ import pytest
 
 from configs.quickstart import get_config
 from swirl_jax import modes
+from swirl_jax.pipeline import stage_inputs
 from swirl_jax.checkpoints.build import random_model
 from swirl_jax.loading import LoadedModel
 from swirl_jax.models.config import preset
@@ -40,7 +41,7 @@ def test_mode_train_refuses_to_resume_on_other_examples_of_the_same_count(tiny, 
   paths = modes.Paths(str(tmp_path))
   write_jsonl(paths.step_examples, _examples("ten"))
   assert modes.MODES["train"](tiny, paths)["final_step"] == 2
-  saved = modes._checkpoint_saved(paths.checkpoints)["checkpoint_saved"]
+  saved = stage_inputs.checkpoint_saved(paths.checkpoints)["checkpoint_saved"]
   write_jsonl(paths.step_examples, _examples("other"))  # as many, other actions
   tiny.train.steps = 4
   with pytest.raises(ValueError, match="step_examples.jsonl changed since they were trained on it"):
@@ -51,7 +52,7 @@ def test_mode_train_refuses_to_resume_on_other_examples_of_the_same_count(tiny, 
     modes.MODES["train"](tiny, paths)
   write_jsonl(paths.step_examples, _examples("ten"))  # the same examples: trains on
   assert modes.MODES["train"](tiny, paths)["resumed_from"] == 2
-  assert modes._checkpoint_saved(paths.checkpoints)["checkpoint_saved"] > saved  # step 4, saved later
+  assert stage_inputs.checkpoint_saved(paths.checkpoints)["checkpoint_saved"] > saved  # step 4, saved later
 
 
 def test_train_refuses_other_settings_and_allows_steps_and_memory_knobs(tiny, tmp_path):
@@ -75,7 +76,7 @@ def test_steps_0_writes_no_checkpoint(tiny, tmp_path):
   write_jsonl(paths.step_examples, _examples("ten"))
   tiny.train.steps = 0
   assert modes.MODES["train"](tiny, paths)["steps_run"] == 0
-  assert modes._checkpoint_step(paths.checkpoints) is None
+  assert stage_inputs.checkpoint_step(paths.checkpoints) is None
 
 
 def test_decay_settings_reach_the_optimizer(tiny, tmp_path, monkeypatch):

@@ -1,0 +1,121 @@
+"""What each pipeline stage is made from: the settings and file digests its stamp records (stamps.py),
+and how a record written by an earlier version is compared, so that an upgrade does not redo finished
+stages and a change that cannot alter a stage's output (throughput, retries, checkpoint cadence) does not
+either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+from swirl_jax.pipeline import stamps
+
+if TYPE_CHECKING:
+  from swirl_jax.modes import Paths
+
+
+# What the eval reports depend on besides the policy: a change of any of these re-evaluates.
+EVAL_SETTINGS = ("model.dtype", "model.param_dtype", "data", "eval", "rollout", "sampling", "sampler", "judge",
+                 "search")
+
+
+def settings_of(cfg, *names: str) -> dict:
+  """The named settings (a group or a single key) as plain values, for a stage's stamp."""
+  out = {}
+  for name in names:
+    v = cfg
+    for part in name.split("."):
+      v = v[part]
+    out[name] = v.to_dict() if hasattr(v, "to_dict") else v
+  return out
+
+
+def checkpoint_step(source: str) -> int | None:
+  """The step a checkpoint directory's latest checkpoint holds (what load() restores); None otherwise."""
+  if not os.path.isdir(source):
+    return None
+  return max((int(d) for d in os.listdir(source) if d.isdigit()), default=None)
+
+
+def checkpoint_saved(source: str) -> dict:
+  """{"checkpoint_saved": time} of a checkpoint directory's latest checkpoint ({} for any other source):
+  a run trained again to the same step is another policy, and its reports and export are redone."""
+  from swirl_jax.training.checkpointing import read_meta
+
+  step = checkpoint_step(source)
+  if step is None:
+    return {}
+  try:
+    saved = read_meta(source, step)[1].get("time")
+  except Exception:  # noqa: BLE001 - not a swirl_jax checkpoint directory: the step alone identifies it
+    return {}
+  return {} if saved is None else {"checkpoint_saved": saved}
+
+
+# Judge settings that do not change a label or a reward (throughput, retries, caching, which key pays).
+_JUDGE_NEUTRAL = ("cache", "openai.max_concurrency", "openai.timeout_s", "openai.max_retries",
+                  "openai.api_key_env", "model.batch_size")
+# Train settings that do not change what the checkpoints hold: steps (raising it extends a run),
+# checkpoint cadence, and the memory knobs (same gradients up to float rounding).
+_TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "remat", "remat_policy")
+
+
+def without_neutral(judge_settings: dict | None) -> dict | None:
+  """Judge settings (``settings_of(cfg, "judge")["judge"]`` or a stamp's) less the _JUDGE_NEUTRAL keys."""
+  if not isinstance(judge_settings, dict) or "judge" not in judge_settings:
+    return judge_settings
+  out = json.loads(json.dumps(judge_settings))
+  for key in _JUDGE_NEUTRAL:
+    *parents, leaf = key.split(".")
+    d = out["judge"]
+    for part in parents:
+      d = d.get(part, {})
+    d.pop(leaf, None)
+  return out
+
+
+# Keys added to stage records after workdirs were made with the earlier ones: a record without one is
+# compared without it, so an upgrade does not redo finished stages.
+_LATER_KEYS = ("checkpoint_saved", "data_files")
+
+
+def record_matches(workdir: str, name: str, inputs: dict) -> bool:
+  """Whether stage ``name``'s record matches ``inputs``, reading records of earlier versions: the neutral
+  judge settings compare as absent, a key of _LATER_KEYS the record lacks is not compared, and a train
+  record of the step examples alone compares on them."""
+  recorded = stamps.read(workdir, name)
+  if recorded is None:
+    return False
+  now = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+  now = {k: v for k, v in now.items() if k not in _LATER_KEYS or k in recorded}
+  if "settings" in recorded:
+    recorded = {**recorded, "settings": without_neutral(recorded["settings"])}
+  if name == "train" and "settings" not in recorded:
+    now.pop("settings", None)
+  return recorded == now
+
+
+def label_inputs(cfg, paths: Paths) -> dict:
+  return {"trajectories": stamps.file_digest(paths.trajectories),
+          "settings": without_neutral(settings_of(cfg, "judge"))}
+
+
+def train_inputs(cfg, paths: Paths) -> dict:
+  """What the checkpoints are made from: the step examples and the settings that change the updates."""
+  settings = settings_of(cfg, "train", "rollout.task", "model.source", "model.dtype", "model.param_dtype")
+  for key in _TRAIN_NEUTRAL:
+    settings["train"].pop(key)
+  if cfg.train.mode != "sft":  # the judge rewards rl samples (and unlabelled offline actions)
+    settings.update(without_neutral(settings_of(cfg, "judge")))
+  return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}
+
+
+def generate_inputs(cfg) -> dict:
+  """What trajectories are made from. data.limit is left out: raising it extends a run (resume adds the
+  new questions' trajectories)."""
+  inputs = settings_of(cfg, "data", "rollout", "sampling", "search", "model.source", "model.dtype",
+                       "model.param_dtype")
+  inputs["data"].pop("limit", None)
+  return inputs
