@@ -70,11 +70,13 @@ def check_override_keys(argv: list[str]) -> None:
     if key in HELP:
       continue
     section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    while not any(k.startswith(section) for k in HELP):  # "trian.steps": list the groups, not every setting
+      section = section[:-1].rsplit(".", 1)[0] + "." if "." in section[:-1] else ""
     siblings = sorted({section + k[len(section):].split(".")[0] for k in HELP if k.startswith(section)})
     close = difflib.get_close_matches(key, list(HELP), n=3)
     hint = f" Did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
     sys.exit(f"error: unknown setting --config.{key}.{hint} Valid settings"
-             f"{' under --config.' + section[:-1] if section else ''}: {', '.join(siblings) or sorted(HELP)}")
+             f"{' under --config.' + section[:-1] if section else ''}: {', '.join(siblings)}")
 
 
 if __name__ == "__main__":  # before the config flag parses the overrides (at definition)

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from swirl_jax import config as config_lib
+from swirl_jax.config import HELP
 from swirl_jax.main import check_override_keys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,8 +45,12 @@ def test_unknown_key_is_refused_with_suggestions():
   msg = str(e.value)
   assert "--config.train.learning_rat" in msg and "--config.train.learning_rate" in msg
   assert "train.warmup_steps" in msg  # the valid settings of the section are listed
-  with pytest.raises(SystemExit, match="Valid settings"):
+  with pytest.raises(SystemExit) as e:  # no such group: the groups are listed, not under the misspelt one
     check_override_keys(["main", "--config.trian.steps=3"])
+  assert "--config.train.steps" in str(e.value) and "under --config.trian" not in str(e.value)
+  assert str(e.value).endswith("Valid settings: " + ", ".join(sorted({k.split(".")[0] for k in HELP})))
+  with pytest.raises(SystemExit, match=r"under --config.judge: judge.backend, .*judge.openai$"):
+    check_override_keys(["main", "--config.judge.opnai.model=x"])
   check_override_keys(["main", "--config.train.learning_rate=1e-6", "--config=configs/quickstart.py"])
 
 
