@@ -71,6 +71,28 @@ def test_pg_loss_by_hand():
   np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-7)
 
 
+def test_masked_slots_cannot_make_the_loss_or_gradient_nan():
+  """A padding slot where the policy and the reference disagree wildly (k3's exp(ref - logp) overflows in
+  float32) or where logp is -inf carries no loss: the loss and gradient equal those without the slot."""
+  logp = jnp.array([[-1.0, -2.0, -200.0], [-0.5, -3.0, -jnp.inf]])
+  ref = jnp.array([[-1.5, -2.0, -1.0], [-0.5, -2.0, -1.2]])
+  mask = jnp.array([[True, True, False], [True, True, False]])
+  adv, ent = jnp.array([0.5, -1.0]), jnp.zeros_like(logp)
+
+  def total(lp, rf, msk):
+    return losses.pg_loss(losses.SlotStats(lp, ent[:, :lp.shape[1]]), msk, adv, rf, jnp.float32(4.0), 0.1).total
+
+  want, want_g = jax.value_and_grad(total)(logp[:, :2], ref[:, :2], mask[:, :2])
+  got, g = jax.value_and_grad(total)(logp, ref, mask)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(g[:, :2]), np.asarray(want_g), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(g[:, 2]), 0.0)
+  sft = jax.value_and_grad(lambda lp: losses.sft_loss(losses.SlotStats(lp, ent), mask, jnp.float32(4.0)).total)
+  v, g = sft(logp)
+  np.testing.assert_allclose(float(v), (1 + 2 + 0.5 + 3) / 4, rtol=1e-6)
+  assert np.isfinite(np.asarray(g)).all()
+
+
 def test_sft_loss_by_hand():
   logp = jnp.array([[-1.0, -2.0], [-4.0, -8.0]])
   mask = jnp.array([[True, False], [True, True]])

@@ -197,12 +197,17 @@ def pg_loss(stats: SlotStats, mask: jax.Array, advantages: jax.Array, ref_logp: 
   """
   m = mask.astype(jnp.float32)
   adv = jax.lax.stop_gradient(advantages.astype(jnp.float32))[:, None]
-  pg = jnp.sum(-adv * stats.logp * m) / normalizer
+  # Slots outside the mask (padding, state tokens) are zeroed before any arithmetic, not only weighted by
+  # 0: k3's exp(ref - logp) overflows where the two policies disagree about a padding token, and inf * 0
+  # (or a -inf logp) would make the loss and every gradient NaN.
+  logp = jnp.where(mask, stats.logp, 0.0)
+  pg = jnp.sum(-adv * logp * m) / normalizer
   if ref_logp is not None and kl_coef > 0:
-    kl = jnp.sum(kl_penalty(stats.logp, jax.lax.stop_gradient(ref_logp), estimator) * m) / normalizer
+    ref = jnp.where(mask, jax.lax.stop_gradient(ref_logp), 0.0)
+    kl = jnp.sum(kl_penalty(logp, ref, estimator) * m) / normalizer
   else:
     kl = jnp.zeros((), jnp.float32)
-  nll = -jnp.sum(jax.lax.stop_gradient(stats.logp) * m) / normalizer
+  nll = -jnp.sum(jax.lax.stop_gradient(logp) * m) / normalizer
   ent = jnp.sum(stats.entropy * m) / normalizer
   return LossParts(pg + kl_coef * kl, pg, kl, nll, ent)
 
@@ -210,7 +215,7 @@ def pg_loss(stats: SlotStats, mask: jax.Array, advantages: jax.Array, ref_logp: 
 def sft_loss(stats: SlotStats, mask: jax.Array, normalizer: jax.Array) -> LossParts:
   """Negative log-likelihood of the target tokens, summed and divided by the global token count."""
   m = mask.astype(jnp.float32)
-  nll = -jnp.sum(stats.logp * m) / normalizer
+  nll = -jnp.sum(jnp.where(mask, stats.logp, 0.0) * m) / normalizer  # (as in pg_loss: no -inf * 0)
   ent = jnp.sum(stats.entropy * m) / normalizer
   zero = jnp.zeros((), jnp.float32)
   return LossParts(nll, zero, zero, jax.lax.stop_gradient(nll), ent)
