@@ -268,8 +268,28 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
         check()
       except (UnknownDatasetError, UnknownSplitError, ValueError) as e:
         errors.append(f"--config.{keys}: {e}")
+    errors += _unread_data_files(cfg)
   if errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def _unread_data_files(cfg) -> list[str]:
+  """data.path / data.manual_dir set where no dataset of the run reads them (a synthetic dataset, or the
+  other data.source): the run would go on with other questions than the user's file."""
+  d = cfg.data
+  names = ([d.name] if cfg.mode in ("pipeline", "generate") else []) + (
+      [n.strip() for n in cfg.eval.datasets.split(",") if n.strip()] or [d.name]
+      if cfg.mode in ("pipeline", "eval") else [])
+  real = sorted({n for n in names if not n.startswith("synthetic_")})
+  errors = []
+  for key, source in (("path", "file"), ("manual_dir", "tfds")):
+    if d[key] and (d.source != source or not real):
+      why = (f"--config.data.source={d.source!r} reads {'data.path' if d.source == 'file' else 'data.manual_dir'}"
+             if d.source != source else f"{', '.join(sorted(set(names)))} {'is' if len(set(names)) == 1 else 'are'} "
+             "generated, not read from files")
+      errors.append(f"--config.data.{key}={d[key]!r} would not be read: {why}. Pass --config.data.source={source} "
+                    f"with a dataset that has files (data.name / eval.datasets), or drop data.{key}")
+  return errors
 
 
 # The LLM judge of the paper recipes: Gemini through its OpenAI-compatible API (any such endpoint works).
@@ -362,13 +382,15 @@ def eval_dataset_specs(cfg) -> list[DatasetSpec]:
   if cfg.data.source == "file" and cfg.data.path and not os.path.isdir(cfg.data.path):
     # One file holds one split of one dataset (data.name / data.split): evaluating another split or
     # dataset from it would score the training questions under the eval split's name.
-    other = [f"{s.name}/{s.split}" for s in specs
-             if not resolve(s)[0].startswith("synthetic_") and resolve(s) != resolve(base)]
+    real = [s for s in specs if not resolve(s)[0].startswith("synthetic_")]
+    # (a synthetic data.name reads no file: the first real eval set is the file's)
+    holder = base if not resolve(base)[0].startswith("synthetic_") else (real[0] if real else base)
+    other = [f"{s.name}/{s.split}" for s in real if resolve(s) != resolve(holder)]
     if other:
-      raise ValueError(f"data.path={cfg.data.path!r} is one file, which holds {cfg.data.name}/{cfg.data.split} "
+      raise ValueError(f"data.path={cfg.data.path!r} is one file, which holds {holder.name}/{holder.split} "
                        f"only; to evaluate {', '.join(other)} set --config.data.path to a directory holding "
                        f"each split's official file (or to the same file with --config.eval.split="
-                       f"{cfg.data.split})")
+                       f"{holder.split})")
   return specs
 
 

@@ -282,6 +282,40 @@ def test_a_single_data_file_is_not_evaluated_as_another_split(tmp_path):
   config_lib.validate(cfg, ("pipeline",))
 
 
+def test_data_files_no_dataset_reads_are_refused(tmp_path):
+  """data.path with the default source (tfds) or a synthetic dataset was ignored without a word: the run
+  generated, trained and evaluated on other questions than the user's file."""
+  path = str(tmp_path / "train.jsonl")
+  cfg = config_lib.base_config()  # synthetic_arith, source tfds
+  cfg.data.path = path
+  with pytest.raises(ValueError, match=r"--config.data.path='.*train.jsonl' would not be read: "
+                     r"--config.data.source='tfds' reads data.manual_dir"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.data.source = "file"
+  with pytest.raises(ValueError, match=r"would not be read: synthetic_arith is generated"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.mode, cfg.eval.datasets, cfg.eval.split = "eval", "gsm8k", "train"  # an eval set read from the file
+  config_lib.validate(cfg, ("pipeline", "eval"))
+  cfg.eval.datasets = "gsm8k,musique"  # one file cannot hold both (named after the first real eval set)
+  with pytest.raises(ValueError, match="is one file, which holds gsm8k/train only; to evaluate musique/train"):
+    config_lib.validate(cfg, ("pipeline", "eval"))
+  cfg.eval.datasets = "gsm8k"
+  cfg.mode = "generate"  # generation reads data.name only: synthetic
+  with pytest.raises(ValueError, match="would not be read"):
+    config_lib.validate(cfg, ("pipeline", "generate"))
+  cfg.mode = "train"  # reads step examples: data.* does not matter
+  config_lib.validate(cfg, ("pipeline", "train"))
+  cfg = config_lib.base_config()
+  cfg.data.name, cfg.data.manual_dir, cfg.data.source, cfg.data.path = "gsm8k", str(tmp_path), "file", path
+  cfg.eval.split = "train"
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  assert "--config.data.manual_dir='" in str(e.value) and "--config.data.source='file' reads data.path" in str(e.value)
+  assert str(e.value).count("would not be read") == 1  # data.path is read: not refused
+  cfg.data.source, cfg.data.path = "tfds", ""
+  config_lib.validate(cfg, ("pipeline",))
+
+
 def test_validate_refuses_training_settings_that_cannot_learn():
   """bfloat16 parameter storage (the paper recipe's, until this check): AdamW's 1e-6 steps rounded away and
   the weights barely moved while the losses looked normal. rl with group_size=1 and a group baseline:
