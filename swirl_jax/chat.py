@@ -3,14 +3,15 @@
 A conversation renders as
   <start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n{text}<end_of_turn>\n ...
 and a prompt for the model's next turn ends with ``<start_of_turn>model\n``. The tokenizer adds BOS.
-Tool results come back as user turns (``QUERY -> RESULT``), as in the SWiRL paper.
+Tool results come back as user turns (``QUERY -> RESULT``), as in the SWiRL paper. ``encode_state`` gives a
+multi-step state's token ids as the rollout wrote them into its KV cache (piece by piece).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from swirl_jax.tokenizer import END_OF_TURN, START_OF_TURN
+from swirl_jax.tokenizer import END_OF_TURN, START_OF_TURN, Tokenizer
 from swirl_jax.types import Message
 
 MODEL_PREFIX = f"{START_OF_TURN}model\n"
@@ -31,3 +32,24 @@ def continuation(user_text: str) -> str:
   """Closes the model turn already in context, adds a user turn and reopens the model's turn: what the
   rollout appends to the KV cache after a tool call."""
   return f"{END_OF_TURN}\n{START_OF_TURN}user\n{user_text}{END_OF_TURN}\n{MODEL_PREFIX}"
+
+
+def encode_state(tok: Tokenizer, opening: Sequence[Message], history: Sequence[Message]) -> list[int]:
+  """Token ids of a state, ending with the model's turn opened, exactly as the rollout built its cache:
+  ``opening`` (demonstrations and the question) rendered and encoded as one text with BOS, then for each
+  (model turn, tool result) pair of ``history`` the turn's text and its ``continuation`` each encoded on
+  their own (rollout._end_turn).
+
+  Encoding the whole rendered text at once is not the same: the Gemma tokenizer has tokens for runs of
+  newlines, so a model turn that starts with "\n" right after the opening's "model\n" would become one
+  "\n\n" token the sampler never saw, and every later state would differ from the context the actions
+  were sampled in.
+  """
+  history = tuple(history)
+  if len(history) % 2 or any(m.role != ("model" if i % 2 == 0 else "user") for i, m in enumerate(history)):
+    raise ValueError(f"a state's history alternates model turns and tool results; got roles "
+                     f"{[m.role for m in history]}")
+  ids = tok.encode(render(opening, add_generation_prompt=True), add_bos=True)
+  for turn, result in zip(history[::2], history[1::2]):
+    ids += tok.encode(turn.content, add_bos=False) + tok.encode(continuation(result.content), add_bos=False)
+  return ids

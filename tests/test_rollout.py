@@ -49,6 +49,8 @@ class ScriptedSampler:
   def __post_init__(self):
     self.rows = [dict(question=None, turn=0, queue=[]) for _ in range(self.batch)]
     self.resets, self.rollbacks, self.max_busy, self.chunks = [], [], 0, []
+    # each row's cache as token ids, and (question, turn) -> the cache a turn was sampled after
+    self.cache, self.contexts = [[] for _ in range(self.batch)], {}
 
   @property
   def max_chunk(self):
@@ -93,6 +95,7 @@ class ScriptedSampler:
         else:
           self.rollbacks.append((r, int(lengths[r] - set_lengths[i])))
         lengths[r] = set_lengths[i]
+        del self.cache[r][set_lengths[i]:]
       if n == 0:
         continue
       row = self.rows[r]
@@ -106,6 +109,8 @@ class ScriptedSampler:
       text = self.tok.decode(chunk)
       if set_lengths[i] == 0:
         row["question"] = next(q for q in self.scripts if q in text)
+      self.cache[r] += chunk
+      self.contexts[row["question"], row["turn"]] = list(self.cache[r])
       row["queue"] = self._turn_tokens(row)
       pending[r] = row["queue"].pop(0)
       active[r] = bool(row["queue"])
@@ -121,6 +126,7 @@ class ScriptedSampler:
         break
       for r in np.flatnonzero(active):
         lengths[r] += 1  # the pending token enters the cache
+        self.cache[r].append(int(pending[r]))
         pending[r] = out[r, i] = self.rows[r]["queue"].pop(0)
         active[r] = bool(self.rows[r]["queue"])
     return _State(_Cache(lengths), pending, active), out
@@ -269,3 +275,29 @@ def test_a_turn_sampled_as_another_split_of_its_text_is_rewritten_as_its_encodin
   assert chunk[:len(canonical)] == canonical
   assert tok.decode(chunk[len(canonical):]).startswith("<end_of_turn>\n<start_of_turn>user\n2 + 2 -> 4.0")
   assert t.steps[1].prompt_tokens == t.steps[0].prompt_tokens + len(chunk)
+
+
+def test_training_states_are_the_context_each_turn_was_sampled_in():
+  """Every decomposed state tokenizes to the cache the rollout sampled that step's action after. The Gemma
+  tokenizer has tokens for runs of newlines: a turn starting with "\n" right after "model\n" was one
+  "\n\n" token when decompose encoded the state as one text, so every later state (and stage-2 RL's
+  prompts) differed from the sampler's context."""
+  from swirl_jax.loading import read_source
+  from swirl_jax.pipeline.decompose import decompose, tokenize_example
+
+  tok = read_source("gemma3-270m")[2]
+  turns = ["\nFirst I multiply. <math_exp>3 * 4</math_exp>", "\n\nThen add. <math_exp>12 + 1</math_exp>",
+           " So: <answer>13</answer>"]
+  assert tok.encode("model\n" + turns[0], add_bos=False) != (tok.encode("model\n", add_bos=False)
+                                                             + tok.encode(turns[0], add_bos=False))  # the premise
+  smp = ScriptedSampler(tok, {"Q-newlines": turns}, batch=1, sampling=SamplingConfig(temperature=0, max_new_tokens=64),
+                        chunk_buckets=(16, 64, 1024))  # (the prompt in one chunk)
+  cfg = RolloutConfig(task="math", max_tool_calls=3, num_demos=1)
+  rollout = Rollout(smp, None, tok, {"calculator": Calculator()}, cfg)
+  (t,) = rollout.run([Question(id="q", dataset="test", text="Q-newlines", answer="13")])
+  assert [s.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
+  examples = decompose(t, "math", rollout.demos, cfg.budget)
+  for k, ex in enumerate(examples):
+    te = tokenize_example(ex, tok, 8192, "drop")
+    assert te.tokens[:te.prompt_len].tolist() == smp.contexts["Q-newlines", k], k
+    assert te.tokens[te.prompt_len:-1].tolist() == tok.encode(turns[k], add_bos=False)  # the sampled action

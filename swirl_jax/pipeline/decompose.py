@@ -197,7 +197,8 @@ def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int,
   if policy not in POLICIES:
     raise ValueError(f"unknown over-length policy {policy!r}; known: {list(POLICIES)}")
   action = tokenizer.encode(example.action, add_bos=False) + [tokenizer.end_of_turn_id]
-  prefix = tokenizer.encode(chat.render(example.state, add_generation_prompt=True), add_bos=True)
+  demos, prompt, history = split_state(example.state, example.step_index)
+  prefix = chat.encode_state(tokenizer, demos + (prompt,), history)  # the sampler's context, token for token
   if len(prefix) + len(action) <= max_len:
     return _make(example, prefix, action, 0, 0), "ok"
   if policy == "drop":
@@ -207,11 +208,9 @@ def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int,
   min_prefix = 1 + len(tokenizer.encode(chat.MODEL_PREFIX, add_bos=False))
   if min_prefix + len(action) > max_len:
     return None, "action_too_long"
-  demos, prompt, history = split_state(example.state, example.step_index)
   units = _demo_units(demos, prompt)
   for start in units[1:] + [len(demos)]:  # drop demonstrations [0, start), earliest first
-    state = demos[start:] + (prompt,) + history
-    prefix = tokenizer.encode(chat.render(state, add_generation_prompt=True), add_bos=True)
+    prefix = chat.encode_state(tokenizer, demos[start:] + (prompt,), history)
     if len(prefix) + len(action) <= max_len:
       return _make(example, prefix, action, start, 0), "truncated"
   keep = max_len - len(action) - 1

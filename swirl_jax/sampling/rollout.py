@@ -104,7 +104,7 @@ class Rollout:
 
   def prompt_tokens(self, question: Question) -> list[int]:
     msgs = prompts.initial_messages(self.cfg.task, question.text, self.demos, self.cfg.budget)
-    return self.tok.encode(chat.render(msgs))
+    return chat.encode_state(self.tok, msgs, ())  # (later pieces: _end_turn, as encode_state joins them)
 
   def run(self, questions: Iterable[Question],
           on_trajectory: Callable[[Trajectory], None] | None = None) -> Iterator[Trajectory]:
