@@ -103,6 +103,23 @@ VERDICT_TABLE = [
     ("VERDICT: BAD\nThe verdict: good ideas aside, it repeats a query.", "BAD"),
     ("It repeats a query.\nFinal verdict: **BAD**", "BAD"),  # a verdict statement that ends its line
     ("VERDICT: GOOD\nOn reflection it repeats step 1.\nVERDICT: NOT GOOD", None),
+    # A base model copying out the instruction (the generate-mode sampler stopped inside it), or naming
+    # both options: no decision (these parsed as GOOD).
+    ('Then end your reply with a line that is exactly "VERDICT: GOOD', None),
+    ('... a line that is exactly "VERDICT: GOOD" or "VERDICT: BAD".', None),
+    ("VERDICT: GOOD or BAD", None),
+    ("VERDICT: GOOD/BAD", None),
+    ("VERDICT: **GOOD** | **BAD**", None),
+    ("Final verdict: GOOD/BAD -> BAD", None),
+    ("VERDICT: GOOD or BAD\nThe expression is wrong.", None),
+    ("VERDICT: GOOD or VERDICT: BAD", None),
+    ("VERDICT: neither GOOD nor BAD", None),
+    ("VERDICT: hardly GOOD", None),
+    # quotes on a verdict's own line, or a quotation before the verdict: still decided
+    ('The query helps.\n"VERDICT: GOOD"', "GOOD"),
+    ('VERDICT: "BAD"', "BAD"),
+    ('The hint said "VERDICT: GOOD or BAD" applies.\nVERDICT: BAD', "BAD"),
+    ("Good or bad, the query repeats step 1.\nVERDICT: BAD", "BAD"),
 ]
 
 

@@ -147,3 +147,30 @@ def test_a_gguf_cut_short_by_a_killed_run_is_assembled_again(tmp_path):
   path = packaged.packaged_gguf("gemma3-270m", cache=str(tmp_path))
   assert hashlib.sha256(path.read_bytes()).hexdigest() == pkg.EXPECTED_SHA256
   assert os.listdir(gguf_dir) == [pkg.MODEL_NAME]
+
+
+def test_the_model_judge_stops_at_a_verdict_but_not_at_a_quoted_one(ours):
+  """stop_at_verdict stopped a base-model judge inside its copy of the instruction ('... exactly "VERDICT:
+  GOOD'), which then parsed as GOOD; a verdict after a newline or a space still stops it."""
+  from swirl_jax.judges.model_backend import VERDICT_STOPS
+  from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
+  import jax.numpy as jnp
+
+  tok = ours.tokenizer
+  table = build_stop_table(tok, VERDICT_STOPS, [tok.eos_id, tok.end_of_turn_id])
+  sampler = Sampler.create(ours.model, batch=1, cache_len=64, sampling=SamplingConfig(max_new_tokens=500),
+                           stops=table, max_chunk=512)
+
+  def kept(text):
+    ids, width = tok.encode(text, add_bos=False), table.tails.shape[1] + 1
+    for i in range(len(ids)):
+      recent = ([-1] * width + ids[:i + 1])[-width:]
+      if bool(sampler._stopped(sampler.device_stops, jnp.asarray([recent]), jnp.asarray([ids[i]]),
+                               jnp.asarray([i + 1]), jnp.asarray([10]))[0]):
+        return tok.decode(ids[:i + 1])
+    return None
+
+  assert kept("The query helps.\nVERDICT: GOOD\nMore rambling") == "The query helps.\nVERDICT: GOOD"
+  assert kept("It repeats step 1.\n\nVERDICT: BAD and so on") == "It repeats step 1.\n\nVERDICT: BAD"
+  assert kept("Unsupported. VERDICT: BAD.") == "Unsupported. VERDICT: BAD"
+  assert kept('End with a line that is exactly "VERDICT: GOOD" or "VERDICT: BAD".') is None

@@ -7,7 +7,8 @@ Two modes:
   Each request samples with a seed derived from (``seed``, vote index, request text), so the n votes of
   a ``PromptJudge(n_votes=n)`` differ (with temperature > 0) and every completion is reproducible
   whatever the batch it ran in (rows sample with their own keys). With ``stop_at_verdict`` a row also
-  stops right after "VERDICT: GOOD" / "VERDICT: BAD", since a base model rambles on after its verdict.
+  stops right after "VERDICT: GOOD" / "VERDICT: BAD" that follow a newline or a space (VERDICT_STOPS),
+  since a base model rambles on after its verdict.
 * ``score``: no generation. The judge prompt is rendered with the model's turn opened and forced to start
   with ``verdict_prefix`` ("VERDICT:"); one batched forward pass gives the next-token logits there, and
   P(GOOD) = softmax over the logits of the two candidate tokens, the first tokens of " GOOD" and " BAD".
@@ -43,6 +44,10 @@ from swirl_jax.models.gemma import positions_from_valid
 
 Mode = Literal["generate", "score"]
 MODES: tuple[Mode, ...] = ("generate", "score")
+# stop_at_verdict's stop strings: a verdict after a newline or a space, not one right after a quote, which
+# is a base model copying out the instruction ('a line that is exactly "VERDICT: GOOD" or ...'); stopped
+# there, the reply could only be unparseable.
+VERDICT_STOPS = ("\nVERDICT: GOOD", "\nVERDICT: BAD", " VERDICT: GOOD", " VERDICT: BAD")
 _MIN_BUCKET = 32
 
 
@@ -145,7 +150,7 @@ class ModelBackend:
     c = config
     if c.mode == "generate":
       self.settings = (f"temperature={c.temperature!r},top_k={c.top_k},top_p={c.top_p!r},"
-                       f"max_new_tokens={c.max_new_tokens},seed={c.seed},stop_at_verdict={c.stop_at_verdict}")
+                       f"max_new_tokens={c.max_new_tokens},seed={c.seed},stops={VERDICT_STOPS if c.stop_at_verdict else ()!r}")
       self._sampler = self._make_sampler()
       self._sampler_params = self._sampler.prepare(self.params)
     else:
@@ -240,7 +245,7 @@ class ModelBackend:
     from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 
     c = self.config
-    stop_strings = ["VERDICT: GOOD", "VERDICT: BAD"] if c.stop_at_verdict else []
+    stop_strings = list(VERDICT_STOPS) if c.stop_at_verdict else []
     stops = build_stop_table(self.tok, stop_strings, [self.tok.eos_id, self.tok.end_of_turn_id])
     sampling = SamplingConfig(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                               max_new_tokens=c.max_new_tokens)

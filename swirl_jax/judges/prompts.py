@@ -91,11 +91,17 @@ The final answer is GOOD if it means the same as the answer key or one of its al
 
 _VERDICT_RE = re.compile(r"\bverdict\b", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
-_NEGATION_RE = re.compile(r"\b(not|isn't|is not|never)\W*$", re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(not|isn't|is not|never|neither|hardly|barely)\W*$", re.IGNORECASE)
 _WINDOW = 80  # characters after "VERDICT" in which the label must appear
 # A verdict statement: "verdict", then only punctuation or markup, an optional negation, and the label.
-_STATEMENT_RE = re.compile(r"verdict\W*?(?:\b(?:is|was)\W+)?(?P<neg>\b(?:not|isn't|never)\W+)?"
-                           r"(?P<label>good|bad)\b", re.IGNORECASE)
+_STATEMENT_RE = re.compile(r"verdict\W*?(?:\b(?:is|was)\W+)?(?P<neg>\b(?:not|isn't|never|neither|hardly|barely)"
+                           r"\W+)?(?P<label>good|bad)\b", re.IGNORECASE)
+# The two options named together ("GOOD or BAD", "GOOD/BAD", "GOOD nor BAD"): an echo of the instruction,
+# not a decision.
+_OPTIONS_RE = re.compile(r"[\s*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[\s*\"'`“”]*(?:verdict\W*)?(?:good|bad)\b",
+                         re.IGNORECASE)
+_OPTIONS_BEFORE_RE = re.compile(r"\b(?:good|bad)\b[\s*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[\s*\"'`“”]*$", re.IGNORECASE)
+_QUOTES = "\"'`“‘«"
 _LETTERS_RE = re.compile(r"[^\W\d_]+")
 _QUALIFIERS = frozenset({"final", "overall", "my", "preliminary", "revised", "updated", "step", "process",
                          "outcome", "answer", "judge"})
@@ -108,15 +114,25 @@ def _label_of(match: re.Match) -> Label | None:
   return "GOOD" if match.group("label").lower() == "good" else "BAD"
 
 
+def _opens_its_line(text: str, start: int) -> bool:
+  """Nothing but qualifiers before text[start] on its line ("Final verdict:", "2. Verdict:")."""
+  line_start = text.rfind("\n", 0, start) + 1
+  return all(w.lower() in _QUALIFIERS for w in _LETTERS_RE.findall(text[line_start:start]))
+
+
+def _quoted_in_prose(text: str, start: int) -> bool:
+  """A "verdict" in quotes after other words on its line: a quotation (a base model copying out the
+  instruction 'end your reply with a line that is exactly "VERDICT: GOOD" or ...'), not a verdict."""
+  return start > 0 and text[start - 1] in _QUOTES and not _opens_its_line(text, start)
+
+
 def _is_statement(text: str, start: int, end: int) -> bool:
   """Whether the "verdict ... LABEL" at text[start:end] states the verdict rather than sits in prose ("The
   verdict: good ideas aside, ..."): nothing but qualifiers before it on its line ("Final verdict:",
   "2. Verdict:", "**Overall verdict**:"), or punctuation or the line's end right after the label."""
-  line_start = text.rfind("\n", 0, start) + 1
   line_end = text.find("\n", end)
-  before = _LETTERS_RE.findall(text[line_start:start])
   after = text[end : len(text) if line_end < 0 else line_end]
-  return all(w.lower() in _QUALIFIERS for w in before) or _ENDS_STATEMENT_RE.match(after) is not None
+  return _opens_its_line(text, start) or _ENDS_STATEMENT_RE.match(after) is not None
 
 
 def parse_verdict(text: str) -> Label | None:
@@ -130,18 +146,22 @@ def parse_verdict(text: str) -> Label | None:
   that uses the word ("My verdict would be GOOD if ...", "The verdict: good ideas aside, ...") changes
   nothing. Without one, occurrences of "verdict"
   are tried from the last one back; for each, the first GOOD or BAD within 80 characters (and before any
-  later "verdict") counts. A negated label ("VERDICT: not good") is unusable rather than guessed: the
-  reply gets None, not an earlier mention of a label.
+  later "verdict") counts. A negated label ("VERDICT: not good", "neither GOOD nor BAD") or both options
+  named together ("VERDICT: GOOD or BAD", "GOOD/BAD") is unusable rather than guessed: the reply gets
+  None, not an earlier mention of a label. A quoted "verdict" after other words on its line is a
+  quotation (a model copying out the instruction), never a verdict.
   """
   if not text:
     return None
-  mentions = list(_VERDICT_RE.finditer(text))
+  mentions = [v for v in _VERDICT_RE.finditer(text) if not _quoted_in_prose(text, v.start())]
   for v in reversed(mentions):
     m = _STATEMENT_RE.match(text, v.start())
     if m is None:
       continue
     if _is_statement(text, v.start(), m.end()):
-      return _label_of(m)
+      line_start = text.rfind("\n", 0, v.start()) + 1
+      undecided = _OPTIONS_RE.match(text, m.end()) or _OPTIONS_BEFORE_RE.search(text[line_start : v.start()])
+      return None if undecided else _label_of(m)
   # No verdict statement (e.g. "Verdict - the step is GOOD."): the loose scan.
   starts = [m.end() for m in mentions]
   for i in range(len(starts) - 1, -1, -1):
@@ -150,7 +170,7 @@ def parse_verdict(text: str) -> Label | None:
     m = _LABEL_RE.search(window)
     if m is None:
       continue
-    if _NEGATION_RE.search(window[: m.start()]):
+    if _NEGATION_RE.search(window[: m.start()]) or _OPTIONS_RE.match(window, m.end()):
       return None
     return "GOOD" if m.group(1).lower() == "good" else "BAD"
   return None
