@@ -301,3 +301,23 @@ def test_training_states_are_the_context_each_turn_was_sampled_in():
     te = tokenize_example(ex, tok, 8192, "drop")
     assert te.tokens[:te.prompt_len].tolist() == smp.contexts["Q-newlines", k], k
     assert te.tokens[te.prompt_len:-1].tolist() == tok.encode(turns[k], add_bos=False)  # the sampled action
+
+
+def test_rl_trains_only_on_sampled_tokens_within_the_judged_action():
+  """A closing tag's ">" merged with what followed (">.") ends the kept tokens past the action: RL
+  reinforced a token the judge never saw and the stop rule cannot end a turn on."""
+  from swirl_jax.loading import read_source
+  from swirl_jax.sampling.turns import trained_tokens
+
+  tok = read_source("gemma3-270m")[2]
+  ends = {tok.eos_id, tok.end_of_turn_id}
+  merged = tok.encode("<answer>5</answer>. And more", add_bos=False) + [tok.end_of_turn_id]
+  assert any(tok.decode([i]) == ">." for i in merged)  # the premise: one token
+  text, ids = trained_tokens(tok, merged, ends)
+  assert text == "<answer>5</answer>" and tok.decode(ids) == "<answer>5</answer"
+  assert merged[:len(ids)] == ids
+  clean = tok.encode("Go. <math_exp>1+2</math_exp> then more", add_bos=False)  # " then" starts a token
+  text, ids = trained_tokens(tok, clean, ends)
+  assert text == "Go. <math_exp>1+2</math_exp>" and tok.decode(ids) == text
+  stopped = tok.encode("<answer>5</answer>", add_bos=False) + [tok.end_of_turn_id]  # ended at its action
+  assert trained_tokens(tok, stopped, ends) == ("<answer>5</answer>", stopped)

@@ -4,8 +4,8 @@ The device stop rule ends a turn at a closing tag, but when the tag's last token
 follows (``>.``) the turn runs on; the host then cuts the text after the action (one parser:
 ``truncate_after_action``) and keeps the fewest tokens whose text covers it. The rollout rolls the
 cache back to those tokens (and rewrites the turn as the text's own encoding when they are not it, so
-later turns see what decompose's states hold); step-wise RL trains on exactly them, so the loss covers
-what the judge saw.
+later turns see what decompose's states hold); step-wise RL trains on the sampled tokens whose text lies
+within what the judge saw (``trained_tokens``).
 """
 
 from __future__ import annotations
@@ -25,3 +25,19 @@ def cut_turn(tok, ids: Sequence[int], end_ids: Collection[int]) -> tuple[str, in
   if len(text) < len(full):  # the turn ran past a closing tag: keep the fewest tokens covering it
     keep = next(n for n in range(1, len(text_ids) + 1) if tok.decode(text_ids[:n]).startswith(text))
   return text, keep
+
+
+def trained_tokens(tok, ids: Sequence[int], end_ids: Collection[int]) -> tuple[str, list[int]]:
+  """(action text, the sampled ids step-wise RL's loss covers) of a turn's sampled ``ids``.
+
+  A turn that ended at its action keeps every id (its end-of-turn / EOS token too). One that ran past
+  its action keeps the ids within the action's text: when the last id covering it runs past it (``>.``,
+  the closing tag's ">" merged with what followed) it is left out as well, since the judge never saw its
+  text and reinforcing it teaches turns the stop rule cannot end.
+  """
+  text, keep = cut_turn(tok, ids, end_ids)
+  if keep == len(ids) - (1 if ids and ids[-1] in end_ids else 0):
+    return text, list(ids)
+  if tok.decode(list(ids[:keep])) != text:
+    keep -= 1
+  return text, list(ids[:keep])

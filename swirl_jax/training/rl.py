@@ -42,7 +42,7 @@ from swirl_jax.models.sharding import MeshConfig, make_mesh
 from swirl_jax.pipeline.decompose import tokenize_example
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
-from swirl_jax.sampling.turns import cut_turn
+from swirl_jax.sampling.turns import trained_tokens
 from swirl_jax.tools.parser import STOP_STRINGS
 from swirl_jax.training import metrics as metrics_lib
 from swirl_jax.training import train_state as ts
@@ -258,10 +258,8 @@ class _Run:
     t1 = time.perf_counter()
     texts = []
     for i, ids in enumerate(outs):
-      text, keep = cut_turn(self.tok, ids, self._end_ids)
+      text, outs[i] = trained_tokens(self.tok, ids, self._end_ids)  # (the loss covers what the judge saw)
       texts.append(text)
-      if keep < len(ids) - (1 if ids and ids[-1] in self._end_ids else 0):
-        outs[i] = ids[:keep]  # it ran past its action: the loss covers what the judge saw, as the rollout keeps
     exs = [self.examples[i] for i in idx for _ in range(g)]
     verdicts = self.judge_texts(exs, texts)
     t2 = time.perf_counter()
