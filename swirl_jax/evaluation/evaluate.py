@@ -10,11 +10,17 @@ trajectories, which the paper reports rising with SWiRL).
 A policy is any source ``load_model`` reads, or a training checkpoint directory (training/
 checkpointing.py), whose metadata names the model it started from: that model gives the architecture
 and tokenizer, the checkpoint the parameters (``load_policy``).
+
+With an output directory the rollouts are resumable: each finished trajectory is appended to
+``DATASET.rollouts.partial.jsonl`` (after a first line holding what they depend on: policy, model
+dtypes, rollout and sampling settings), so a rerun after a crash or a preemption runs only the missing
+questions; the file is removed once the report is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Mapping, Sequence
@@ -31,7 +37,8 @@ from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.rollout import Rollout, RolloutConfig
 from swirl_jax.tools.base import Tool
 from swirl_jax.tools.parser import STOP_STRINGS
-from swirl_jax.types import Question, Trajectory, Verdict, write_jsonl
+from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
+from swirl_jax.types import Question, Trajectory, Verdict, dumps, write_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +160,14 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
   rollout = Rollout(sampler, nnx.state(model.model), tok, tools, config.rollout,
                     provenance={"model": model.source})
   t0 = time.perf_counter()
-  order = {q.id: i for i, q in enumerate(questions)}
-  trajs = sorted(rollout.run(questions), key=lambda t: (order[t.question.id], t.sample_index))
+  partial = None
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    partial = os.path.join(out_dir, f"{dataset}.rollouts.partial.jsonl")
+  key = {"policy": label or model.source, "source": model.source, "provenance": dict(provenance or {}),
+         "dtype": model.config.dtype, "param_dtype": model.config.param_dtype,
+         "rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(config.sampling)}
+  trajs = _resumable_rollouts(rollout, questions, partial, key)
   t1 = time.perf_counter()
   outcomes = judge.judge_outcomes(trajs)
   process = None
@@ -175,7 +188,6 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
   if out_dir:
     from swirl_jax.evaluation.report import write_report
 
-    os.makedirs(out_dir, exist_ok=True)
     judged = []
     for i, (t, o) in enumerate(zip(trajs, outcomes)):
       steps = t.steps
@@ -184,4 +196,36 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
       judged.append(dataclasses.replace(t, steps=steps, outcome=o))
     write_jsonl(os.path.join(out_dir, f"{dataset}.trajectories.jsonl"), judged)
     write_report(os.path.join(out_dir, f"{dataset}.json"), report)
+    os.remove(partial)  # (after the report: a crash before it leaves the rollouts for the rerun)
   return report
+
+
+def _resumable_rollouts(rollout: Rollout, questions: Sequence[Question], path: str | None,
+                        key: Mapping[str, Any]) -> list[Trajectory]:
+  """Every (question, sample) trajectory, in question order. With ``path`` each is appended there as it
+  finishes, after a first line holding ``key``; trajectories already there under the same key (and the
+  same question) are reused, a file of another key is started over."""
+  jobs = [(q, k) for q in questions for k in range(rollout.cfg.samples_per_question)]
+  done: dict[tuple[str, int], Trajectory] = {}
+  if path is not None and os.path.exists(path):
+    records = numbered_records(path)
+    first = next(records, (0, None))[1]
+    if first is not None and first.get("eval_key") == json.loads(json.dumps(key, sort_keys=True)):
+      current = {q.id: q for q in questions}
+      for lineno, rec in records:
+        t = Trajectory.from_json(rec, where=f"{path}:{lineno}")
+        if current.get(t.question.id) == t.question:
+          done[t.question.id, t.sample_index] = t
+    else:  # made under other settings or by another policy (or torn before its first line)
+      os.remove(path)
+  todo = [(q, k) for q, k in jobs if (q.id, k) not in done]
+  if path is None:
+    done.update(((t.question.id, t.sample_index), t) for t in rollout.run_jobs(todo))
+  else:
+    with JsonlAppender(path) as out:
+      if os.path.getsize(path) == 0:
+        out.write(json.dumps({"eval_key": key}, sort_keys=True))
+      for t in rollout.run_jobs(todo):
+        out.write(dumps(t))
+        done[t.question.id, t.sample_index] = t
+  return [done[q.id, k] for q, k in jobs]
