@@ -21,9 +21,10 @@ import time
 import jax
 
 from swirl_jax.pipeline import stamps
-from swirl_jax.pipeline.stage_inputs import (EVAL_SETTINGS, checkpoint_saved, checkpoint_step,
-                                              generate_inputs, label_inputs, record_matches, settings_of,
-                                              train_inputs, without_neutral)
+from swirl_jax.pipeline.stage_inputs import (EVAL_SETTINGS, checkpoint_saved, checkpoint_step, export_inputs,
+                                              filter_inputs, final_checkpoint_step, generate_inputs,
+                                              label_inputs, record_matches, settings_of, train_inputs,
+                                              without_neutral)
 
 
 class Paths:
@@ -239,6 +240,8 @@ def run_filter(cfg, paths: Paths) -> dict:
 
   out = {}
   if jax.process_index() == 0:
+    inputs = filter_inputs(cfg, paths)
+    stamps.clear(paths.workdir, "filter")  # (run alone, the pipeline's record of the old output must go)
     f = cfg.filter
     out["filter"] = stages.filter_stage(paths.labelled, paths.kept, paths.filter_report, f.strategy,
                                         equalize="auto" if f.equalize < 0 else (f.equalize or None), seed=f.seed)
@@ -247,6 +250,7 @@ def run_filter(cfg, paths: Paths) -> dict:
     # settings only fill in for trajectories that do not record them
     out["decompose"] = stages.decompose_stage(paths.kept, paths.step_examples, defaults=dict(
         task=r.task, num_demos=r.num_demos, budget=r.budget))
+    stamps.write(paths.workdir, "filter", inputs)
   _barrier("filter done")
   return out
 
@@ -373,9 +377,12 @@ def run_export(cfg, paths: Paths) -> dict:
                             f"policy to export with --config.eval.checkpoint (a checkpoint directory or any "
                             f"model.source)")
   if jax.process_index() == 0:
+    inputs = export_inputs(cfg, paths)
+    stamps.clear(paths.workdir, "export")  # (run alone, the pipeline's record of the old export must go)
     lm = load(cfg, source=source)
     export_hf(lm.config, model_weights(lm.model), out, tokenizer=lm.tokenizer, dtype=cfg.export.dtype,
               overwrite=True)
+    stamps.write(paths.workdir, "export", inputs)
   _barrier("export done")
   return {"export_dir": out, "from": source}
 
@@ -408,18 +415,6 @@ def run_sample(cfg, paths: Paths) -> dict:
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 
-def _count_lines(path: str) -> int:
-  from swirl_jax.pipeline.jsonl import read_records
-
-  return sum(1 for _ in read_records(path))
-
-
-def _final_checkpoint_step(paths: Paths) -> int:
-  """The run's latest checkpoint step, -1 before the first one."""
-  step = checkpoint_step(paths.checkpoints)
-  return -1 if step is None else step
-
-
 def _check_generate_inputs(cfg, paths: Paths) -> None:
   """Refuses to add trajectories of other settings to a file generated with these; stamps them first."""
   inputs = generate_inputs(cfg)
@@ -439,7 +434,7 @@ def _train_stage(cfg, paths: Paths) -> dict:
   """run_train, refusing to resume checkpoints made from other step examples or other train settings."""
   inputs = train_inputs(cfg, paths)
   recorded = stamps.read(paths.workdir, "train")
-  trained = _final_checkpoint_step(paths) >= 0
+  trained = final_checkpoint_step(paths) >= 0
   if trained and recorded is not None and not record_matches(paths.workdir, "train", inputs):
     if recorded.get("step_examples") != inputs["step_examples"]:
       why = f"{paths.step_examples} changed since they were trained on it (the trajectories or filter settings changed)"
@@ -464,7 +459,6 @@ def run_pipeline(cfg, paths: Paths) -> dict:
 
   summary, t0 = {}, time.perf_counter()
   questions = _train_questions(cfg, check_eval=True)
-  expected = len(questions) * cfg.rollout.samples_per_question
 
   def stage(name, done, fn, inputs=None):
     """Runs ``fn`` unless ``done()``; ``inputs()`` (the stage's stamp) must also match to skip it."""
@@ -492,23 +486,21 @@ def run_pipeline(cfg, paths: Paths) -> dict:
           f"{', '.join(stamps.changed(paths.workdir, 'generate', generate_inputs(cfg)))}); it is used as it is. "
           "Use a new workdir to generate with these.", flush=True)
   stage("generate", generated, lambda: run_generate(cfg, paths, questions))
-  stage("label", lambda: _count_lines(paths.labelled) >= expected, lambda: run_label(cfg, paths),
-        lambda: label_inputs(cfg, paths))
+  # (every trajectory of the file, not a count: a killed label run leaves its record and part of the file)
+  labelled = lambda: done_keys(paths.trajectories) <= done_keys(paths.labelled)
+  stage("label", labelled, lambda: run_label(cfg, paths), lambda: label_inputs(cfg, paths))
   stage("filter", lambda: os.path.exists(paths.step_examples), lambda: run_filter(cfg, paths),
-        lambda: {"labelled": stamps.file_digest(paths.labelled),
-                 "settings": settings_of(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")})
+        lambda: filter_inputs(cfg, paths))
   if cfg.train.steps == 0:  # base-model evaluation only
     print("== train: train.steps=0, skipped", flush=True)
     summary["train"] = "skipped (train.steps=0)"
   else:
-    stage("train", lambda: _final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
+    stage("train", lambda: final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
           lambda: train_inputs(cfg, paths))
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
-  export_inputs = lambda: {"checkpoint_step": _final_checkpoint_step(paths), "dtype": cfg.export.dtype,
-                           "out": cfg.export.out, **checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
   if cfg.eval.checkpoint or checkpoint_step(paths.checkpoints):  # (step 0: the initial weights)
     stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),
-          lambda: run_export(cfg, paths), export_inputs)
+          lambda: run_export(cfg, paths), lambda: export_inputs(cfg, paths))
   else:  # train.steps=0 trained nothing: nothing to export
     summary["export"] = "skipped (no checkpoint)"
   summary["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -13,8 +13,13 @@ import pytest
 from configs.quickstart import get_config
 from swirl_jax import modes
 from swirl_jax.evaluation import evaluate as evaluate_module
+from swirl_jax.judges.rule import RuleJudge
+from swirl_jax.pipeline import stage_inputs
 from swirl_jax.pipeline.jsonl import read_records
 from swirl_jax.types import Step, ToolCall, Trajectory, dumps
+
+
+REAL_RUN_EXPORT = modes.run_export  # (the fixture stubs it; one test runs it with the model stubbed)
 
 
 def _trajectory(q, k):
@@ -67,6 +72,8 @@ def stubbed(monkeypatch):
       f.write("{}")
     return {}
 
+  # every backend judges by the rules here (a model judge's settings are still recorded as its own)
+  monkeypatch.setattr(modes, "judge", lambda cfg, paths, policy=None, task=None: RuleJudge(task=task or cfg.rollout.task))
   monkeypatch.setattr(modes, "run_generate", generate)
   monkeypatch.setattr(modes, "run_train", run_train)
   monkeypatch.setattr(modes, "run_export", run_export)
@@ -206,6 +213,7 @@ def test_train_and_label_settings_are_never_changed_silently(stubbed, tmp_path):
   paths = modes.Paths(str(tmp_path))
   cfg = get_config()
   cfg.data.num_questions, cfg.eval.limit = 4, 2
+  cfg.judge.backend = "model"  # (n_votes is a model judge's setting; the rule judge reads none)
 
   def run():
     stubbed.clear()
@@ -224,14 +232,19 @@ def test_train_and_label_settings_are_never_changed_silently(stubbed, tmp_path):
                                        r"\(judge.n_votes: 1 -> 3\).*remove .*labelled.jsonl"):
     run()
   cfg.judge.n_votes = 1
-  cfg.judge.openai.max_concurrency = 2  # throughput only: neither relabelled nor re-evaluated
+  cfg.judge.model.batch_size = 2  # throughput only: neither relabelled nor re-evaluated
+  cfg.judge.openai.model = "other"  # another backend's setting: the model judge never reads it
   assert run() == []
-  # an eval record from before the throughput settings were left out still matches
+  # an eval record from before the throughput and unused settings were left out still matches
   for label in ("base", "trained"):
     record = modes.stamps.read(paths.workdir, f"eval-{label}")
-    record["settings"]["judge"]["openai"]["max_concurrency"] = 8
+    record["settings"]["judge"]["model"]["batch_size"] = 8
+    record["settings"]["judge"]["openai"] = {"max_concurrency": 8, "model": "gpt"}
     modes.stamps.write(paths.workdir, f"eval-{label}", record)
   assert run() == []
+  cfg.judge.backend = "rule"  # another judge: refused, naming the backend first
+  with pytest.raises(ValueError, match=r"other judge settings \(judge.backend: 'model' -> 'rule';"):
+    run()
 
 
 def test_train_steps_0_evaluates_and_exports_no_trained_policy(stubbed, tmp_path):
@@ -266,20 +279,25 @@ def test_records_of_the_previous_version_do_not_redo_finished_stages(stubbed, tm
   paths = modes.Paths(str(tmp_path))
   cfg = get_config()
   cfg.data.num_questions, cfg.eval.limit = 4, 2
-  monkeypatch.setattr(modes, "checkpoint_saved", lambda source: {"checkpoint_saved": 123.0} if
-                      source == paths.checkpoints else {})
+  def saved_at(time):
+    for module in (modes, stage_inputs):
+      monkeypatch.setattr(module, "checkpoint_saved", lambda source: {"checkpoint_saved": time} if
+                          source == paths.checkpoints else {})
+
+  saved_at(123.0)
   modes.run_pipeline(cfg, paths)
   old = {name: modes.stamps.read(paths.workdir, name) for name in ("train", "eval-trained", "export", "label")}
   modes.stamps.write(paths.workdir, "train", {"step_examples": old["train"]["step_examples"]})
   for name in ("eval-trained", "export"):
     modes.stamps.write(paths.workdir, name, {k: v for k, v in old[name].items() if k != "checkpoint_saved"})
-  old["label"]["settings"]["judge"]["openai"]["max_concurrency"] = 99  # a key that is no longer recorded
+  # earlier versions recorded every backend's settings, and the neutral ones, for the rule judge too
+  old["label"]["settings"]["judge"]["openai"] = {"max_concurrency": 99, "model": "gpt"}
+  old["label"]["settings"]["judge"]["n_votes"] = 1
   modes.stamps.write(paths.workdir, "label", old["label"])
   stubbed.clear()
   modes.run_pipeline(cfg, paths)
   assert stubbed == []
-  monkeypatch.setattr(modes, "checkpoint_saved", lambda source: {"checkpoint_saved": 456.0} if
-                      source == paths.checkpoints else {})  # trained again to the same step: redone
+  saved_at(456.0)  # trained again to the same step: redone
   modes.stamps.write(paths.workdir, "export", old["export"])
   modes.stamps.write(paths.workdir, "eval-trained", old["eval-trained"])
   modes.run_pipeline(cfg, paths)
@@ -294,6 +312,7 @@ def test_a_label_run_killed_midway_keeps_its_judge_settings(stubbed, tmp_path, m
   paths = modes.Paths(str(tmp_path))
   cfg = get_config()
   cfg.data.num_questions = 4
+  cfg.judge.backend = "model"  # (stubbed: judges by the rules)
   from swirl_jax.config import dataset_spec
   from swirl_jax.data.registry import load_questions
 
@@ -312,3 +331,72 @@ def test_a_label_run_killed_midway_keeps_its_judge_settings(stubbed, tmp_path, m
   cfg.judge.n_votes = 3
   with pytest.raises(ValueError, match=r"labelled with other judge settings \(judge.n_votes: 1 -> 3\)"):
     modes.run_label(cfg, paths)
+
+
+def test_a_stage_run_alone_leaves_no_stale_record_for_the_pipeline(stubbed, tmp_path, monkeypatch):
+  """mode=filter and mode=export changed their output but left the pipeline's record of the old one: the
+  next pipeline skipped them as complete (0 step examples kept; a bfloat16 export kept as float32)."""
+  import dataclasses
+
+  from swirl_jax.checkpoints import build, hf_export
+
+  exported = []
+  monkeypatch.setattr(modes, "run_export", REAL_RUN_EXPORT)
+  monkeypatch.setattr(build, "model_weights", lambda model: {})
+
+  def export_hf(config, weights, out, tokenizer=None, dtype="float32", overwrite=False):
+    exported.append(dtype)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+      f.write(json.dumps({"torch_dtype": dtype}))
+
+  monkeypatch.setattr(hf_export, "export_hf", export_hf)
+  monkeypatch.setattr(modes, "load", lambda cfg, global_mesh=False, source=None: dataclasses.make_dataclass(
+      "LM", ["config", "model", "tokenizer"])(None, None, None))
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit, cfg.filter.strategy = 4, 2, "none"
+  modes.run_pipeline(cfg, paths)
+  examples = len(list(read_records(paths.step_examples)))
+  assert examples == 16 and exported == ["float32"]
+
+  alone = get_config()
+  alone.data.num_questions, alone.eval.limit = 4, 2
+  alone.filter.strategy, alone.export.dtype = "outcome", "bfloat16"
+  modes.run_filter(alone, paths)
+  modes.run_export(alone, paths)
+  assert len(list(read_records(paths.step_examples))) < examples and exported[-1] == "bfloat16"
+  summary = modes.run_pipeline(cfg, paths)  # filter and export redone (train refuses nothing: same examples)
+  assert summary["filter"] != "skipped (complete)" and summary["export"] != "skipped (complete)"
+  assert len(list(read_records(paths.step_examples))) == examples and exported[-1] == "float32"
+
+
+def test_a_half_labelled_file_is_not_skipped_as_complete(stubbed, tmp_path):
+  """A label run killed half-way leaves its record and half the file; the pipeline compared the line count
+  with questions x samples, so with fewer samples per question the rest was never labelled."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit, cfg.train.steps = 4, 2, 0
+  modes.run_pipeline(cfg, paths)
+  lines = open(paths.labelled, encoding="utf-8").readlines()
+  assert len(lines) == 8
+  with open(paths.labelled, "w", encoding="utf-8") as f:
+    f.writelines(lines[:4])
+  cfg.rollout.samples_per_question = 1  # the 8 trajectories are used as they are (with a note)
+  summary = modes.run_pipeline(cfg, paths)
+  assert summary["label"] != "skipped (complete)"
+  assert len(list(read_records(paths.labelled))) == 8
+
+
+def test_judge_settings_the_backend_never_reads_change_nothing(stubbed, tmp_path):
+  """With the rule judge, a changed judge.model.* or judge.n_votes refused label ("labelled with other judge
+  settings") and made train refuse and eval rerun."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  assert cfg.judge.backend == "rule"
+  modes.run_pipeline(cfg, paths)
+  cfg.judge.n_votes, cfg.judge.model.source, cfg.judge.openai.model = 3, "hf/other", "gpt"
+  stubbed.clear()
+  summary = modes.run_pipeline(cfg, paths)
+  assert stubbed == [] and summary["label"] == "skipped (complete)"

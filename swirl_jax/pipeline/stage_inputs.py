@@ -62,8 +62,14 @@ _JUDGE_NEUTRAL = ("cache", "openai.max_concurrency", "openai.timeout_s", "openai
 _TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "remat", "remat_policy")
 
 
+# Judge settings the backend in use never reads (the rule judge reads none of them).
+_UNUSED_BY_BACKEND = {"rule": ("n_votes", "model", "openai"), "model": ("openai",), "openai": ("model",)}
+
+
 def without_neutral(judge_settings: dict | None) -> dict | None:
-  """Judge settings (``settings_of(cfg, "judge")["judge"]`` or a stamp's) less the _JUDGE_NEUTRAL keys."""
+  """Settings holding a "judge" group (``settings_of(cfg, "judge")`` or a stamp's) less the _JUDGE_NEUTRAL
+  keys and the settings of the backends not in use. Applied to the recorded side as well, so records of
+  earlier versions (which held the whole group) compare equal."""
   if not isinstance(judge_settings, dict) or "judge" not in judge_settings:
     return judge_settings
   out = json.loads(json.dumps(judge_settings))
@@ -73,6 +79,8 @@ def without_neutral(judge_settings: dict | None) -> dict | None:
     for part in parents:
       d = d.get(part, {})
     d.pop(leaf, None)
+  for key in _UNUSED_BY_BACKEND.get(out["judge"].get("backend"), ()):
+    out["judge"].pop(key, None)
   return out
 
 
@@ -119,3 +127,21 @@ def generate_inputs(cfg) -> dict:
                        "model.param_dtype")
   inputs["data"].pop("limit", None)
   return inputs
+
+
+def final_checkpoint_step(paths: Paths) -> int:
+  """The run's latest checkpoint step, -1 before the first one."""
+  step = checkpoint_step(paths.checkpoints)
+  return -1 if step is None else step
+
+
+def filter_inputs(cfg, paths: Paths) -> dict:
+  """What kept.jsonl and step_examples.jsonl are made from."""
+  return {"labelled": stamps.file_digest(paths.labelled),
+          "settings": settings_of(cfg, "filter", "rollout.task", "rollout.num_demos", "rollout.max_tool_calls")}
+
+
+def export_inputs(cfg, paths: Paths) -> dict:
+  """What the exported directory is made from: the policy (its step and save time) and the export settings."""
+  return {"checkpoint_step": final_checkpoint_step(paths), "dtype": cfg.export.dtype, "out": cfg.export.out,
+          **checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}

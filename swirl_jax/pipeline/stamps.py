@@ -46,6 +46,15 @@ def write(workdir: str, name: str, inputs: dict[str, Any]) -> None:
     json.dump({"stage": name, "inputs": _plain(inputs)}, f, indent=1, sort_keys=True)
 
 
+def clear(workdir: str, name: str) -> None:
+  """Removes stage ``name``'s stamp: a stage run alone removes it before it changes its output, so a
+  pipeline never skips it on a record of what the output held before."""
+  try:
+    os.remove(_path(workdir, name))
+  except FileNotFoundError:
+    pass
+
+
 def matches(workdir: str, name: str, inputs: dict[str, Any]) -> bool:
   return read(workdir, name) == _plain(inputs)
 
