@@ -121,6 +121,10 @@ def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path
   killed = tmp_path / f".export-{int(dead.stdout)}@{temp_prefix().split('@')[1]}@abc"
   killed.mkdir()
   (killed / "model.safetensors").write_bytes(b"\0" * 64)
+  # an export killed between its two renames: the previous export set aside, removed by the next export
+  aside = tmp_path / f".replaced-export-{int(dead.stdout)}@{temp_prefix().split('@')[1]}@xyz" / "hf"
+  aside.mkdir(parents=True)
+  (aside / "model.safetensors").write_bytes(b"\0" * 64)
   old = os.umask(0o022)
   try:
     out = export_hf(lm.config, w, str(tmp_path / "hf"))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import ml_dtypes
 import numpy as np
 
-from swirl_jax.atomic_io import make_temp_dir
+from swirl_jax.atomic_io import make_temp_dir, remove_stale_temps
 from swirl_jax.checkpoints.layout import entries
 from swirl_jax.checkpoints.safetensors_io import save_file
 from swirl_jax.models.config import ModelConfig, to_hf_config
@@ -86,11 +85,13 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
       json.dump(gen, f, indent=1)
     old = None
     if os.path.exists(out_dir):  # set aside, not deleted, until the new export is in place
-      old = tempfile.mkdtemp(dir=parent, prefix=".replaced-export-")
+      old = make_temp_dir(parent, "replaced-export")
       os.replace(out_dir, os.path.join(old, "hf"))
     os.replace(tmp, out_dir)
     if old:
       shutil.rmtree(old)
+    # an export killed between the two renames left the old one set aside (it may be tens of GB)
+    remove_stale_temps(parent, "replaced-export")
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
