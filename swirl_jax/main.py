@@ -115,12 +115,38 @@ def main(argv):
   compilation_cache.enable(cfg.compile_cache_dir, cfg.model.cache_dir)  # before anything compiles
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
+  lock = _lock_workdir(workdir, cfg.mode) if jax.process_index() == 0 and cfg.mode not in ("serve", "sample") \
+      else None  # (held until main returns)
   if jax.process_index() == 0:  # written once; holds no secret (API keys come from the environment only)
     with atomic_open(os.path.join(workdir, _file_name("config", cfg.mode))) as f:
       f.write(cfg.to_json(indent=1))
   summary = modes.MODES[cfg.mode](cfg, modes.Paths(workdir))
   if jax.process_index() == 0 and summary:
     _report(cfg.mode, summary, workdir)
+  del lock
+
+
+def _lock_workdir(workdir: str, mode: str):
+  """Takes an exclusive advisory lock on WORKDIR/.lock for this run, or exits naming the run that holds
+  it: two runs in one workdir append to the same files and do every job (and pay every judge call) twice.
+  Returns the open lock file; the lock lasts while it is open (and ends with the process)."""
+  import fcntl
+  import socket
+
+  f = open(os.path.join(workdir, ".lock"), "a+", encoding="utf-8")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "a process that wrote no name"
+    sys.exit(f"swirl_jax.main: {workdir} is in use by another run ({holder}); wait for it to end, or use "
+             "another --workdir")
+  except OSError:  # a file system without flock (some network mounts): the run goes on unlocked
+    return f
+  f.truncate(0)
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}, mode={mode}\n")
+  f.flush()
+  return f
 
 
 def _file_name(kind: str, mode: str) -> str:

@@ -367,3 +367,19 @@ def test_eval_datasets_that_cannot_load_stop_the_pipeline_before_generation(tmp_
     modes.run_eval(cfg, paths)
   assert "cannot load these evaluation datasets" in str(e.value)
   assert "gsm8k (test): FileNotFoundError:" in str(e.value) and "cofca (test): FileNotFoundError:" in str(e.value)
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused(tmp_path):
+  """Two runs in one workdir appended to the same files and did every job twice, without a word."""
+  import fcntl
+
+  work = tmp_path / "w"
+  work.mkdir()
+  with open(work / ".lock", "a+") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 123 on host, mode=pipeline\n")
+    held.flush()
+    r = _run(["--config=configs/quickstart.py", f"--workdir={work}", "--config.mode=filter"], timeout=120)
+  assert r.returncode != 0
+  assert f"{work} is in use by another run (pid 123 on host, mode=pipeline)" in r.stderr
+  assert sorted(os.listdir(work)) == [".lock"]  # nothing written
