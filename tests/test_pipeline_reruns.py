@@ -112,6 +112,8 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
   assert report["provenance"] == {"source": paths.checkpoints, "checkpoint_step": 6}
   cfg.sampling.max_new_tokens = 32  # an eval setting: both policies are evaluated again
   assert run() == ["eval base synthetic_arith", "eval trained synthetic_arith"]
+  cfg.sampling.temperature, cfg.sampling.top_p, cfg.data.limit = 0.7, 0.9, 3  # eval is greedy, takes eval.limit
+  assert run() == []
 
 
 def test_the_eval_table_holds_this_runs_datasets_only(stubbed, tmp_path):

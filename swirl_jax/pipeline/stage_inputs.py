@@ -66,21 +66,34 @@ _TRAIN_NEUTRAL = ("steps", "save_every", "keep_checkpoints", "micro_batches", "r
 _UNUSED_BY_BACKEND = {"rule": ("n_votes", "model", "openai"), "model": ("openai",), "openai": ("model",)}
 
 
-def without_neutral(judge_settings: dict | None) -> dict | None:
-  """Settings holding a "judge" group (``settings_of(cfg, "judge")`` or a stamp's) less the _JUDGE_NEUTRAL
-  keys and the settings of the backends not in use. Applied to the recorded side as well, so records of
-  earlier versions (which held the whole group) compare equal."""
-  if not isinstance(judge_settings, dict) or "judge" not in judge_settings:
-    return judge_settings
-  out = json.loads(json.dumps(judge_settings))
-  for key in _JUDGE_NEUTRAL:
+# Settings an eval record holds that cannot change a report: evaluation samples greedily (whatever the
+# generation temperature and top-k/top-p cut-offs) and takes eval.limit questions, not data.limit.
+_EVAL_NEUTRAL = ("sampling.temperature", "sampling.top_k", "sampling.top_p", "data.limit")
+
+
+def _drop(settings: dict, keys: tuple[str, ...]) -> None:
+  for key in keys:
     *parents, leaf = key.split(".")
-    d = out["judge"]
+    d = settings
     for part in parents:
       d = d.get(part, {})
     d.pop(leaf, None)
-  for key in _UNUSED_BY_BACKEND.get(out["judge"].get("backend"), ()):
-    out["judge"].pop(key, None)
+
+
+def without_neutral(settings: dict | None) -> dict | None:
+  """A stage's recorded settings (``settings_of(...)`` or a stamp's) less what cannot change its output:
+  the _JUDGE_NEUTRAL keys and the settings of the judge backends not in use, and in an eval record (the one
+  holding the "eval" group) the _EVAL_NEUTRAL keys. Applied to the recorded side as well, so records of
+  earlier versions (which held them) compare equal."""
+  if not isinstance(settings, dict):
+    return settings
+  out = json.loads(json.dumps(settings))
+  if "judge" in out:
+    _drop(out["judge"], _JUDGE_NEUTRAL)
+    for key in _UNUSED_BY_BACKEND.get(out["judge"].get("backend"), ()):
+      out["judge"].pop(key, None)
+  if "eval" in out:
+    _drop(out, _EVAL_NEUTRAL)
   return out
 
 
