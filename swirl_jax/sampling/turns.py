@@ -32,12 +32,13 @@ def trained_tokens(tok, ids: Sequence[int], end_ids: Collection[int]) -> tuple[s
 
   A turn that ended at its action keeps every id (its end-of-turn / EOS token too). One that ran past
   its action keeps the ids within the action's text: when the last id covering it runs past it (``>.``,
-  the closing tag's ">" merged with what followed) it is left out as well, since the judge never saw its
-  text and reinforcing it teaches turns the stop rule cannot end.
+  the closing tag's ">" merged with what followed, whether or not the turn ended right after it) it is
+  left out, and the end-of-turn token with it, since the judge never saw its text and reinforcing it
+  teaches turns the stop rule cannot end.
   """
   text, keep = cut_turn(tok, ids, end_ids)
+  if tok.decode(list(ids[:keep])) != text:  # (also when the turn ended right after that token)
+    return text, list(ids[:keep - 1])
   if keep == len(ids) - (1 if ids and ids[-1] in end_ids else 0):
     return text, list(ids)
-  if tok.decode(list(ids[:keep])) != text:
-    keep -= 1
   return text, list(ids[:keep])
