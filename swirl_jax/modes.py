@@ -354,7 +354,8 @@ def run_eval(cfg, paths: Paths) -> dict:
       report = evaluate(lm, questions[_file_name(sp)], judges[task], tools(cfg, paths, sp, task),
                         eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label,
                         provenance={"source": source, "checkpoint_step": inputs["checkpoint_step"],
-                                    **checkpoint_saved(source)})  # (a retrained step is another policy)
+                                    **checkpoint_saved(source)},  # (a retrained step is another policy)
+                        resume_key=inputs)  # (the search corpus and settings, the data files)
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
     stamps.write(paths.workdir, f"eval-{label}", inputs)

@@ -101,6 +101,17 @@ def test_rollouts_of_other_settings_or_questions_are_not_reused(tmp_path, jobs_r
   evaluate(lm, QUESTIONS, RuleJudge(), {"calculator": Calculator()}, other, out_dir=str(tmp_path))
   assert len(seen[-1]) == len(QUESTIONS)  # all rerun: the sampling settings changed
 
+  for changed in ({"config": dataclasses.replace(CONFIG, cache_len=256)},  # prompts that no longer fit
+                  {"resume_key": {"search": {"top_k": 2}}}):  # the caller's key (a tool's settings)
+    crash_after[0] = 3
+    with pytest.raises(Crash):
+      evaluate(lm, QUESTIONS, RuleJudge(), {"calculator": Calculator()}, CONFIG, out_dir=str(tmp_path))
+    crash_after[0] = 0
+    kwargs = {"config": CONFIG, **changed}
+    evaluate(lm, QUESTIONS, RuleJudge(), {"calculator": Calculator()}, kwargs.pop("config"),
+             out_dir=str(tmp_path), **kwargs)
+    assert len(seen[-1]) == len(QUESTIONS), changed
+
   crash_after[0] = 3
   with pytest.raises(Crash):
     evaluate(lm, QUESTIONS, RuleJudge(), {"calculator": Calculator()}, CONFIG, out_dir=str(tmp_path))
@@ -110,3 +121,10 @@ def test_rollouts_of_other_settings_or_questions_are_not_reused(tmp_path, jobs_r
   assert len(seen[-1]) == len(QUESTIONS)
   report = json.loads((tmp_path / "toy_add.json").read_text())
   assert report["num_trajectories"] == len(QUESTIONS)
+
+
+def test_repeated_question_ids_are_refused(tmp_path):
+  """Trajectories are keyed by question id: two questions with one id became one trajectory counted twice."""
+  twins = [QUESTIONS[0], dataclasses.replace(QUESTIONS[1], id=QUESTIONS[0].id)]
+  with pytest.raises(ValueError, match=r"question ids must be unique in toy_add; repeated: \['t0'\]"):
+    evaluate(tiny_lm(), twins, RuleJudge(), {"calculator": Calculator()}, CONFIG, out_dir=str(tmp_path))

@@ -56,7 +56,7 @@ def stubbed(monkeypatch):
   class LM:
     source, tokenizer = "stub", object()
 
-  def evaluate(lm, questions, judge, tools, config, *, dataset, out_dir, label, provenance=None):
+  def evaluate(lm, questions, judge, tools, config, *, dataset, out_dir, label, provenance=None, resume_key=None):
     calls.append(f"eval {label} {dataset}")
     os.makedirs(out_dir, exist_ok=True)
     report = {"dataset": dataset, "policy": label, "judged_accuracy": 0.0, "num_questions": len(questions),

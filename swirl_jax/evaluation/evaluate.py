@@ -13,12 +13,13 @@ and tokenizer, the checkpoint the parameters (``load_policy``).
 
 With an output directory the rollouts are resumable: each finished trajectory is appended to
 ``DATASET.rollouts.partial.jsonl`` (after a first line holding what they depend on: policy, model
-dtypes, rollout and sampling settings), so a rerun after a crash or a preemption runs only the missing
-questions; the file is removed once the report is written.
+dtypes, the EvalConfig, the tools and the caller's ``resume_key``), so a rerun after a crash or a
+preemption runs only the missing questions; the file is removed once the report is written.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -134,7 +135,8 @@ def summarize(trajectories: Sequence[Trajectory], outcomes: Sequence[Verdict],
 
 def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, tools: Mapping[str, Tool],
              config: EvalConfig = EvalConfig(), *, dataset: str | None = None, out_dir: str | None = None,
-             label: str | None = None, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             label: str | None = None, provenance: Mapping[str, Any] | None = None,
+             resume_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Runs the multi-step loop over ``questions`` and returns (and writes) the dataset's report.
 
   Args:
@@ -148,11 +150,17 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
       ``{out_dir}/{dataset}.trajectories.jsonl`` (the judged trajectories).
     label: names the policy in the report (default: the model source).
     provenance: written into the report as it is (e.g. the policy's source and checkpoint step).
+    resume_key: what else the rollouts depend on (the tools' settings, the data files): rollouts appended
+      to ``out_dir`` by an interrupted run are reused only under the same key (module docstring).
   """
   tok = model.tokenizer
   if tok is None:
     raise ValueError(f"model {model.source!r} has no tokenizer")
   dataset = dataset or (questions[0].dataset if questions else "empty")
+  ids = collections.Counter(q.id for q in questions)
+  if any(n > 1 for n in ids.values()):  # (trajectories are keyed by question id)
+    raise ValueError(f"evaluate: question ids must be unique in {dataset}; repeated: "
+                     f"{sorted(i for i, n in ids.items() if n > 1)[:5]}")
   stops = build_stop_table(tok, STOP_STRINGS, [tok.eos_id, tok.end_of_turn_id])
   sampler = Sampler.create(model.model, batch=config.batch_size, cache_len=config.cache_len,
                            sampling=config.sampling, stops=stops, steps_per_call=config.steps_per_call,
@@ -166,7 +174,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
     partial = os.path.join(out_dir, f"{dataset}.rollouts.partial.jsonl")
   key = {"policy": label or model.source, "source": model.source, "provenance": dict(provenance or {}),
          "dtype": model.config.dtype, "param_dtype": model.config.param_dtype,
-         "rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(config.sampling)}
+         "config": dataclasses.asdict(config), "tools": sorted(tools), **dict(resume_key or {})}
   trajs = _resumable_rollouts(rollout, questions, partial, key)
   t1 = time.perf_counter()
   outcomes = judge.judge_outcomes(trajs)
