@@ -43,6 +43,20 @@ def cache_key(identity: str, settings: str, prompt_version: str, request_text: s
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def _complete_lines_end(path: str) -> int:
+  """The size of ``path`` up to and including its last newline (0 when it has none)."""
+  with open(path, "rb") as f:
+    pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+      step = min(65536, pos)
+      pos -= step
+      f.seek(pos)
+      i = f.read(step).rfind(b"\n")
+      if i >= 0:
+        return pos + i + 1
+  return 0
+
+
 class JudgeCache:
   """Completions by key, in memory and (when ``path`` is given) in an append-only JSON Lines file."""
 
@@ -61,27 +75,32 @@ class JudgeCache:
   def _load(self, path: str) -> None:
     if not os.path.exists(path):
       return
-    with open(path, "rb") as f:
-      data = f.read()
-    cut = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
-    if cut < len(data) and not self.read_only:  # (a reader ignores it: the writer may be mid-line)
+    # Line by line, never the whole file at once: a big cache would otherwise be held twice besides the dict.
+    cut = _complete_lines_end(path)
+    size = os.path.getsize(path)
+    if cut < size and not self.read_only:  # (a reader ignores it: the writer may be mid-line)
       log.warning("Judge cache %s: dropping a torn last line (%d bytes) left by an interrupted write.",
-                  path, len(data) - cut)
+                  path, size - cut)
       with open(path, "r+b") as f:
         f.truncate(cut)
         f.flush()
         os.fsync(f.fileno())
-    for lineno, raw in enumerate(data[:cut].split(b"\n"), 1):
-      if not raw.strip():
-        continue
-      try:
-        rec = json.loads(raw.decode("utf-8"))
-        p = rec.get("p_good")
-        self._entries[str(rec["key"])] = CachedCompletion(text=str(rec["text"]),
-                                                          p_good=None if p is None else float(p))
-      except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        self.skipped_lines += 1
-        log.warning("Judge cache %s:%d: skipping an unreadable record (%s).", path, lineno, type(e).__name__)
+    with open(path, "rb") as f:
+      read = 0
+      for lineno, raw in enumerate(f, 1):
+        read += len(raw)
+        if read > cut or not raw.endswith(b"\n"):
+          break  # the torn tail (or what a writer appended after it)
+        if not raw.strip():
+          continue
+        try:
+          rec = json.loads(raw.decode("utf-8"))
+          p = rec.get("p_good")
+          self._entries[str(rec["key"])] = CachedCompletion(text=str(rec["text"]),
+                                                            p_good=None if p is None else float(p))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+          self.skipped_lines += 1
+          log.warning("Judge cache %s:%d: skipping an unreadable record (%s).", path, lineno, type(e).__name__)
 
   def __len__(self) -> int:
     with self._lock:

@@ -8,12 +8,16 @@ Action a_k is the text of turn k. Turn texts are cut after their first closing t
 no-op. Each example also carries the step budget (StepExample.budget), so that stage 2 judges a sampled
 tool call past it as the rollout would have recorded it (``judges.base.context_from_state``).
 
-Tokenization (``tokenize_example``): tokens = encode(render(state, add_generation_prompt=True)) with BOS,
-then encode(action) without BOS, then the ``<end_of_turn>`` id. The prefix and the action are encoded
+Tokenization (``tokenize_example``): tokens = the state's ids as the rollout built its cache
+(``chat.encode_state``: the opening messages rendered with the model's turn opened and BOS, then each
+earlier turn and tool result encoded on its own), then encode(action) without BOS, then the
+``<end_of_turn>`` id. The prefix and the action are encoded
 separately, so the boundary is exact (no token straddles the prompt and the action). ``loss_mask`` is
 True on exactly the action tokens AND the closing ``<end_of_turn>``: the policy must learn to end its
 turn (the base model does not; DESIGN.md), and the sampler stops at end of turn. The ``\\n`` that the
-chat format puts after ``<end_of_turn>`` is not part of the sequence.
+chat format puts after ``<end_of_turn>`` is not part of the sequence. ``tokenize_examples`` /
+``tokenize_each`` encode consecutive steps of a trajectory incrementally (each state extends the previous
+one), with the same result as ``tokenize_example`` on each.
 
 Over-length states (tokens > ``max_len``):
 
@@ -28,7 +32,7 @@ Over-length states (tokens > ``max_len``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -191,18 +195,27 @@ def _make(example: StepExample, prefix: list[int], action: list[int], dropped_de
                           prompt_len=len(prefix), dropped_demo_messages=dropped_demos, truncated_tokens=truncated)
 
 
-def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int,
-              policy: Policy) -> tuple[TokenizedExample | None, str]:
-  """(the tokenized example or None, status: ok / truncated / over_length / action_too_long)."""
+def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int, policy: Policy,
+              encoded: tuple[list[int], list[int]] | None = None) -> tuple[TokenizedExample | None, str]:
+  """(the tokenized example or None, status: ok / truncated / over_length / action_too_long).
+
+  ``encoded``: (the whole state's ``encode_state`` ids, the action's ids + end of turn) when the caller
+  already has them (``_tokenize_all``); computed here otherwise.
+  """
   if policy not in POLICIES:
     raise ValueError(f"unknown over-length policy {policy!r}; known: {list(POLICIES)}")
-  action = tokenizer.encode(example.action, add_bos=False) + [tokenizer.end_of_turn_id]
-  demos, prompt, history = split_state(example.state, example.step_index)
-  prefix = chat.encode_state(tokenizer, demos + (prompt,), history)  # the sampler's context, token for token
+  if encoded is None:
+    action = tokenizer.encode(example.action, add_bos=False) + [tokenizer.end_of_turn_id]
+    demos, prompt, history = split_state(example.state, example.step_index)
+    prefix = chat.encode_state(tokenizer, demos + (prompt,), history)  # the sampler's context, token for token
+  else:
+    prefix, action = encoded
   if len(prefix) + len(action) <= max_len:
     return _make(example, prefix, action, 0, 0), "ok"
   if policy == "drop":
     return None, "over_length"
+  if encoded is not None:
+    demos, prompt, history = split_state(example.state, example.step_index)
 
   # The smallest prefix we accept: BOS + the opening of the model's turn.
   min_prefix = 1 + len(tokenizer.encode(chat.MODEL_PREFIX, add_bos=False))
@@ -218,6 +231,47 @@ def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int,
   return _make(example, [tokenizer.bos_id] + prefix[1 + cut :], action, len(demos), cut), "truncated"
 
 
+def _extends(prev: StepExample, ex: StepExample) -> bool:
+  """Whether ``ex`` is the step after ``prev`` in one trajectory: its state is ``prev``'s plus one model turn
+  and one tool result (so encode_state's ids of it are ``prev``'s plus the ids of those two pieces)."""
+  n = len(prev.state)
+  return (ex.step_index == prev.step_index + 1 and ex.question_id == prev.question_id
+          and ex.sample_index == prev.sample_index and len(ex.state) == n + 2
+          and ex.state[n].role == "model" and ex.state[n + 1].role == "user" and ex.state[:n] == prev.state)
+
+
+def _tokenize_all(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len: int,
+                  policy: Policy) -> Iterator[tuple[TokenizedExample | None, str]]:
+  """``_tokenize`` of each example, in order. Consecutive steps of one trajectory are encoded incrementally:
+  the state of step k + 1 holds step k's state, so its ids are step k's ids plus the encoded model turn and
+  ``chat.continuation`` of the tool result, the pieces ``chat.encode_state`` encodes one by one (the same
+  ids, without encoding the whole history again for every step). Anything else takes the full path."""
+  prev: tuple[StepExample, list[int], list[int]] | None = None  # (example, its whole state's ids, action ids)
+  for ex in examples:
+    if policy not in POLICIES:  # (before any encoding, as _tokenize checks it)
+      raise ValueError(f"unknown over-length policy {policy!r}; known: {list(POLICIES)}")
+    action = tokenizer.encode(ex.action, add_bos=False) + [tokenizer.end_of_turn_id]
+    if prev is not None and _extends(prev[0], ex):
+      p_ex, p_prefix, p_action = prev
+      turn, result = ex.state[-2], ex.state[-1]
+      # The model turn is usually the previous example's action, already encoded.
+      turn_ids = p_action[:-1] if turn.content == p_ex.action else tokenizer.encode(turn.content, add_bos=False)
+      prefix = p_prefix + turn_ids + tokenizer.encode(chat.continuation(result.content), add_bos=False)
+    else:
+      demos, prompt, history = split_state(ex.state, ex.step_index)
+      prefix = chat.encode_state(tokenizer, demos + (prompt,), history)
+    prev = (ex, prefix, action)
+    yield _tokenize(ex, tokenizer, max_len, policy, (prefix, action))
+
+
+def tokenize_each(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len: int,
+                  policy: Policy = "truncate_left") -> Iterator[TokenizedExample | None]:
+  """``tokenize_example`` of each example, in order (None where ``policy`` drops one); consecutive steps of
+  a trajectory share their history's encoding (``_tokenize_all``)."""
+  for tok, _ in _tokenize_all(examples, tokenizer, max_len, policy):
+    yield tok
+
+
 def tokenize_example(example: StepExample, tokenizer: Tokenizer, max_len: int,
                      policy: Policy = "truncate_left") -> TokenizedExample | None:
   """Token ids and loss mask of one example; None when ``policy`` drops it (see the module docstring)."""
@@ -226,11 +280,10 @@ def tokenize_example(example: StepExample, tokenizer: Tokenizer, max_len: int,
 
 def tokenize_examples(examples: Sequence[StepExample], tokenizer: Tokenizer, max_len: int,
                       policy: Policy = "truncate_left") -> tuple[list[TokenizedExample], TokenizeReport]:
-  """Tokenizes every example; the report counts what was truncated or dropped and why."""
+  """Tokenizes every example (as ``tokenize_each``); the report counts what was truncated or dropped and why."""
   out: list[TokenizedExample] = []
   counts = {"ok": 0, "truncated": 0, "over_length": 0, "action_too_long": 0}
-  for ex in examples:
-    tok, status = _tokenize(ex, tokenizer, max_len, policy)
+  for tok, status in _tokenize_all(examples, tokenizer, max_len, policy):
     counts[status] += 1
     if tok is not None:
       out.append(tok)

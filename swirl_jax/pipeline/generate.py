@@ -8,12 +8,11 @@ shard file.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Sequence
 
 from swirl_jax.atomic_io import atomic_open
-from swirl_jax.pipeline.jsonl import JsonlAppender, read_records
+from swirl_jax.pipeline.jsonl import JsonlAppender, whole_record, numbered_records
 from swirl_jax.sampling.rollout import Rollout
 from swirl_jax.types import Question, Trajectory, dumps
 
@@ -26,7 +25,17 @@ def shard_path(path: str, process_index: int, process_count: int) -> str:
 
 
 def done_keys(path: str) -> set[tuple[str, int]]:
-  return {(r["question"]["id"], r["sample_index"]) for r in read_records(path)}
+  """(question id, sample index) of every whole record of ``path``; a record without them is a ValueError
+  naming its line."""
+  keys = set()
+  for lineno, r in numbered_records(path):
+    try:
+      keys.add((r["question"]["id"], r["sample_index"]))
+    except (KeyError, TypeError, IndexError):
+      what = "a JSON object" if isinstance(r, dict) else type(r).__name__
+      raise ValueError(f"{path}:{lineno}: not a trajectory record ({what} without question.id and "
+                       "sample_index)") from None
+  return keys
 
 
 def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, process_index: int = 0,
@@ -45,11 +54,25 @@ def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, 
 
 
 def merge_shards(out_path: str, process_count: int) -> str:
-  """Concatenates the processes' shard files into ``out_path`` (atomically; run by one process)."""
+  """Concatenates the processes' shard files into ``out_path`` (atomically; run by one process).
+
+  Whole lines are copied as they are (generate wrote them): no record is parsed but a last line without its
+  newline, which is kept (newline added) when it is a whole record and dropped when torn, as
+  ``numbered_records`` reads it. Blank lines are left out.
+  """
   if process_count == 1:
     return out_path
-  with atomic_open(out_path) as out:
+  with atomic_open(out_path, "wb") as out:
     for i in range(process_count):
-      for rec in read_records(shard_path(out_path, i, process_count)):
-        out.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+      path = shard_path(out_path, i, process_count)
+      if not os.path.exists(path):
+        continue
+      with open(path, "rb") as f:
+        for line in f:
+          if not line.endswith(b"\n"):
+            if whole_record(line):
+              out.write(line + b"\n")
+            break
+          if line.strip():
+            out.write(line)
   return out_path

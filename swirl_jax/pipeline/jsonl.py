@@ -1,5 +1,9 @@
 """Crash-safe JSON Lines output: append one record per line, flushed and fsynced, resumable.
 
+Each record is fsynced as it is written, or, with ``write(line, sync=False)``, a batch of them at the next
+``sync()``: a crash then loses at most the records written since the last sync, which the writer must be
+able to redo (the label stage judges its lost chunk again).
+
 A process killed mid-write can leave a torn last line; ``JsonlAppender`` cuts it off before appending,
 so a rerun sees only whole records and continues after them. A last line without its newline that is a
 whole JSON object (a file written by another tool, or a crash between the record and its newline) is a
@@ -13,7 +17,7 @@ import os
 from typing import Any, Iterator
 
 
-def _whole_record(line: str | bytes) -> bool:
+def whole_record(line: str | bytes) -> bool:
   """A line (without its newline) that holds one whole JSON object."""
   try:
     return isinstance(json.loads(line), dict)
@@ -42,7 +46,7 @@ def _cut_torn_tail(path: str) -> None:
       i = -1
     if i == len(tail) - 1:
       return
-    if _whole_record(tail[i + 1:]):
+    if whole_record(tail[i + 1:]):
       f.seek(0, os.SEEK_END)
       f.write(b"\n")
     else:
@@ -61,7 +65,7 @@ def numbered_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     return
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
-      if not line.endswith("\n") and not _whole_record(line):
+      if not line.endswith("\n") and not whole_record(line):
         return  # torn by a crash; JsonlAppender removes it
       if line.strip():
         try:
@@ -71,7 +75,8 @@ def numbered_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 class JsonlAppender:
-  """Appends lines durably: each write is flushed and fsynced before ``write`` returns."""
+  """Appends lines durably: each write is flushed and fsynced before ``write`` returns, unless it is
+  written with ``sync=False``; then it is durable once ``sync()`` (or ``close()``) returns."""
 
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -79,14 +84,25 @@ class JsonlAppender:
       _cut_torn_tail(path)
     self.path = path
     self._f = open(path, "a", encoding="utf-8")
+    self._unsynced = False
 
-  def write(self, line: str) -> None:
+  def write(self, line: str, sync: bool = True) -> None:
     self._f.write(line + "\n")
-    self._f.flush()
-    os.fsync(self._f.fileno())
+    self._unsynced = True
+    if sync:
+      self.sync()
+
+  def sync(self) -> None:
+    """Flushes and fsyncs what was written since the last sync."""
+    if self._unsynced:
+      self._f.flush()
+      os.fsync(self._f.fileno())
+      self._unsynced = False
 
   def close(self) -> None:
-    self._f.close()
+    if not self._f.closed:
+      self.sync()
+      self._f.close()
 
   def __enter__(self):
     return self

@@ -1,9 +1,10 @@
 """Stage 1 after generate, as file-to-file stages: label, filter, decompose. Each returns a summary dict.
 
-* ``label``: trajectories.jsonl -> labelled.jsonl. Appends one line per trajectory (flushed and fsynced),
-  so a killed run loses at most the chunk being judged; a rerun skips the keys already in the output
-  (a torn last line is cut off first) and judges the rest. Judge completions are also cached by the
-  prompt judges, so even the lost chunk is not paid for twice when a cache file is used.
+* ``label``: trajectories.jsonl -> labelled.jsonl. Appends one line per trajectory, fsynced once per chunk,
+  so a killed run loses at most the chunk being judged or written; a rerun skips the keys already in the
+  output (a torn last line is cut off first) and judges the rest, the lost chunk included. Judge
+  completions are also cached by the prompt judges, so even the lost chunk is not paid for twice when a
+  cache file is used.
 * ``filter_stage``: labelled.jsonl -> kept.jsonl + a JSON report of what was dropped and why.
 * ``decompose_stage``: kept.jsonl -> step_examples.jsonl (one StepExample per model turn).
 
@@ -48,33 +49,82 @@ def read_trajectories(paths: str | Sequence[str]) -> tuple[list[Trajectory], int
   return out, dups
 
 
-def _judges_in(trajectories: Sequence[Trajectory]) -> set[str]:
-  found = set()
-  for t in trajectories:
-    found.update(s.verdict.judge for s in t.steps if s.verdict is not None)
-    if t.outcome is not None:
-      found.add(t.outcome.judge)
-  return found
+class _LabelCounts:
+  """label_counts() accumulated one trajectory at a time (from its step labels and outcome label)."""
+
+  def __init__(self):
+    self.steps = self.good_steps = self.outcomes = self.good_outcomes = self.all_good = 0
+
+  def add(self, step_labels: Sequence[str | None], outcome_label: str | None) -> None:
+    judged = [lab for lab in step_labels if lab is not None]
+    self.steps += len(judged)
+    self.good_steps += judged.count("GOOD")
+    if outcome_label is not None:
+      self.outcomes += 1
+      self.good_outcomes += outcome_label == "GOOD"
+    self.all_good += bool(step_labels) and all(lab == "GOOD" for lab in step_labels)
+
+  def to_json(self) -> dict[str, Any]:
+    return {"steps_judged": self.steps, "steps_good": self.good_steps,
+            "process_good_rate": self.good_steps / self.steps if self.steps else None,
+            "outcomes_judged": self.outcomes, "outcomes_good": self.good_outcomes,
+            "outcome_good_rate": self.good_outcomes / self.outcomes if self.outcomes else None,
+            "all_steps_good": self.all_good}
 
 
 def label_counts(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
   """Label statistics: steps judged / GOOD, outcomes judged / GOOD, and the rates."""
-  steps = [s.verdict.label for t in trajectories for s in t.steps if s.verdict is not None]
-  outcomes = [t.outcome.label for t in trajectories if t.outcome is not None]
-  good_steps, good_outcomes = steps.count("GOOD"), outcomes.count("GOOD")
-  all_good = sum(1 for t in trajectories
-                 if t.steps and all(s.verdict is not None and s.verdict.label == "GOOD" for s in t.steps))
-  return {"steps_judged": len(steps), "steps_good": good_steps,
-          "process_good_rate": good_steps / len(steps) if steps else None,
-          "outcomes_judged": len(outcomes), "outcomes_good": good_outcomes,
-          "outcome_good_rate": good_outcomes / len(outcomes) if outcomes else None,
-          "all_steps_good": all_good}
+  counts = _LabelCounts()
+  for t in trajectories:
+    counts.add([s.verdict.label if s.verdict is not None else None for s in t.steps],
+               t.outcome.label if t.outcome is not None else None)
+  return counts.to_json()
+
+
+def _record_key(d: Any, where: str) -> tuple[str, int]:
+  """A trajectory record's (question id, sample index), read off the dict; a malformed one raises the
+  error Trajectory.from_json gives it."""
+  try:
+    qid, index = d["question"]["id"], d["sample_index"]
+  except (KeyError, TypeError, IndexError):
+    qid = index = None
+  if isinstance(qid, str) and isinstance(index, int):
+    return qid, index
+  Trajectory.from_json(d if isinstance(d, dict) else {}, where)  # raises, naming the bad field
+  raise ValueError(f"{where}: not a trajectory record")
+
+
+def _read_labelled(path: str, counts: _LabelCounts) -> tuple[set[tuple[str, int]], set[str]]:
+  """(keys, judge identities) of a labelled file, its labels added to ``counts``; the first record of a
+  key counts, as read_trajectories keeps it. Records stay dicts: only keys and labels are needed."""
+  keys: set[tuple[str, int]] = set()
+  judges: set[str] = set()
+  for lineno, d in numbered_records(path):
+    where = f"{path}:{lineno}"
+    key = _record_key(d, where)
+    if key in keys:
+      continue
+    keys.add(key)
+    try:
+      verdicts = [s.get("verdict") for s in d["steps"]]
+      outcome = d.get("outcome")
+      counts.add([v["label"] if v is not None else None for v in verdicts],
+                 outcome["label"] if outcome is not None else None)
+      judges.update(v["judge"] for v in verdicts + [outcome] if v is not None)
+    except (KeyError, TypeError, AttributeError):
+      Trajectory.from_json(d, where)  # names the bad field
+      raise ValueError(f"{where}: not a labelled trajectory record") from None
+  return keys, judges
 
 
 def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_size: int = 16, process: bool = True,
           outcome: bool = True, allow_mixed_judges: bool = False,
           on_trajectory: Callable[[Trajectory], None] | None = None) -> dict[str, Any]:
   """Labels every trajectory of ``in_path`` not yet in ``out_path``, appending as it goes (resumable).
+
+  The input is streamed, one chunk in memory at a time; the output is fsynced once per chunk, so a crash
+  loses at most the chunk being judged or written (a torn last line is cut off by the rerun), and a rerun
+  labels it again.
 
   Args:
     in_path: trajectories.jsonl (or a list of generate's shard files).
@@ -85,7 +135,7 @@ def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_si
     process / outcome: which labels to add.
     allow_mixed_judges: continue an output labelled by a judge of another identity (refused by
       default: one file should hold one judge's labels).
-    on_trajectory: called after each labelled trajectory is written.
+    on_trajectory: called after each labelled trajectory is written (once its chunk is on disk).
 
   Returns:
     {"labelled_file", "judge", "input", "input_duplicates", "already_labelled", "labelled_now",
@@ -94,27 +144,57 @@ def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_si
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   t0 = time.perf_counter()
-  inputs, dups = read_trajectories(in_path)
-  done, _ = read_trajectories(out_path) if os.path.exists(out_path) else ([], 0)
-  others = _judges_in(done) - {judge.identity}
+  in_paths = [in_path] if isinstance(in_path, str) else list(in_path)
+  for path in in_paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist")
+  counts = _LabelCounts()
+  done, judges = _read_labelled(out_path, counts) if os.path.exists(out_path) else (set(), set())
+  others = judges - {judge.identity}
   if others and not allow_mixed_judges:
     raise ValueError(f"{out_path} already holds labels of judge(s) {sorted(others)}, not {judge.identity!r}; "
                      "label into a new file, or pass allow_mixed_judges=True")
-  done_keys = {t.key for t in done}
-  todo = [t for t in inputs if t.key not in done_keys]
-  written = 0
+  seen: set[tuple[str, int]] = set()
+  inputs = dups = skipped = written = 0
   with JsonlAppender(out_path) as out:
-    for start in range(0, len(todo), chunk_size):
-      for t in judge.label(todo[start : start + chunk_size], process=process, outcome=outcome):
-        out.write(dumps(t))
-        written += 1
-        if on_trajectory is not None:
+
+    def flush(chunk: list[Trajectory]) -> None:
+      nonlocal written
+      labelled = judge.label(chunk, process=process, outcome=outcome)
+      for t in labelled:
+        out.write(dumps(t), sync=False)
+        counts.add([s.verdict.label if s.verdict is not None else None for s in t.steps],
+                   t.outcome.label if t.outcome is not None else None)
+        done.add(t.key)
+      out.sync()  # one fsync per chunk: a crash loses at most this chunk, which a rerun labels again
+      written += len(labelled)
+      if on_trajectory is not None:
+        for t in labelled:
           on_trajectory(t)
-  final, _ = read_trajectories(out_path)
-  summary = {"labelled_file": out_path, "judge": judge.identity, "input": len(inputs), "input_duplicates": dups,
-             "already_labelled": len(inputs) - len(todo), "labelled_now": written, "total_labelled": len(final),
+
+    chunk: list[Trajectory] = []
+    for path in in_paths:
+      for lineno, d in numbered_records(path):
+        where = f"{path}:{lineno}"
+        key = _record_key(d, where)
+        if key in seen:
+          dups += 1
+          continue
+        seen.add(key)
+        inputs += 1
+        if key in done:
+          skipped += 1
+          continue
+        chunk.append(Trajectory.from_json(d, where))
+        if len(chunk) == chunk_size:
+          flush(chunk)
+          chunk = []
+    if chunk:
+      flush(chunk)
+  summary = {"labelled_file": out_path, "judge": judge.identity, "input": inputs, "input_duplicates": dups,
+             "already_labelled": skipped, "labelled_now": written, "total_labelled": len(done),
              "seconds": round(time.perf_counter() - t0, 3)}
-  summary.update(label_counts(final))
+  summary.update(counts.to_json())
   return summary
 
 

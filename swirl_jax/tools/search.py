@@ -436,7 +436,8 @@ class BM25Search:
     else:
       docs = np.concatenate([self._post_docs[s:e] for s, e in spans])
       weights = np.concatenate([self._post_weights[s:e] for s, e in spans])
-      hit = np.unique(docs)
+      # flatnonzero(bincount) is the sorted set np.unique gives, without sorting the postings
+      hit = np.flatnonzero(np.bincount(docs, minlength=self._num_docs))
     return np.bincount(docs, weights=weights, minlength=self._num_docs), hit
 
   def search(self, query: str, k: int | None = None) -> list[tuple[float, types.Paragraph]]:

@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
@@ -39,7 +39,7 @@ from swirl_jax.judges.base import Judge, context_from_state
 from swirl_jax.loading import LoadedModel
 from swirl_jax.models.config import RematPolicy
 from swirl_jax.models.sharding import MeshConfig, make_mesh
-from swirl_jax.pipeline.decompose import tokenize_example
+from swirl_jax.pipeline.decompose import tokenize_each
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.generate import generate
 from swirl_jax.sampling.turns import trained_tokens
@@ -171,12 +171,13 @@ def _example_at(pos: int, n: int, seed: int, cache: dict[int, np.ndarray]) -> in
   return int(cache[epoch][pos % n])
 
 
-def _prompt_tokens(ex: StepExample, tok, budget: int) -> list[int] | None:
-  """The state's prompt tokens (ending with the model-turn opening), cut by decompose's policy to fit
-  ``budget``; None when it cannot fit."""
+def _prompt_tokens(examples: Sequence[StepExample], tok, budget: int) -> Iterator[np.ndarray | None]:
+  """Each state's prompt tokens (int32, ending with the model-turn opening), cut by decompose's policy to fit
+  ``budget``; None where one cannot fit."""
   # An empty action makes tokenize_example's prefix budget exactly ``budget`` (+1 for end of turn).
-  out = tokenize_example(dataclasses.replace(ex, action=""), tok, budget + 1)
-  return None if out is None else [int(t) for t in out.tokens[:out.prompt_len]]
+  for out in tokenize_each((dataclasses.replace(ex, action="") for ex in examples), tok, budget + 1):
+    # A copy: a view would keep the whole row alive. Arrays, not int lists: ~4 bytes a token, not ~36.
+    yield None if out is None else out.tokens[:out.prompt_len].copy()
 
 
 def _offline_reward(ex: StepExample, which: OfflineReward) -> float | None:
@@ -205,14 +206,15 @@ class _Run:
     if cfg.mode == "rl" and judge is None:
       raise ValueError("mode='rl' needs a judge to reward the sampled actions")
     self.examples = list(examples)
+    # Per example: the prompt's int32 tokens (rl), or (tokens, loss mask) arrays; None = does not fit.
     self.rows: list[Any] = []
     dropped = 0
-    for ex in self.examples:
-      if cfg.mode == "rl":
-        item = _prompt_tokens(ex, self.tok, cfg.max_len - sampling.max_new_tokens)
-      else:
-        t = tokenize_example(ex, self.tok, cfg.max_len)
-        item = None if t is None else (t.tokens, t.loss_mask)
+    if cfg.mode == "rl":
+      items = _prompt_tokens(self.examples, self.tok, cfg.max_len - sampling.max_new_tokens)
+    else:
+      items = (None if t is None else (t.tokens, t.loss_mask)
+               for t in tokenize_each(self.examples, self.tok, cfg.max_len))
+    for item in items:
       dropped += item is None
       self.rows.append(item)
     self.kept = [i for i, r in enumerate(self.rows) if r is not None]
@@ -246,7 +248,7 @@ class _Run:
   def rl_batch(self, idx: Sequence[int], params: ts.Params, rng_data: np.ndarray,
                info: dict[str, float]) -> tuple[Batch, list[StepExample], np.ndarray, list]:
     g = self.cfg.group_size
-    prompts = [self.rows[i] for i in idx for _ in range(g)]
+    prompts = [p for i in idx for p in [self.rows[i].tolist()] for _ in range(g)]  # ints for this step's rows only
     seeds = _seeds(rng_data, len(prompts))
     t0 = time.perf_counter()
     outs: list[list[int]] = []
