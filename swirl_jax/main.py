@@ -141,7 +141,9 @@ def _lock_workdir(workdir: str, mode: str):
     holder = f.read().strip() or "a process that wrote no name"
     sys.exit(f"swirl_jax.main: {workdir} is in use by another run ({holder}); wait for it to end, or use "
              "another --workdir")
-  except OSError:  # a file system without flock (some network mounts): the run goes on unlocked
+  except OSError as e:  # a file system without flock (some network mounts): the run goes on unlocked
+    print(f"swirl_jax.main: warning: cannot lock {workdir} ({e.strerror}); nothing stops a second run "
+          "from writing there at the same time", file=sys.stderr, flush=True)
     return f
   f.truncate(0)
   f.write(f"pid {os.getpid()} on {socket.gethostname()}, mode={mode}\n")

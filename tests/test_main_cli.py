@@ -383,3 +383,18 @@ def test_a_second_run_in_a_busy_workdir_is_refused(tmp_path):
   assert r.returncode != 0
   assert f"{work} is in use by another run (pid 123 on host, mode=pipeline)" in r.stderr
   assert sorted(os.listdir(work)) == [".lock"]  # nothing written
+
+
+def test_a_workdir_that_cannot_be_locked_says_so(tmp_path, monkeypatch, capsys):
+  """flock fails on some network mounts (ENOLCK): the run goes on, but not silently."""
+  import errno
+  import fcntl
+
+  from swirl_jax import main as main_module
+
+  def no_locks(f, op):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  assert main_module._lock_workdir(str(tmp_path), "pipeline") is not None
+  assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().err

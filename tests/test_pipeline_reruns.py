@@ -371,6 +371,10 @@ def test_a_stage_run_alone_leaves_no_stale_record_for_the_pipeline(stubbed, tmp_
   summary = modes.run_pipeline(cfg, paths)  # filter and export redone (train refuses nothing: same examples)
   assert summary["filter"] != "skipped (complete)" and summary["export"] != "skipped (complete)"
   assert len(list(read_records(paths.step_examples))) == examples and exported[-1] == "float32"
+  alone.filter.strategy, alone.export.dtype = "none", "float32"
+  alone.eval.checkpoint = "gemma3-270m"  # another policy (a model source: no save time to tell it apart)
+  modes.run_export(alone, paths)
+  assert modes.run_pipeline(cfg, paths)["export"] != "skipped (complete)"
 
 
 def test_a_half_labelled_file_is_not_skipped_as_complete(stubbed, tmp_path):

@@ -99,7 +99,7 @@ def without_neutral(settings: dict | None) -> dict | None:
 
 # Keys added to stage records after workdirs were made with the earlier ones: a record without one is
 # compared without it, so an upgrade does not redo finished stages.
-_LATER_KEYS = ("checkpoint_saved", "data_files")
+_LATER_KEYS = ("checkpoint_saved", "data_files", "policy")
 
 
 def record_matches(workdir: str, name: str, inputs: dict) -> bool:
@@ -155,6 +155,9 @@ def filter_inputs(cfg, paths: Paths) -> dict:
 
 
 def export_inputs(cfg, paths: Paths) -> dict:
-  """What the exported directory is made from: the policy (its step and save time) and the export settings."""
-  return {"checkpoint_step": final_checkpoint_step(paths), "dtype": cfg.export.dtype, "out": cfg.export.out,
-          **checkpoint_saved(cfg.eval.checkpoint or paths.checkpoints)}
+  """What the exported directory is made from: the policy (which one, its step and save time) and the export
+  settings. (The policy is named: a model source has no save time, and mode=export of another policy left
+  a record the pipeline's matched.)"""
+  policy = cfg.eval.checkpoint or paths.checkpoints
+  return {"policy": policy, "checkpoint_step": final_checkpoint_step(paths), "dtype": cfg.export.dtype,
+          "out": cfg.export.out, **checkpoint_saved(policy)}
