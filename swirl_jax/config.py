@@ -128,8 +128,9 @@ HELP: dict[str, str] = {
                   "else validation)",
     "eval.limit": "questions per evaluation dataset (0 = all)",
     "eval.judge_process": "also judge every step (process pass rate)",
-    "eval.checkpoint": "policy to evaluate in mode=eval: a load_model source or checkpoint dir ('' = the "
-                       "trained checkpoints of this workdir, against model.source as base)",
+    "eval.checkpoint": "policy to evaluate and export (mode=eval, export, pipeline): a load_model source or "
+                       "checkpoint dir ('' = the trained checkpoints of this workdir, against model.source as "
+                       "base)",
     "export.dtype": "dtype of the exported safetensors: float32, bfloat16 or float16",
     "export.out": "export directory ('' = WORKDIR/export/hf)",
     "serve.host": "address to bind (127.0.0.1 by default: local only)",

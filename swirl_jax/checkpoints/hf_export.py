@@ -1,5 +1,6 @@
 """Export to a Hugging Face checkpoint directory that transformers loads as Gemma2ForCausalLM or
-Gemma3ForCausalLM: config.json, sharded safetensors (+ index), tokenizer files, generation_config.json.
+Gemma3ForCausalLM: config.json, safetensors (shards + index above max_shard_bytes), tokenizer files,
+generation_config.json.
 
 Weights go through the same name/layout table as import (checkpoints/layout.py), so an export followed
 by an import is the identity. The directory is written under a temporary name and renamed into place,
