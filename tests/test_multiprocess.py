@@ -62,7 +62,8 @@ def _records(path):
 def _eval_report(path):
   with open(path, encoding="utf-8") as f:
     r = json.load(f)
-  r["provenance"] = {k: v for k, v in r["provenance"].items() if k != "source"}  # the run's own workdir
+  # the run's own workdir, and when its checkpoint was saved
+  r["provenance"] = {k: v for k, v in r["provenance"].items() if k not in ("source", "checkpoint_saved")}
   return {k: v for k, v in r.items() if "seconds" not in k and k not in ("model", "policy")}
 
 
