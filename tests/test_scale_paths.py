@@ -167,6 +167,18 @@ def test_label_names_a_malformed_output_record(traj_file, tmp_path):
     label(traj_file, str(out), RuleJudge())
 
 
+def test_label_refuses_an_output_record_with_a_label_other_than_good_or_bad(traj_file, tmp_path):
+  """Read as dicts, an existing label "MAYBE" was counted as a judged, not-GOOD outcome."""
+  out = tmp_path / "labelled.jsonl"
+  label(traj_file, str(out), RuleJudge())
+  lines = out.read_text().splitlines()
+  rec = json.loads(lines[0])
+  rec["outcome"]["label"] = "MAYBE"
+  out.write_text("\n".join([json.dumps(rec)] + lines[1:]) + "\n")
+  with pytest.raises(ValueError, match=r"labelled.jsonl:1.*label"):
+    label(traj_file, str(out), RuleJudge())
+
+
 def test_appender_sync_false_waits_for_sync(tmp_path, monkeypatch):
   synced = []
   monkeypatch.setattr(jsonl_module.os, "fsync", synced.append)
@@ -251,6 +263,28 @@ def test_cache_load_warnings_and_entries(tmp_path, caplog):
       skipped]
   path.write_bytes(b'{"key": "only torn"')
   assert len(JudgeCache(str(path))) == 0 and path.read_bytes() == b""
+
+
+def test_cache_load_keeps_a_record_appended_while_it_loads(tmp_path, monkeypatch):
+  """The torn-line check took the file's size after finding its last newline: a whole record another
+  process appended in between was taken for a torn line and cut off the file."""
+  from swirl_jax.judges import cache as cache_module
+
+  path = tmp_path / "cache.jsonl"
+  with JudgeCache(str(path)) as cache:
+    cache.put("k0", CachedCompletion("VERDICT: GOOD"), vote=0)
+  appended = json.dumps({"key": "k1", "text": "VERDICT: BAD", "p_good": None}) + "\n"
+  real = cache_module._complete_lines_end
+
+  def then_append(*args):
+    out = real(*args)
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(appended)
+    return out
+
+  monkeypatch.setattr(cache_module, "_complete_lines_end", then_append)
+  JudgeCache(str(path))
+  assert path.read_text().endswith(appended)
 
 
 # --- search: the hit set ------------------------------------------------------------------------------

@@ -43,10 +43,10 @@ def cache_key(identity: str, settings: str, prompt_version: str, request_text: s
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _complete_lines_end(path: str) -> int:
-  """The size of ``path`` up to and including its last newline (0 when it has none)."""
+def _complete_lines_end(path: str, size: int) -> int:
+  """The length of ``path``'s first ``size`` bytes up to and including their last newline (0: none)."""
   with open(path, "rb") as f:
-    pos = f.seek(0, os.SEEK_END)
+    pos = size
     while pos > 0:
       step = min(65536, pos)
       pos -= step
@@ -76,8 +76,8 @@ class JudgeCache:
     if not os.path.exists(path):
       return
     # Line by line, never the whole file at once: a big cache would otherwise be held twice besides the dict.
-    cut = _complete_lines_end(path)
-    size = os.path.getsize(path)
+    size = os.path.getsize(path)  # one snapshot: what is appended after it is not taken for a torn line
+    cut = _complete_lines_end(path, size)
     if cut < size and not self.read_only:  # (a reader ignores it: the writer may be mid-line)
       log.warning("Judge cache %s: dropping a torn last line (%d bytes) left by an interrupted write.",
                   path, size - cut)

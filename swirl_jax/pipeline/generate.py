@@ -58,7 +58,8 @@ def merge_shards(out_path: str, process_count: int) -> str:
 
   Whole lines are copied as they are (generate wrote them): no record is parsed but a last line without its
   newline, which is kept (newline added) when it is a whole record and dropped when torn, as
-  ``numbered_records`` reads it. Blank lines are left out.
+  ``numbered_records`` reads it. Blank lines are left out. A malformed line within a shard (not written by
+  generate) is copied too and reported, with its line in the merged file, where that file is read.
   """
   if process_count == 1:
     return out_path

@@ -108,9 +108,12 @@ def _read_labelled(path: str, counts: _LabelCounts) -> tuple[set[tuple[str, int]
     try:
       verdicts = [s.get("verdict") for s in d["steps"]]
       outcome = d.get("outcome")
+      given = [v for v in verdicts + [outcome] if v is not None]
+      if any(v["label"] not in ("GOOD", "BAD") or not isinstance(v["judge"], str) for v in given):
+        raise TypeError
       counts.add([v["label"] if v is not None else None for v in verdicts],
                  outcome["label"] if outcome is not None else None)
-      judges.update(v["judge"] for v in verdicts + [outcome] if v is not None)
+      judges.update(v["judge"] for v in given)
     except (KeyError, TypeError, AttributeError):
       Trajectory.from_json(d, where)  # names the bad field
       raise ValueError(f"{where}: not a labelled trajectory record") from None
