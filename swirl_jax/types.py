@@ -281,6 +281,19 @@ class Trajectory:
         provenance=dict(_optional(d, "provenance", dict, where, {})),
     )
 
+  @staticmethod
+  def key_of(d: Any, where: str = "trajectory") -> tuple[str, int]:
+    """``key`` of a trajectory record as read from JSON, without building the Trajectory (the resume
+    bookkeeping of big files); a record without one is a RecordError naming ``where`` and the field."""
+    if not isinstance(d, dict):
+      raise RecordError(f"{where}: not a trajectory record (a JSON {type(d).__name__})")
+    if isinstance(d.get("question"), dict):
+      qid, index = d["question"].get("id"), d.get("sample_index")
+      if isinstance(qid, str) and isinstance(index, int):
+        return qid, index
+    Trajectory.from_json(d, where)  # raises, naming the bad field
+    raise RecordError(f"{where}: not a trajectory record")
+
 
 @dataclasses.dataclass(frozen=True)
 class Message:

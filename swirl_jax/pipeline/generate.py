@@ -25,17 +25,9 @@ def shard_path(path: str, process_index: int, process_count: int) -> str:
 
 
 def done_keys(path: str) -> set[tuple[str, int]]:
-  """(question id, sample index) of every whole record of ``path``; a record without them is a ValueError
+  """(question id, sample index) of every whole record of ``path``; a record without them is a RecordError
   naming its line."""
-  keys = set()
-  for lineno, r in numbered_records(path):
-    try:
-      keys.add((r["question"]["id"], r["sample_index"]))
-    except (KeyError, TypeError, IndexError):
-      what = "a JSON object" if isinstance(r, dict) else type(r).__name__
-      raise ValueError(f"{path}:{lineno}: not a trajectory record ({what} without question.id and "
-                       "sample_index)") from None
-  return keys
+  return {Trajectory.key_of(r, f"{path}:{lineno}") for lineno, r in numbered_records(path)}
 
 
 def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, process_index: int = 0,

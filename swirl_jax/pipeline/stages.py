@@ -64,6 +64,10 @@ class _LabelCounts:
       self.good_outcomes += outcome_label == "GOOD"
     self.all_good += bool(step_labels) and all(lab == "GOOD" for lab in step_labels)
 
+  def add_trajectory(self, t: Trajectory) -> None:
+    self.add([s.verdict.label if s.verdict is not None else None for s in t.steps],
+             t.outcome.label if t.outcome is not None else None)
+
   def to_json(self) -> dict[str, Any]:
     return {"steps_judged": self.steps, "steps_good": self.good_steps,
             "process_good_rate": self.good_steps / self.steps if self.steps else None,
@@ -76,22 +80,8 @@ def label_counts(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
   """Label statistics: steps judged / GOOD, outcomes judged / GOOD, and the rates."""
   counts = _LabelCounts()
   for t in trajectories:
-    counts.add([s.verdict.label if s.verdict is not None else None for s in t.steps],
-               t.outcome.label if t.outcome is not None else None)
+    counts.add_trajectory(t)
   return counts.to_json()
-
-
-def _record_key(d: Any, where: str) -> tuple[str, int]:
-  """A trajectory record's (question id, sample index), read off the dict; a malformed one raises the
-  error Trajectory.from_json gives it."""
-  try:
-    qid, index = d["question"]["id"], d["sample_index"]
-  except (KeyError, TypeError, IndexError):
-    qid = index = None
-  if isinstance(qid, str) and isinstance(index, int):
-    return qid, index
-  Trajectory.from_json(d if isinstance(d, dict) else {}, where)  # raises, naming the bad field
-  raise ValueError(f"{where}: not a trajectory record")
 
 
 def _read_labelled(path: str, counts: _LabelCounts) -> tuple[set[tuple[str, int]], set[str]]:
@@ -101,7 +91,7 @@ def _read_labelled(path: str, counts: _LabelCounts) -> tuple[set[tuple[str, int]
   judges: set[str] = set()
   for lineno, d in numbered_records(path):
     where = f"{path}:{lineno}"
-    key = _record_key(d, where)
+    key = Trajectory.key_of(d, where)
     if key in keys:
       continue
     keys.add(key)
@@ -166,8 +156,7 @@ def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_si
       labelled = judge.label(chunk, process=process, outcome=outcome)
       for t in labelled:
         out.write(dumps(t), sync=False)
-        counts.add([s.verdict.label if s.verdict is not None else None for s in t.steps],
-                   t.outcome.label if t.outcome is not None else None)
+        counts.add_trajectory(t)
         done.add(t.key)
       out.sync()  # one fsync per chunk: a crash loses at most this chunk, which a rerun labels again
       written += len(labelled)
@@ -179,7 +168,7 @@ def label(in_path: str | Sequence[str], out_path: str, judge: Judge, *, chunk_si
     for path in in_paths:
       for lineno, d in numbered_records(path):
         where = f"{path}:{lineno}"
-        key = _record_key(d, where)
+        key = Trajectory.key_of(d, where)
         if key in seen:
           dups += 1
           continue
