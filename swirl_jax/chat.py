@@ -34,6 +34,11 @@ def continuation(user_text: str) -> str:
   return f"{END_OF_TURN}\n{START_OF_TURN}user\n{user_text}{END_OF_TURN}\n{MODEL_PREFIX}"
 
 
+def encode_continuation(tok: Tokenizer, user_text: str) -> list[int]:
+  """The ids of ``continuation(user_text)``, encoded on its own as the rollout appends it after a turn."""
+  return tok.encode(continuation(user_text), add_bos=False)
+
+
 def encode_state(tok: Tokenizer, opening: Sequence[Message], history: Sequence[Message]) -> list[int]:
   """Token ids of a state, ending with the model's turn opened, exactly as the rollout built its cache:
   ``opening`` (demonstrations and the question) rendered and encoded as one text with BOS, then for each
@@ -51,5 +56,5 @@ def encode_state(tok: Tokenizer, opening: Sequence[Message], history: Sequence[M
                      f"{[m.role for m in history]}")
   ids = tok.encode(render(opening, add_generation_prompt=True), add_bos=True)
   for turn, result in zip(history[::2], history[1::2]):
-    ids += tok.encode(turn.content, add_bos=False) + tok.encode(continuation(result.content), add_bos=False)
+    ids += tok.encode(turn.content, add_bos=False) + encode_continuation(tok, result.content)
   return ids

@@ -195,32 +195,20 @@ def _make(example: StepExample, prefix: list[int], action: list[int], dropped_de
                           prompt_len=len(prefix), dropped_demo_messages=dropped_demos, truncated_tokens=truncated)
 
 
-def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int, policy: Policy,
-              encoded: tuple[list[int], list[int]] | None = None) -> tuple[TokenizedExample | None, str]:
-  """(the tokenized example or None, status: ok / truncated / over_length / action_too_long).
-
-  ``encoded``: (the whole state's ``encode_state`` ids, the action's ids + end of turn) when the caller
-  already has them (``_tokenize_all``); computed here otherwise.
-  """
-  if policy not in POLICIES:
-    raise ValueError(f"unknown over-length policy {policy!r}; known: {list(POLICIES)}")
-  if encoded is None:
-    action = tokenizer.encode(example.action, add_bos=False) + [tokenizer.end_of_turn_id]
-    demos, prompt, history = split_state(example.state, example.step_index)
-    prefix = chat.encode_state(tokenizer, demos + (prompt,), history)  # the sampler's context, token for token
-  else:
-    prefix, action = encoded
+def _tokenize(example: StepExample, tokenizer: Tokenizer, max_len: int, policy: Policy, prefix: list[int],
+              action: list[int]) -> tuple[TokenizedExample | None, str]:
+  """(the tokenized example or None, status: ok / truncated / over_length / action_too_long), from the whole
+  state's ``encode_state`` ids and the action's ids + end of turn (``_tokenize_all``)."""
   if len(prefix) + len(action) <= max_len:
     return _make(example, prefix, action, 0, 0), "ok"
   if policy == "drop":
     return None, "over_length"
-  if encoded is not None:
-    demos, prompt, history = split_state(example.state, example.step_index)
 
   # The smallest prefix we accept: BOS + the opening of the model's turn.
   min_prefix = 1 + len(tokenizer.encode(chat.MODEL_PREFIX, add_bos=False))
   if min_prefix + len(action) > max_len:
     return None, "action_too_long"
+  demos, prompt, history = split_state(example.state, example.step_index)
   units = _demo_units(demos, prompt)
   for start in units[1:] + [len(demos)]:  # drop demonstrations [0, start), earliest first
     prefix = chat.encode_state(tokenizer, demos[start:] + (prompt,), history)
@@ -248,7 +236,7 @@ def _tokenize_all(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len
   ids, without encoding the whole history again for every step). Anything else takes the full path."""
   prev: tuple[StepExample, list[int], list[int]] | None = None  # (example, its whole state's ids, action ids)
   for ex in examples:
-    if policy not in POLICIES:  # (before any encoding, as _tokenize checks it)
+    if policy not in POLICIES:  # (before any encoding)
       raise ValueError(f"unknown over-length policy {policy!r}; known: {list(POLICIES)}")
     action = tokenizer.encode(ex.action, add_bos=False) + [tokenizer.end_of_turn_id]
     if prev is not None and _extends(prev[0], ex):
@@ -256,12 +244,12 @@ def _tokenize_all(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len
       turn, result = ex.state[-2], ex.state[-1]
       # The model turn is usually the previous example's action, already encoded.
       turn_ids = p_action[:-1] if turn.content == p_ex.action else tokenizer.encode(turn.content, add_bos=False)
-      prefix = p_prefix + turn_ids + tokenizer.encode(chat.continuation(result.content), add_bos=False)
+      prefix = p_prefix + turn_ids + chat.encode_continuation(tokenizer, result.content)
     else:
       demos, prompt, history = split_state(ex.state, ex.step_index)
-      prefix = chat.encode_state(tokenizer, demos + (prompt,), history)
+      prefix = chat.encode_state(tokenizer, demos + (prompt,), history)  # the sampler's context, token for token
     prev = (ex, prefix, action)
-    yield _tokenize(ex, tokenizer, max_len, policy, (prefix, action))
+    yield _tokenize(ex, tokenizer, max_len, policy, prefix, action)
 
 
 def tokenize_each(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len: int,
@@ -275,7 +263,7 @@ def tokenize_each(examples: Iterable[StepExample], tokenizer: Tokenizer, max_len
 def tokenize_example(example: StepExample, tokenizer: Tokenizer, max_len: int,
                      policy: Policy = "truncate_left") -> TokenizedExample | None:
   """Token ids and loss mask of one example; None when ``policy`` drops it (see the module docstring)."""
-  return _tokenize(example, tokenizer, max_len, policy)[0]
+  return next(_tokenize_all([example], tokenizer, max_len, policy))[0]
 
 
 def tokenize_examples(examples: Sequence[StepExample], tokenizer: Tokenizer, max_len: int,

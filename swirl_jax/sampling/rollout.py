@@ -226,7 +226,7 @@ class Rollout:
       observation = f"error: {parsed.error.split(': ', 1)[-1]}"
       row.steps.append(Step(kind="malformed", observation=observation, error=parsed.error, **base))
     row.tool_calls += 1
-    cont = carry + self.tok.encode(chat.continuation(observation), add_bos=False)
+    cont = carry + chat.encode_continuation(self.tok, observation)
     if length + len(cont) + s.sampling.max_new_tokens > s.cache_len:
       return self._finish(row, None, "context full")
     chunks[r] = cont
