@@ -332,7 +332,8 @@ def run_eval(cfg, paths: Paths) -> dict:
   questions = None  # loaded (all of them, which checks them) before the first model load
   for label, source, out_dir in policies:
     # Reports are reused only when made from the same policy (checkpoint step) and settings.
-    inputs = {"policy": source, "checkpoint_step": checkpoint_step(source), **checkpoint_saved(source),
+    saved = checkpoint_saved(source)
+    inputs = {"policy": source, "checkpoint_step": checkpoint_step(source), **saved,
               "settings": without_neutral(settings_of(cfg, *EVAL_SETTINGS)),
               **({"data_files": data_files} if data_files else {})}
     fresh = record_matches(paths.workdir, f"eval-{label}", inputs)
@@ -354,7 +355,7 @@ def run_eval(cfg, paths: Paths) -> dict:
       report = evaluate(lm, questions[_file_name(sp)], judges[task], tools(cfg, paths, sp, task),
                         eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label,
                         provenance={"source": source, "checkpoint_step": inputs["checkpoint_step"],
-                                    **checkpoint_saved(source)},  # (a retrained step is another policy)
+                                    **saved},  # (a retrained step is another policy)
                         resume_key=inputs)  # (the search corpus and settings, the data files)
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)

@@ -34,11 +34,11 @@ from swirl_jax.judges import answers
 from swirl_jax.judges.base import Judge, step_contexts
 from swirl_jax.loading import LoadedModel, load_model
 from swirl_jax.models.sharding import Rules
+from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
 from swirl_jax.sampling.rollout import Rollout, RolloutConfig
 from swirl_jax.tools.base import Tool
 from swirl_jax.tools.parser import STOP_STRINGS
-from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
 from swirl_jax.types import Question, Trajectory, Verdict, dumps, write_jsonl
 
 

@@ -90,8 +90,7 @@ def without_neutral(settings: dict | None) -> dict | None:
   out = json.loads(json.dumps(settings))
   if "judge" in out:
     _drop(out["judge"], _JUDGE_NEUTRAL)
-    for key in _UNUSED_BY_BACKEND.get(out["judge"].get("backend"), ()):
-      out["judge"].pop(key, None)
+    _drop(out["judge"], _UNUSED_BY_BACKEND.get(out["judge"].get("backend"), ()))
   if "eval" in out:
     _drop(out, _EVAL_NEUTRAL)
   return out

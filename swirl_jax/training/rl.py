@@ -248,7 +248,7 @@ class _Run:
   def rl_batch(self, idx: Sequence[int], params: ts.Params, rng_data: np.ndarray,
                info: dict[str, float]) -> tuple[Batch, list[StepExample], np.ndarray, list]:
     g = self.cfg.group_size
-    prompts = [p for i in idx for p in [self.rows[i].tolist()] for _ in range(g)]  # ints for this step's rows only
+    prompts = [self.rows[i].tolist() for i in idx for _ in range(g)]  # ints for this step's rows only
     seeds = _seeds(rng_data, len(prompts))
     t0 = time.perf_counter()
     outs: list[list[int]] = []
