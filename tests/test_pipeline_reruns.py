@@ -406,3 +406,32 @@ def test_judge_settings_the_backend_never_reads_change_nothing(stubbed, tmp_path
   stubbed.clear()
   summary = modes.run_pipeline(cfg, paths)
   assert stubbed == [] and summary["label"] == "skipped (complete)"
+
+
+def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path):
+  """Records named the trained policy (WORKDIR/checkpoints) by its absolute path: a workdir moved or copied
+  elsewhere re-evaluated and re-exported a policy that had not changed. Paths inside the workdir are
+  recorded relative to it; a policy outside it is still named as it is."""
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  first = tmp_path / "first"
+  paths = modes.Paths(str(first))
+  modes.run_pipeline(cfg, paths)
+  assert modes.stamps.read(paths.workdir, "export")["policy"] == "$WORKDIR/checkpoints"
+  os.rename(first, tmp_path / "moved")
+  moved = modes.Paths(str(tmp_path / "moved"))
+  stubbed.clear()
+  modes.run_pipeline(cfg, moved)
+  assert stubbed == []
+  os.chdir(tmp_path)  # the same workdir named relative to the current directory
+  modes.run_pipeline(cfg, modes.Paths("moved"))
+  assert stubbed == []
+  cfg.eval.checkpoint = str(tmp_path / "moved" / "checkpoints")  # the same policy, named explicitly
+  modes.run_pipeline(cfg, moved)
+  assert stubbed == []
+  elsewhere = tmp_path / "other_checkpoints"
+  os.makedirs(elsewhere / "4")
+  cfg.eval.checkpoint = str(elsewhere)  # another policy: evaluated and exported
+  modes.run_pipeline(cfg, moved)
+  assert stubbed == ["eval trained synthetic_arith", "export"]
+  assert modes.stamps.read(moved.workdir, "export")["policy"] == str(elsewhere)

@@ -67,8 +67,10 @@ _UNUSED_BY_BACKEND = {"rule": ("n_votes", "model", "openai"), "model": ("openai"
 
 
 # Settings an eval record holds that cannot change a report: evaluation samples greedily (whatever the
-# generation temperature and top-k/top-p cut-offs) and takes eval.limit questions, not data.limit.
-_EVAL_NEUTRAL = ("sampling.temperature", "sampling.top_k", "sampling.top_p", "data.limit")
+# generation temperature and top-k/top-p cut-offs) and takes eval.limit questions, not data.limit; the
+# policy a report is of is recorded as "policy" (so naming the run's own checkpoints as eval.checkpoint,
+# or another policy, leaves the base model's reports alone).
+_EVAL_NEUTRAL = ("sampling.temperature", "sampling.top_k", "sampling.top_p", "data.limit", "eval.checkpoint")
 
 
 def _drop(settings: dict, keys: tuple[str, ...]) -> None:
@@ -108,7 +110,7 @@ def record_matches(workdir: str, name: str, inputs: dict) -> bool:
   recorded = stamps.read(workdir, name)
   if recorded is None:
     return False
-  now = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+  now = stamps.plain(inputs, workdir)
   now = {k: v for k, v in now.items() if k not in _LATER_KEYS or k in recorded}
   if "settings" in recorded:
     recorded = {**recorded, "settings": without_neutral(recorded["settings"])}

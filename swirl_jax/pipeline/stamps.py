@@ -5,6 +5,10 @@ and the digests of the files it reads (or the checkpoint step it starts from). `
 stage only when its output is complete and its stamp matches what the stage would be made from now;
 otherwise the stage runs again (filter, eval, export) or refuses (train, whose checkpoints a change of
 its examples would mix with new ones).
+
+A path inside the workdir (the run's checkpoints as the evaluated or exported policy) is recorded relative
+to it, as ``$WORKDIR/...``, so a workdir moved or copied elsewhere (or named by another spelling) keeps its
+finished stages.
 """
 
 from __future__ import annotations
@@ -33,17 +37,20 @@ def _path(workdir: str, name: str) -> str:
 
 
 def read(workdir: str, name: str) -> dict[str, Any] | None:
-  """The inputs recorded when stage ``name`` last finished (None: never, or before stamps existed)."""
+  """The inputs recorded when stage ``name`` last finished (None: never, or before stamps existed), as
+  ``plain`` gives them (a record of an earlier version holding this workdir's absolute paths reads the same
+  as one written now)."""
   try:
     with open(_path(workdir, name), encoding="utf-8") as f:
-      return json.load(f)["inputs"]
+      recorded = json.load(f)["inputs"]
   except (FileNotFoundError, json.JSONDecodeError, KeyError):
     return None
+  return plain(recorded, workdir)
 
 
 def write(workdir: str, name: str, inputs: dict[str, Any]) -> None:
   with atomic_open(_path(workdir, name)) as f:
-    json.dump({"stage": name, "inputs": _plain(inputs)}, f, indent=1, sort_keys=True)
+    json.dump({"stage": name, "inputs": plain(inputs, workdir)}, f, indent=1, sort_keys=True)
 
 
 def clear(workdir: str, name: str) -> None:
@@ -56,12 +63,12 @@ def clear(workdir: str, name: str) -> None:
 
 
 def matches(workdir: str, name: str, inputs: dict[str, Any]) -> bool:
-  return read(workdir, name) == _plain(inputs)
+  return read(workdir, name) == plain(inputs, workdir)
 
 
 def changed(workdir: str, name: str, inputs: dict[str, Any]) -> list[str]:
   """The top-level inputs that differ from the stamp (all of them when there is none)."""
-  old, new = read(workdir, name) or {}, _plain(inputs)
+  old, new = read(workdir, name) or {}, plain(inputs, workdir)
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
@@ -84,3 +91,26 @@ def setting_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
 def _plain(x: Any) -> Any:
   """JSON's view of ``x`` (tuples become lists), so a stamp read back compares equal."""
   return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def plain(inputs: Any, workdir: str) -> Any:
+  """``inputs`` as a record holds them: JSON's view, and every string that is a path inside ``workdir`` (as
+  spelt, or absolute) rewritten as ``$WORKDIR/...``."""
+  roots = {os.path.normpath(workdir), os.path.abspath(workdir)}
+
+  def rel(s: str) -> str:
+    for root in roots:
+      if s == root:
+        return "$WORKDIR"
+      if s.startswith(root.rstrip(os.sep) + os.sep):
+        return "$WORKDIR/" + os.path.relpath(s, root)
+    return s
+
+  def walk(x: Any) -> Any:
+    if isinstance(x, dict):
+      return {k: walk(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return [walk(v) for v in x]
+    return rel(x) if isinstance(x, str) else x
+
+  return walk(_plain(inputs))
