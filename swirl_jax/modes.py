@@ -187,7 +187,7 @@ def run_generate(cfg, paths: Paths, questions=None) -> dict:
 
   if questions is None:
     questions = _train_questions(cfg)
-  _check_generate_inputs(cfg, paths)
+  _check_generate_inputs(cfg, paths, questions)
   lm = load(cfg)
   rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
                     rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype})
@@ -417,13 +417,20 @@ def run_sample(cfg, paths: Paths) -> dict:
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 
-def _check_generate_inputs(cfg, paths: Paths) -> None:
-  """Refuses to add trajectories of other settings to a file generated with these; stamps them first."""
+def _check_generate_inputs(cfg, paths: Paths, questions) -> None:
+  """Refuses to add trajectories of other settings to a file generated with these (or, without a record, of
+  other questions); stamps them first."""
+  from swirl_jax.pipeline.generate import check_questions
+
   inputs = generate_inputs(cfg)
   root, ext = os.path.splitext(paths.trajectories)
-  written = os.path.exists(paths.trajectories) or glob.glob(f"{glob.escape(root)}-*-of-*{ext}")
-  if written and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
-      paths.workdir, "generate", inputs):
+  shards = glob.glob(f"{glob.escape(root)}-*-of-*{ext}")
+  written = os.path.exists(paths.trajectories) or shards
+  recorded = stamps.read(paths.workdir, "generate")
+  if written and recorded is None:
+    for path in [paths.trajectories] * os.path.exists(paths.trajectories) + sorted(shards):
+      check_questions(path, questions)
+  if written and recorded is not None and not stamps.matches(paths.workdir, "generate", inputs):
     raise ValueError(f"{paths.trajectories} was generated with other settings (changed: "
                      f"{', '.join(stamps.changed(paths.workdir, 'generate', inputs))}); its trajectories would be "
                      f"mixed with these. Use a new workdir, or remove {paths.trajectories} (and what was made "
@@ -457,7 +464,7 @@ def _train_stage(cfg, paths: Paths) -> dict:
 
 
 def run_pipeline(cfg, paths: Paths) -> dict:
-  from swirl_jax.pipeline.generate import done_keys
+  from swirl_jax.pipeline.generate import check_questions, done_keys
 
   summary, t0 = {}, time.perf_counter()
   questions = _train_questions(cfg, check_eval=True)
@@ -481,6 +488,8 @@ def run_pipeline(cfg, paths: Paths) -> dict:
 
   wanted = {(q.id, k) for q in questions for k in range(cfg.rollout.samples_per_question)}
   generated = lambda: os.path.exists(paths.trajectories) and wanted <= done_keys(paths.trajectories)
+  if os.path.exists(paths.trajectories) and stamps.read(paths.workdir, "generate") is None:
+    check_questions(paths.trajectories, questions)  # (no record of its settings: are they these questions?)
   if generated() and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
       paths.workdir, "generate", generate_inputs(cfg)):
     # complete for these questions: kept (sampling settings are eval settings too), but never silently

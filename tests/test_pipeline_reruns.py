@@ -39,7 +39,7 @@ def stubbed(monkeypatch):
 
   def generate(cfg, paths, questions=None):
     calls.append("generate")
-    modes._check_generate_inputs(cfg, paths)  # what run_generate checks before loading the model
+    modes._check_generate_inputs(cfg, paths, questions)  # what run_generate checks before loading the model
     done = {(r["question"]["id"], r["sample_index"]) for r in read_records(paths.trajectories)}
     with open(paths.trajectories, "a", encoding="utf-8") as f:
       for q in questions:
@@ -435,3 +435,34 @@ def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path):
   modes.run_pipeline(cfg, moved)
   assert stubbed == ["eval trained synthetic_arith", "export"]
   assert modes.stamps.read(moved.workdir, "export")["policy"] == str(elsewhere)
+
+
+def test_trajectories_without_a_record_must_be_of_this_runs_questions(stubbed, tmp_path):
+  """A workdir whose trajectories have no generate record (copied by hand, or made before records existed)
+  was appended to, or used as complete, whatever questions its records held."""
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  modes.run_pipeline(cfg, paths)
+  os.remove(os.path.join(paths.workdir, "stages", "generate.json"))
+  stubbed.clear()
+  modes.run_pipeline(cfg, paths)  # the same questions: used as they are
+  assert stubbed == []
+  cfg.data.seed = 1  # other questions (their ids name the seed)
+  with pytest.raises(ValueError, match=r"trajectories.jsonl: none of its 8 trajectories is of this run's questions"):
+    modes.run_pipeline(cfg, paths)
+  cfg.data.seed = 0
+  lines = open(paths.trajectories).read().splitlines()
+  edited = json.loads(lines[1])
+  edited["question"]["text"] = "What is 1 + 1?"  # (an edited data file: the same id, another question)
+  with open(paths.trajectories, "w") as f:
+    f.write("\n".join([lines[0], json.dumps(edited)] + lines[2:]) + "\n")
+  qid = edited["question"]["id"]
+  with pytest.raises(ValueError, match=rf"trajectories.jsonl:2: the trajectory of question '{qid}' was generated "
+                                       rf"for another question"):
+    modes.run_pipeline(cfg, paths)
+  before = open(paths.trajectories).read()
+  cfg.data.num_questions = 6  # generate would append
+  with pytest.raises(ValueError, match=r"trajectories.jsonl:2: .*another question"):
+    modes.run_generate(cfg, paths, modes._train_questions(cfg))
+  assert open(paths.trajectories).read() == before  # nothing appended

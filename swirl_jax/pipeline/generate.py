@@ -8,6 +8,7 @@ shard file.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Sequence
 
@@ -28,6 +29,27 @@ def done_keys(path: str) -> set[tuple[str, int]]:
   """(question id, sample index) of every whole record of ``path``; a record without them is a RecordError
   naming its line."""
   return {Trajectory.key_of(r, f"{path}:{lineno}") for lineno, r in numbered_records(path)}
+
+
+def check_questions(path: str, questions: Sequence[Question]) -> None:
+  """Refuses a trajectories file of other questions: one whose record holds another question under a current
+  id (an edited data file), or none of whose questions is among ``questions`` (another
+  dataset). For a workdir without a generate stage record (made by hand, or before records existed), where
+  the settings cannot be compared; reads the file once."""
+  current = {q.id: json.loads(json.dumps(q.to_json())) for q in questions}
+  overlap = seen = 0
+  for lineno, r in numbered_records(path):
+    qid, _ = Trajectory.key_of(r, f"{path}:{lineno}")
+    seen += 1
+    if qid in current:
+      overlap += 1
+      if r["question"] != current[qid]:
+        raise ValueError(f"{path}:{lineno}: the trajectory of question {qid!r} was generated for another "
+                         f"question than this run's {qid!r} (other data settings or an edited data file); use a "
+                         f"new workdir, or remove {path} (and what was made from it) to generate again")
+  if seen and not overlap:
+    raise ValueError(f"{path}: none of its {seen} trajectories is of this run's questions (other data settings or another dataset); "
+                     f"use a new workdir, or remove {path} (and what was made from it) to generate again")
 
 
 def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, process_index: int = 0,
