@@ -27,6 +27,7 @@ def get_config(arg: str = "all"):
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "bfloat16"
   c.eval.datasets = ",".join(names)
+  c.rollout.num_demos = 0  # configs/paper.py's prompt (instructions only), which its policies are trained on
   c.sampling.max_new_tokens = 256
   c.sampler.batch_size = 32
   c.sampler.cache_len = 4096

@@ -11,6 +11,7 @@ Tool Use"; see ../shared/DESIGN.md):
   * 5 trajectories per question, sampled at temperature > 0; HotPotQA: 10,000 non-easy training
     questions (50,000 trajectories); GSM8K: all 7,473 training questions (~37,500 trajectories);
   * step budgets of 5 search calls (HotPotQA) and 10 calculator calls (GSM8K);
+  * a prompt of instructions only (task, tool, tags, budget; no worked demonstration: rollout.num_demos=0);
   * process-only filtering (the paper's best), with the kept count held at the size every filter can
     meet (filter.equalize=-1) so that runs with other filters compare;
   * one strong LLM judge for the process and outcome labels and for the step rewards of RL; evaluation
@@ -67,6 +68,7 @@ def get_config(arg: str = "gemma2-27b,hotpot_qa"):
   c.rollout.task = task
   c.rollout.samples_per_question = 5
   c.rollout.max_tool_calls = 5 if task == "search" else 10
+  c.rollout.num_demos = 0  # the paper's prompt: instructions only (the worked example is for base models)
   c.sampling.temperature = 0.8
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 256

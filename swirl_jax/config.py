@@ -40,8 +40,10 @@ HELP: dict[str, str] = {
     "data.name": "dataset: synthetic_arith, synthetic_multihop, gsm8k, hotpot_qa, musique, beerqa, cofca",
     "data.split": "split to read (train, validation/dev, test)",
     "data.source": "tfds (prepare to array_record from data.manual_dir) or file (read data.path)",
-    "data.path": "for source=file: a JSON / JSON Lines file in the dataset's official format",
-    "data.manual_dir": "for source=tfds: a directory holding the official files (offline preparation)",
+    "data.path": "for source=file: a JSON / JSON Lines file in the dataset's official format, or a directory "
+                 "holding each split's official file",
+    "data.manual_dir": "for source=tfds: a directory holding the official files (sub-folders are searched) for "
+                       "offline preparation ('' = TFDS downloads the official release)",
     "data.data_dir": "TFDS data directory ('' = TFDS's default)",
     "data.drop_easy": "drop HotPotQA questions of level easy (as the paper did)",
     "data.limit": "keep at most this many questions (0 = all)",
@@ -270,6 +272,12 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
       except (UnknownDatasetError, UnknownSplitError, ValueError) as e:
         errors.append(f"--config.{keys}: {e}")
     errors += _unread_data_files(cfg)
+  if cfg.mode in ("pipeline", "generate") and dataset_task(cfg.data.name) != cfg.rollout.task:
+    # (eval picks each dataset's tool itself; training data made with the other tool would teach its tags)
+    task = dataset_task(cfg.data.name)
+    errors.append(f"--config.rollout.task={cfg.rollout.task!r} does not fit --config.data.name={cfg.data.name!r}, a "
+                  f"{task} dataset ({'calculator, <math_exp>' if task == 'math' else 'search, <search_query>'}): "
+                  f"pass --config.rollout.task={task} (rollout.max_tool_calls=0 takes its default budget)")
   if errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -290,6 +298,13 @@ def _unread_data_files(cfg) -> list[str]:
              "generated, not read from files")
       errors.append(f"--config.data.{key}={d[key]!r} would not be read: {why}. Pass --config.data.source={source} "
                     f"with a dataset that has files (data.name / eval.datasets), or drop data.{key}")
+    elif d[key] and not os.path.exists(d[key]):  # (a missing manual_dir would make TFDS download the release)
+      errors.append(f"--config.data.{key}={d[key]!r}: no such {'file or directory' if key == 'path' else 'directory'}")
+    elif key == "manual_dir" and d[key] and not os.path.isdir(d[key]):
+      errors.append(f"--config.data.manual_dir={d[key]!r}: not a directory (it holds the official files)")
+  if d.source == "file" and real and not d.path:
+    errors.append(f"--config.data.source='file' reads --config.data.path, which is not set: pass the official file "
+                  f"of {', '.join(real)} (or a directory holding each split's file)")
   return errors
 
 

@@ -211,6 +211,26 @@ def test_manual_dir_without_expected_files(tmp_path):
     load_questions(tfds_spec("beerqa", "train", manual, tmp_path / "data"))
 
 
+@pytest.mark.parametrize("state", ["does not exist", "is empty", "is not a directory"])
+def test_a_missing_or_empty_manual_dir_is_refused_not_downloaded(tmp_path, monkeypatch, state):
+  """TFDS takes a missing or empty manual directory for none given: a mistyped data.manual_dir downloaded
+  the official release (minutes of retries offline; the whole release, silently, online)."""
+  def no_download(*args, **kwargs):
+    raise AssertionError("downloaded")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", no_download)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_download)
+  manual = tmp_path / "manual"
+  if state == "is empty":
+    manual.mkdir()
+  elif state == "is not a directory":
+    manual.write_text("x")
+  with pytest.raises(FileNotFoundError, match=rf"(?s)hotpot_qa/distractor: the manual directory .*manual {state}; "
+                                              r"nothing was prepared or downloaded.*hotpot_train_v1.1.json"):
+    load_questions(tfds_spec("hotpot_qa", "train", manual, tmp_path / "data"))
+  assert not (tmp_path / "data").exists() or not array_records(tmp_path / "data", "hotpot_qa")
+
+
 def test_malformed_record_through_tfds_names_file_line_and_field(tmp_path):
   manual = tmp_path / "manual"
   bad = dict(MUSIQUE, id="2hop__5_6")

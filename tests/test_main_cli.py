@@ -111,7 +111,7 @@ def test_paper_recipes_are_valid(arg, monkeypatch):
   assert cfg.rollout.samples_per_question == 5 and cfg.filter.strategy == "process"
   hotpot = arg.endswith("hotpot_qa")
   assert cfg.rollout.task == ("search" if hotpot else "math")
-  assert cfg.rollout.max_tool_calls == (5 if hotpot else 10)
+  assert cfg.rollout.max_tool_calls == (5 if hotpot else 10) and cfg.rollout.num_demos == 0
   assert cfg.data.limit == (10_000 if hotpot else 0) and cfg.data.drop_easy == hotpot
   specs = config_lib.eval_dataset_specs(cfg)
   assert [(s.name, s.split) for s in specs] == [
@@ -130,6 +130,7 @@ def test_eval_configs_cover_the_five_datasets(monkeypatch):
     cfg = eval_configs.get_config(name)
     config_lib.validate(cfg, ("eval",))
     assert [s.name for s in config_lib.eval_dataset_specs(cfg)] == [name]
+    assert cfg.rollout.num_demos == 0  # the paper recipes' prompt
   with pytest.raises(ValueError, match="unknown dataset"):
     eval_configs.get_config("squad")
 
@@ -286,6 +287,7 @@ def test_data_files_no_dataset_reads_are_refused(tmp_path):
   """data.path with the default source (tfds) or a synthetic dataset was ignored without a word: the run
   generated, trained and evaluated on other questions than the user's file."""
   path = str(tmp_path / "train.jsonl")
+  (tmp_path / "train.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
   cfg = config_lib.base_config()  # synthetic_arith, source tfds
   cfg.data.path = path
   with pytest.raises(ValueError, match=r"--config.data.path='.*train.jsonl' would not be read: "
@@ -314,6 +316,37 @@ def test_data_files_no_dataset_reads_are_refused(tmp_path):
   assert str(e.value).count("would not be read") == 1  # data.path is read: not refused
   cfg.data.source, cfg.data.path = "tfds", ""
   config_lib.validate(cfg, ("pipeline",))
+
+
+def test_missing_data_files_and_a_task_that_does_not_fit_the_dataset_are_refused(tmp_path):
+  """A mistyped data.manual_dir made TFDS download the official release (204 s of retries offline, the
+  whole release online); data.source=file without data.path failed after start-up; data.name=hotpot_qa with
+  the default rollout.task=math generated with the calculator (and gsm8k with search failed on an empty
+  corpus named after a generated file)."""
+  cfg = config_lib.base_config()
+  cfg.data.name, cfg.rollout.task, cfg.eval.datasets = "hotpot_qa", "search", "hotpot_qa"
+  cfg.data.manual_dir = str(tmp_path / "typo")
+  with pytest.raises(ValueError, match=r"--config.data.manual_dir='.*typo': no such directory"):
+    config_lib.validate(cfg, ("pipeline",))
+  (tmp_path / "file").write_text("x")
+  cfg.data.manual_dir = str(tmp_path / "file")
+  with pytest.raises(ValueError, match=r"--config.data.manual_dir='.*file': not a directory"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.data.manual_dir, cfg.data.source = "", "file"
+  with pytest.raises(ValueError, match=r"--config.data.source='file' reads --config.data.path, which is not set: "
+                                       r"pass the official file of hotpot_qa"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.data.source, cfg.rollout.task = "tfds", "math"
+  with pytest.raises(ValueError, match=r"--config.rollout.task='math' does not fit --config.data.name='hotpot_qa', a "
+                                       r"search dataset .*pass --config.rollout.task=search"):
+    config_lib.validate(cfg, ("generate",))
+  cfg.mode = "train"  # reads step examples: data.name is not read
+  config_lib.validate(cfg, ("train",))
+  cfg = config_lib.base_config()
+  cfg.data.name, cfg.rollout.task, cfg.eval.datasets = "gsm8k", "search", "gsm8k"
+  with pytest.raises(ValueError, match=r"--config.rollout.task='search' does not fit --config.data.name='gsm8k', a "
+                                       r"math dataset"):
+    config_lib.validate(cfg, ("pipeline",))
 
 
 def test_validate_refuses_training_settings_that_cannot_learn():

@@ -158,7 +158,8 @@ def source_file(spec: DatasetSpec) -> Path | None:
 
 def _source_file(spec: DatasetSpec, name: str, config: str | None, split: str) -> Path:
   if spec.path is None:
-    raise FileNotFoundError(f"{name}: source='file' needs spec.path (a file, or a directory holding "
+    raise FileNotFoundError(f"{name}: source='file' needs a path (--config.data.path / DatasetSpec.path: a file, "
+                            f"or a directory holding "
                             f"{' or '.join(catalog.DATASETS[name].files(config, split))})")
   path = Path(spec.path)
   if path.is_dir():

@@ -318,6 +318,8 @@ def prepare(name: str, config: str | None, split: str, data_dir: str | None,
     never prepared again; its recorded files are the four manual files seeded into the download cache.
 
   Raises:
+    FileNotFoundError: ``manual_dir`` is given but does not exist or is empty (TFDS would download the
+      release instead).
     SplitNotPreparedError: the split's file is neither in the manual directory nor downloadable, or
       adding it would lose already prepared splits.
     StalePreparedDataError: a manual file differs from the one its prepared split was built from.
@@ -330,6 +332,13 @@ def prepare(name: str, config: str | None, split: str, data_dir: str | None,
     return builder
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   sources = _manual_sources(entry, config, manual_dir)
+  if manual_dir is not None and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+    # (TFDS takes a missing or empty manual directory for none given, and downloads the release)
+    state = ("does not exist" if not os.path.exists(manual_dir) else
+             "is not a directory" if not os.path.isdir(manual_dir) else "is empty")
+    raise FileNotFoundError(f"{entry.name}{'/' + config if config else ''}: the manual directory {manual_dir} "
+                            f"{state}; nothing was prepared or downloaded (without a manual directory the "
+                            f"official release is downloaded). {manual_instructions(entry)}")
   if builder.is_prepared():
     # Prepared earlier without this split: redo it only if the file has arrived since.
     if split not in sources:
