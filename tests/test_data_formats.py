@@ -254,3 +254,44 @@ def test_list_datasets_and_describe_spec():
   assert (described["name"], described["config"], described["split"], described["limit"]) == (
       "musique", "answerable", "validation", 5)
   assert described["arith"]["max_ops"] == 6  # Nested configs become plain data for run manifests.
+
+
+def test_one_reader_of_corpus_files_joins_hotpotqa_sentences_the_same_way(tmp_path):
+  """The search tool and build_corpus read {title: [sentences]} with two parsers: one joined sentences as
+  they are ("release.Shabana"), the other with a space where neither side has one. Now one parser."""
+  from swirl_jax.tools.search import BM25Search, load_corpus
+
+  path = write_json(tmp_path / "map.json", {"Arth": ["It was her first release.", "Shabana Azmi starred."],
+                                            "Beta": ["One.", " Two."]})
+  expected = [Paragraph("Arth", "It was her first release. Shabana Azmi starred."), Paragraph("Beta", "One. Two.")]
+  assert load_corpus(str(path)) == expected
+  assert corpus.read_paragraphs(path) == expected
+  assert build_corpus(DatasetSpec("synthetic_arith"), paragraph_files=[path]) == expected
+  assert BM25Search.from_files(str(path)).search("release", k=1)[0][1] == expected[0]
+
+
+@pytest.mark.parametrize("name", ["bad.json", "bad.jsonl"])
+def test_files_that_are_not_utf8_are_named_with_their_line(tmp_path, name):
+  """A Latin-1 file raised a bare UnicodeDecodeError from the codec, naming neither file nor line."""
+  path = tmp_path / name
+  good = json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"})
+  path.write_bytes((good + "\n" + good.replace("What", "Qu\u00e9") + "\n").encode("latin-1"))
+  spec = DatasetSpec("gsm8k", source="file", path=str(path))
+  with pytest.raises(RecordError, match=rf"{re.escape(name)}:2: not UTF-8 text \(byte \d+ of the "):
+    load_questions(spec)
+  path.write_bytes(b"\xef\xbb\xbf" + (good + "\n").encode())  # a byte order mark (Windows editors) is fine
+  assert [q.answer for q in load_questions(spec)] == ["4"]
+  paragraphs = tmp_path / name.replace("bad", "corpus")
+  paragraphs.write_bytes(json.dumps([{"title": "Caf\u00e9", "text": "x"}], ensure_ascii=False).encode("latin-1"))
+  with pytest.raises(RecordError, match=r"corpus\.jsonl?: not UTF-8 text \(byte 15\)"):
+    corpus.read_paragraphs(paragraphs)
+
+
+@pytest.mark.parametrize("text", ["", "[]", "\n\n", "{}"])
+def test_a_paragraph_file_without_paragraphs_is_refused(tmp_path, text):
+  """build_corpus(paragraph_files=[an empty file]) added nothing without a word."""
+  for name in ("p.json", "p.jsonl"):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(RecordError, match=rf"{re.escape(name)}(: the corpus has no paragraphs|:1: missing field)"):
+      build_corpus(DatasetSpec("synthetic_arith"), paragraph_files=[path])

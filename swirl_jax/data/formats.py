@@ -101,7 +101,7 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
   if path.suffix == ".jsonl" and _first_char(path) != "[":  # A JSON list named .jsonl is read whole.
     yield from _read_jsonl(path)
     return
-  text = path.read_text(encoding="utf-8")
+  text = read_text(path)
   if not text.strip():
     return
   try:
@@ -128,8 +128,19 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     yield where, record
 
 
+def read_text(path: Path) -> str:
+  """A file's text (a UTF-8 byte order mark, as Windows editors write, is dropped); bytes that are not UTF-8
+  are a RecordError naming the file, line and byte."""
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise RecordError(f"{path}:{line}: not UTF-8 text (byte {e.start} of the file)") from None
+
+
 def _first_char(path: Path) -> str:
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig", errors="replace") as f:  # (a bad byte is reported by the reader)
     while chunk := f.read(4096):
       if stripped := chunk.lstrip():
         return stripped[0]
@@ -153,11 +164,15 @@ def first_line_is_json(text: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        raise RecordError(f"{where}: not UTF-8 text (byte {e.start} of the line)") from None
       if not line.strip():
         continue
-      where = f"{path}:{lineno}"
       yield where, parse_object(line, where)
 
 

@@ -7,14 +7,14 @@ loop: each (term, paragraph) weight is precomputed once, and a query sums the po
 words with one ``np.bincount``, so a query costs O(postings of its words + corpus size) in numpy
 rather than O(query words x corpus size) in Python (benchmarks/search.py has the measured ratio).
 
-Corpora are JSON or JSON Lines files in one of three shapes:
+Corpora are JSON or JSON Lines files in one of three shapes, read by ``data.corpus.parse_paragraphs``:
 
 * a JSON list ``[{"title": ..., "text": ...}, ...]`` (MuSiQue, 2WikiMultihopQA corpora);
 * JSON Lines, one ``{"title": ..., "text": ...}`` per line (``.jsonl`` / ``.jl`` / ``.ndjson``, or a
   ``.json`` file holding several top-level objects);
-* a JSON object ``{title: [sentence, ...]}`` (HotPotQA): the sentences are joined with no separator,
-  because HotPotQA sentences after the first carry their own leading space. A plain string value is
-  also accepted as the text.
+* a JSON object ``{title: [sentence, ...]}`` (HotPotQA): the sentences are joined as they are (HotPotQA
+  sentences after the first carry their own leading space), with a space inserted where neither side
+  has one. A plain string value is also accepted as the text.
 
 A malformed record raises ``types.RecordError`` naming the file, the index or line, and the field.
 
@@ -49,7 +49,8 @@ import numpy as np
 
 from swirl_jax import types
 from swirl_jax.atomic_io import atomic_open
-from swirl_jax.data.formats import first_line_is_json
+from swirl_jax.data.corpus import parse_paragraphs as parse_corpus  # the one parser of corpus files
+from swirl_jax.data.corpus import read_paragraphs
 from swirl_jax.tools.base import ToolResult
 
 # A small English stop-word list (NLTK's, lowercased; single letters left by \w+ splitting of
@@ -65,12 +66,11 @@ wasn we were weren what when where which while who whom why will with won wouldn
 yourself yourselves
 """.split())
 TOKEN_PATTERN = r"\w+"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: HotPotQA-style sentences joined with a space where neither side has one
 INDEX_SUFFIX = ".bm25.npz"
 
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _WORD_RE = re.compile(r"\S+")
-_JSONL_SUFFIXES = (".jsonl", ".jl", ".ndjson")
 
 log = logging.getLogger(__name__)
 
@@ -91,81 +91,9 @@ def tokenizer_fingerprint() -> str:
 # Corpus files.
 
 
-def _paragraph(d: Any, where: str) -> types.Paragraph:
-  if not isinstance(d, dict):
-    raise types.RecordError(f"{where}: expected an object with fields 'title' and 'text', got "
-                            f"{type(d).__name__}: {d!r:.80}")
-  return types.Paragraph.from_json(d, where)
-
-
-def _parse_jsonl(path: str, text: str) -> list[types.Paragraph]:
-  out = []
-  # split on "\n" only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings may
-  # hold raw (json.dumps(..., ensure_ascii=False) writes them so; web and Wikipedia text has them)
-  for lineno, line in enumerate(text.split("\n"), 1):
-    line = line.rstrip("\r")
-    if not line.strip():
-      continue
-    try:
-      d = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise types.RecordError(f"{path}:{lineno}: not valid JSON (column {e.colno}: {e.msg})") from None
-    out.append(_paragraph(d, f"{path}:{lineno}"))
-  return out
-
-
-def _parse_title_sentences(path: str, obj: dict[str, Any]) -> list[types.Paragraph]:
-  out = []
-  for title, value in obj.items():
-    where = f"{path}[{title!r}]"
-    if isinstance(value, str):
-      out.append(types.Paragraph(title=title, text=value))
-      continue
-    if not isinstance(value, list):
-      raise types.RecordError(f"{where}: expected a list of sentences (str), got {type(value).__name__}")
-    for i, s in enumerate(value):
-      if not isinstance(s, str):
-        raise types.RecordError(f"{where}[{i}]: sentence must be str, got {type(s).__name__}: {s!r:.80}")
-    out.append(types.Paragraph(title=title, text="".join(value)))
-  return out
-
-
-def parse_corpus(path: str, data: bytes) -> list[types.Paragraph]:
-  """Parses the bytes of a corpus file (any of the three shapes); ``path`` is used in errors."""
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise types.RecordError(f"{path}: not UTF-8 text (byte {e.start})") from None
-  if path.endswith(_JSONL_SUFFIXES):
-    paragraphs = _parse_jsonl(path, text)
-  else:
-    try:
-      obj = json.loads(text)
-    except json.JSONDecodeError as e:
-      if e.msg != "Extra data" or not first_line_is_json(text):  # a list with a stray "]" is no JSON Lines
-        raise types.RecordError(
-            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-      obj = None  # several top-level values: JSON Lines under a .json name
-    if obj is None:
-      paragraphs = _parse_jsonl(path, text)
-    elif isinstance(obj, list):
-      paragraphs = [_paragraph(d, f"{path}[{i}]") for i, d in enumerate(obj)]
-    elif isinstance(obj, dict) and isinstance(obj.get("title"), str) and isinstance(obj.get("text"), str):
-      paragraphs = [_paragraph(obj, path)]  # one {title, text} record, not a map of titles "title", "text"
-    elif isinstance(obj, dict):
-      paragraphs = _parse_title_sentences(path, obj)
-    else:
-      raise types.RecordError(f"{path}: expected a list of {{title, text}} objects or an object "
-                              f"{{title: [sentence, ...]}}, got {type(obj).__name__}")
-  if not paragraphs:
-    raise types.RecordError(f"{path}: the corpus has no paragraphs")
-  return paragraphs
-
-
 def load_corpus(path: str) -> list[types.Paragraph]:
-  """Reads the paragraphs of one corpus file."""
-  with open(path, "rb") as f:
-    return parse_corpus(path, f.read())
+  """Reads the paragraphs of one corpus file (``parse_corpus`` of its bytes)."""
+  return read_paragraphs(path)
 
 
 # ---------------------------------------------------------------------------------------------------
