@@ -120,10 +120,28 @@ def main(argv):
   if jax.process_index() == 0:  # written once; holds no secret (API keys come from the environment only)
     with atomic_open(os.path.join(workdir, _file_name("config", cfg.mode))) as f:
       f.write(cfg.to_json(indent=1))
-  summary = modes.MODES[cfg.mode](cfg, modes.Paths(workdir))
+  try:
+    summary = modes.MODES[cfg.mode](cfg, modes.Paths(workdir))
+  except Exception as e:  # noqa: BLE001 - bad input files get their message, not a traceback
+    if not isinstance(e, _input_errors()):
+      raise
+    print(f"swirl_jax.main: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   if jax.process_index() == 0 and summary:
     _report(cfg.mode, summary, workdir)
   del lock
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+  """The errors that name a bad or missing input (a data file's line and field, an unknown dataset, a file
+  that is not there): main prints their message alone. Anything else keeps its traceback."""
+  from swirl_jax import modes
+  from swirl_jax.data.registry import UnknownDatasetError, UnknownSplitError
+  from swirl_jax.types import RecordError
+
+  errors = (RecordError, FileNotFoundError, UnknownDatasetError, UnknownSplitError, modes.EvalDataError)
+  tfds_builders = sys.modules.get("swirl_jax.data.tfds_builders")  # (loaded only where TFDS was used)
+  return errors + ((tfds_builders.StalePreparedDataError,) if tfds_builders else ())
 
 
 def _lock_workdir(workdir: str, mode: str):

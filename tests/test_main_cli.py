@@ -402,6 +402,18 @@ def test_eval_datasets_that_cannot_load_stop_the_pipeline_before_generation(tmp_
   assert "gsm8k (test): FileNotFoundError:" in str(e.value) and "cofca (test): FileNotFoundError:" in str(e.value)
 
 
+def test_a_bad_data_file_is_reported_without_a_traceback(tmp_path):
+  """A data file's error (file:line: what) came at the end of a 13-frame traceback."""
+  data = tmp_path / "train.jsonl"
+  data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "#### 4"}) + '\n{"question": "x",\n')
+  r = _run(["--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}", "--config.mode=generate",
+            "--config.data.name=gsm8k", "--config.data.source=file", f"--config.data.path={data}"], timeout=300)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(f"swirl_jax.main: {data}:2: not valid JSON")
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "run" / "trajectories.jsonl")
+
+
 def test_a_second_run_in_a_busy_workdir_is_refused(tmp_path):
   """Two runs in one workdir appended to the same files and did every job twice, without a word."""
   import fcntl
