@@ -139,6 +139,10 @@ HELP: dict[str, str] = {
     "serve.port": "port (0 = pick a free one)",
     "serve.model_name": "model name reported by /v1/models ('' = the source)",
     "serve.api_key_env": "NAME of an environment variable holding a key that clients must send ('' = none)",
+    "serve.request_timeout_s": "a request not answered in this many seconds gets 504 (a judge client's timeout_s "
+                               "should exceed the server's worst-case latency)",
+    "serve.max_pending": "queued requests at most; beyond that new ones get 503 (clients retry)",
+    "serve.max_body_bytes": "larger request bodies get 413",
     "sample.prompts": "for mode=sample: prompts separated by '|||'",
 }
 
@@ -169,7 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
                  kl_coef=0.05, save_every=50, keep_checkpoints=3)
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
   c.export = dict(dtype="float32", out="")
-  c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="")
+  c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="", request_timeout_s=600.0,
+                 max_pending=1024, max_body_bytes=4 << 20)
   c.sample = dict(prompts="The capital of France is")
   return c
 

@@ -32,12 +32,20 @@ How requests become model work:
 * Compilation. temperature, top_p and top_k are Python constants of the jitted decode loop (greedy is
   an argmax, top-k a sort), so each distinct (temperature, top_p, top_k) gets its own ``Sampler``,
   built on first use (one compile of the decode loop, plus one extend program per chunk bucket) and
-  kept in an LRU of ``max_samplers``. Requests with different settings never share a batch: the running
+  kept in an LRU of ``max_samplers``. Greedy requests (temperature 0) ignore top_p and top_k, so they all
+  share one sampler. Requests with different settings never share a batch: the running
   batch drains, then the sampler switches (strict FIFO, so no request starves). ``max_tokens`` and
   ``stop`` do not compile anything: every sampler stops at end of turn / EOS or after
   ``max_tokens_limit`` tokens, and the model thread ends a row early on the host when it reaches the
   request's ``max_tokens`` or a stop string (checked whenever a decode call returns, so a row runs at
   most ``steps_per_call`` tokens past it; the extra tokens are discarded).
+* Cancellation. A request whose client disconnects before the answer is ready (checked every 0.25 s
+  while it waits), or that waits longer than ``request_timeout_s`` (504), is cancelled: it leaves the
+  queue (no longer counting toward ``max_pending``, no sampler built for it) or its rows stop decoding
+  at the next decode call. A client that half-closes its connection after sending counts as gone. So a
+  judge client's own timeout (``OpenAIJudgeConfig.timeout_s``) should exceed the server's worst-case
+  latency (queueing behind other requests included): a client that gives up and retries gets its
+  request started over, and its earlier work is lost.
 * Finish reasons: "stop" for end of turn / EOS (the marker is not in the content) or a stop string (cut
   before it, as OpenAI does); "length" for ``max_tokens`` or a full KV cache.
 * Seeds: choice 0 of a request with ``seed`` s samples with row seed s, choice i > 0 with a hash of
@@ -47,9 +55,13 @@ How requests become model work:
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad field
 (``param`` names it, e.g. ``messages[1].role``), 400 ``context_length_exceeded`` when the prompt plus
 ``max_tokens`` does not fit ``cache_len``, 401 for a missing or wrong key (when one is configured;
-/health needs none), 404 for an unknown path or model, 405 for a wrong method, 413 for a body over
-``max_body_bytes``, 503 when the queue is full or the server is stopping, 504 when a request waited
-longer than ``request_timeout_s``.
+/health needs none), 404 for an unknown path or model, 405 for a wrong method (HEAD is answered as GET
+without the body), 413 for a body over ``max_body_bytes`` (read and dropped first, up to twice that, so a
+client still sending gets the answer rather than a broken pipe), 503 when the queue (``max_pending``
+requests not cancelled) is full or the server is stopping, 504 when a request waited longer than
+``request_timeout_s``. ``shutdown()`` answers queued and running requests with 503, closes idle
+keep-alive connections, and answers 503 (then closes) on any connection still open; /health then
+reports ``"status": "stopping"`` with 503.
 
 Also accepted beyond OpenAI's fields: ``top_k`` (vLLM's extension; 0 or -1 = off). Other unknown or
 unsupported fields (penalties, logprobs, response_format, ...) are ignored; ``stream: true`` and

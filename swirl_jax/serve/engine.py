@@ -58,6 +58,7 @@ class _Job:
   choices: list[_Choice] = dataclasses.field(default_factory=list)
   error: RequestError | None = None
   cancelled: bool = False
+  queued: bool = False  # counted toward max_pending (submitted, not yet admitted, failed or cancelled)
 
   def fail(self, error: RequestError) -> None:
     self.error = error
@@ -86,9 +87,13 @@ class BatchingEngine:
     self._waiting: collections.deque[_Job] = collections.deque()
     self._samplers: collections.OrderedDict = collections.OrderedDict()
     self._stopping = threading.Event()
+    # Guards _pending and orders submit's stopping check + put against the model thread's final drain: a
+    # job put after that drain would wait for request_timeout_s instead of getting 503 at once.
+    self._lock = threading.Lock()
+    self._pending = 0  # queued jobs that are not cancelled (what max_pending bounds)
     self._stats_lock = threading.Lock()
     self._stats: dict[str, Any] = dict(requests=0, choices=0, batches=0, batch_rows=[], decode_calls=0,
-                                       samplers_built=0, completion_tokens=0, errors=0)
+                                       samplers_built=0, completion_tokens=0, errors=0, cancelled=0)
     self._rng = random.SystemRandom()
     self._thread = threading.Thread(target=self._run, name="swirl-serve-model", daemon=True)
     self._thread.start()
@@ -125,23 +130,40 @@ class BatchingEngine:
     return job
 
   def submit(self, job: _Job) -> None:
-    if self._stopping.is_set():
-      raise RequestError(503, "the server is shutting down", kind="server_error", code="unavailable")
-    if self._queue.qsize() + len(self._waiting) >= self.config.max_pending:
-      raise RequestError(503, f"too many queued requests (max_pending={self.config.max_pending}); retry later",
-                         kind="server_error", code="overloaded", headers={"Retry-After": "1"})
+    with self._lock:
+      if self._stopping.is_set():
+        raise RequestError(503, "the server is shutting down", kind="server_error", code="unavailable")
+      if self._pending >= self.config.max_pending:
+        raise RequestError(503, f"too many queued requests (max_pending={self.config.max_pending}); retry later",
+                           kind="server_error", code="overloaded", headers={"Retry-After": "1"})
+      self._pending += 1
+      job.queued = True
+      self._queue.put(job)
     with self._stats_lock:
       self._stats["requests"] += 1
       self._stats["choices"] += job.n
-    self._queue.put(job)
+
+  def cancel(self, job: _Job) -> None:
+    """Gives up on ``job`` (its client timed out or left): it leaves the queue, or its rows stop decoding."""
+    with self._lock:
+      job.cancelled = True
+      self._dequeued(job)
+    with self._stats_lock:
+      self._stats["cancelled"] += 1
+
+  def _dequeued(self, job: _Job) -> None:  # with self._lock held
+    if job.queued:
+      job.queued = False
+      self._pending -= 1
 
   def stats(self) -> dict[str, Any]:
     """Counters: requests, choices, batches (admission rounds), batch_rows (rows admitted per round,
-    the last 1000), decode_calls, samplers_built, completion_tokens, errors, samplers (cached now)."""
+    the last 1000), decode_calls, samplers_built, completion_tokens, errors, cancelled (requests given up:
+    timed out or disconnected), samplers (cached now), queued (waiting requests not cancelled)."""
     with self._stats_lock:
       out = dict(self._stats, batch_rows=list(self._stats["batch_rows"]))
     out["samplers"] = len(self._samplers)
-    out["queued"] = self._queue.qsize() + len(self._waiting)
+    out["queued"] = self._pending
     return out
 
   def stop(self, timeout: float = 30.0) -> None:
@@ -170,27 +192,30 @@ class BatchingEngine:
     return sampler
 
   def _collect(self, idle: bool) -> bool:
-    """Moves queued jobs to the waiting line. When ``idle`` (no busy rows) and none waits, blocks for a
-    first one and then up to batch_wait_ms for more (or until a batch's worth of rows waits). False
-    when stopping."""
+    """Moves queued jobs to the waiting line, dropping cancelled ones (so no sampler is chosen or compiled
+    for a request nobody waits for). When ``idle`` (no busy rows) and none waits, blocks for a first one
+    and then up to batch_wait_ms for more (or until a batch's worth of rows waits). False when stopping."""
     while True:
       try:
         self._waiting.append(self._queue.get_nowait())
       except queue.Empty:
         break
+    if any(j.cancelled for j in self._waiting):
+      self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
     if self._waiting or not idle:
       return True
-    while not self._stopping.is_set():
+    while True:
+      if self._stopping.is_set():
+        return False
       try:
         first = self._queue.get(timeout=0.1)
-        break
       except queue.Empty:
         continue
-    else:
-      return False
+      if not first.cancelled:
+        break
     self._waiting.append(first)
     deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-    while sum(j.n for j in self._waiting if j.key == first.key) < self.config.batch_size:
+    while sum(j.n for j in self._waiting if j.key == first.key and not j.cancelled) < self.config.batch_size:
       remaining = deadline - time.monotonic()
       if remaining <= 0:
         break
@@ -211,9 +236,16 @@ class BatchingEngine:
       if job.key != key or job.n > len(free) - len(rows):
         break
       self._waiting.popleft()
+      with self._lock:
+        self._dequeued(job)
       for choice in job.choices:
         rows[free[len(rows)]] = choice
     return rows
+
+  def _fail_waiting(self, job: _Job, error: RequestError) -> None:
+    with self._lock:
+      self._dequeued(job)
+    job.fail(error)
 
   def _settle(self, choice: _Choice, device_done: bool) -> bool:
     """Applies max_tokens, end of turn and stop strings to a row's tokens; True when it is finished."""
@@ -261,12 +293,15 @@ class BatchingEngine:
     err = RequestError(503, "the server is shutting down", kind="server_error", code="unavailable")
     loop.fail_all(err)
     while self._waiting:
-      self._waiting.popleft().fail(err)
-    while True:
-      try:
-        self._queue.get_nowait().fail(err)
-      except queue.Empty:
-        break
+      self._fail_waiting(self._waiting.popleft(), err)
+    with self._lock:  # submit checks _stopping and puts under this lock: no job lands after this drain
+      while True:
+        try:
+          job = self._queue.get_nowait()
+        except queue.Empty:
+          break
+        self._dequeued(job)
+        job.fail(err)
 
 
 class _Loop:
@@ -304,8 +339,8 @@ class _Loop:
         try:
           self.sampler = eng._sampler(head.key)
         except Exception as e:  # noqa: BLE001 - a sampler that cannot be built fails its request only
-          eng._waiting.popleft().fail(RequestError(400, f"cannot sample with these settings: {e}",
-                                                   code="invalid_value"))
+          eng._fail_waiting(eng._waiting.popleft(), RequestError(400, f"cannot sample with these settings: {e}",
+                                                                 code="invalid_value"))
           self.sampler = None
           return True
         self.state = self.sampler.init_state(eng.params, np.zeros(self.sampler.batch, np.uint32))

@@ -240,4 +240,7 @@ def parse_request(body: Any, model_names: Sequence[str], config: ServeConfig) ->
     raise bad_request("stop", f"at most {_MAX_STOPS} non-empty strings")
   n = _integer(body, "n", 1, 1, config.batch_size)
   seed = _integer(body, "seed", None, -(1 << 63), (1 << 64) - 1)
-  return ChatRequest(tuple(messages), temperature, top_p, max(top_k, 0), max_tokens, stops, n, seed)
+  top_k = max(top_k, 0)
+  if temperature == 0.0:  # greedy ignores top_p and top_k: one sampler (one compile, one batch) for all of them
+    top_p, top_k = 1.0, 0
+  return ChatRequest(tuple(messages), temperature, top_p, top_k, max_tokens, stops, n, seed)

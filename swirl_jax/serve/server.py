@@ -9,12 +9,13 @@ import http.server
 import json
 import logging
 import os
+import select
 import socket
 import sys
 import threading
 import time
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from swirl_jax.serve.engine import BatchingEngine
 from swirl_jax.serve.requests import RequestError, ServeConfig, parse_request
@@ -22,6 +23,7 @@ from swirl_jax.serve.requests import RequestError, ServeConfig, parse_request
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_POLL_S = 0.25  # how often a waiting request checks whether its client is still connected
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -35,9 +37,48 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
   request_queue_size = 128
   app: "ChatServer"
 
+  def __init__(self, *args: Any, **kwargs: Any):
+    # open connections -> whether a request is being answered on it; ChatServer.shutdown closes the idle ones
+    self.connections: dict[socket.socket, bool] = {}
+    self.connections_lock = threading.Lock()
+    super().__init__(*args, **kwargs)
+
+  def process_request(self, request, client_address) -> None:
+    with self.connections_lock:
+      self.connections[request] = False
+    super().process_request(request, client_address)
+
+  def shutdown_request(self, request) -> None:
+    with self.connections_lock:
+      self.connections.pop(request, None)
+    super().shutdown_request(request)
+
+  def handle_error(self, request, client_address) -> None:
+    if isinstance(sys.exc_info()[1], ConnectionError):  # a client that reset its connection: nothing to report
+      return
+    super().handle_error(request, client_address)
+
+  def close_idle_connections(self) -> None:
+    """Ends keep-alive connections waiting for a next request (their handler threads then exit); busy
+    ones close themselves after their reply (``_route`` sees the server stopped)."""
+    with self.connections_lock:
+      idle = [sock for sock, busy in self.connections.items() if not busy]
+    for sock in idle:
+      try:
+        sock.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass  # already closed by the peer or its handler
+
 
 class _HTTPServer6(_HTTPServer):
   address_family = socket.AF_INET6
+
+
+class ClientDisconnected(Exception):
+  """The client closed its connection before its answer was ready (the request was cancelled)."""
+
+
+_GET_ALLOW = {"Allow": "GET, HEAD"}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -55,25 +96,103 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.send_header("Content-Length", str(len(data)))
     for k, v in (headers or {}).items():
       self.send_header(k, v)
+    if self.server.app.stopped:
+      self.close_connection = True  # a server that stopped serves no further request on this connection
+    if self.close_connection:
+      self.send_header("Connection", "close")
     self.end_headers()
-    self.wfile.write(data)
+    if self.command != "HEAD":  # HEAD: a GET's headers, no body
+      self.wfile.write(data)
 
   def _error(self, e: RequestError) -> None:
-    if self.command == "POST" and not self._body_read:
+    linger = not self._discard_body()
+    if linger:
       self.close_connection = True  # an unread body would be taken for the next request on this connection
     self._send(e.status, e.to_json(), e.headers)
+    if linger:
+      self._lingering_close()
+
+  def _discard_body(self) -> bool:
+    """Reads and drops a request body the answer does not need (an error came first), up to 2 x
+    max_body_bytes: a client (http.client, so urllib and openai_backend) sends its whole body before it
+    reads the answer, and closing on unread data resets the connection, so it would see a broken pipe
+    (and retry) instead of the error. True when the body is consumed (the connection may go on)."""
+    if self._body_read:
+      return True
+    if self.headers.get("Transfer-Encoding"):
+      return False
+    length = self.headers.get("Content-Length")
+    if length is None:  # no body (but a POST without a length is not trusted to go on)
+      return self.command != "POST"
+    try:
+      n = int(length)
+    except ValueError:
+      return False
+    if not 0 <= n <= 2 * self.server.app.config.max_body_bytes:
+      return False
+    try:
+      while n > 0:
+        chunk = self.rfile.read(min(n, 1 << 16))
+        if not chunk:
+          return False
+        n -= len(chunk)
+    except OSError:  # the client stalled past the handler timeout, or went away
+      return False
+    self._body_read = True
+    return True
+
+  def _lingering_close(self) -> None:
+    """After an answer on a connection with unread input: stop writing, then read (and drop) what the
+    client still sends, briefly, so the answer is not lost to a reset."""
+    try:
+      self.wfile.flush()
+      self.connection.shutdown(socket.SHUT_WR)
+      self.connection.settimeout(1.0)
+      deadline = time.monotonic() + 2.0
+      while time.monotonic() < deadline and self.connection.recv(1 << 16):
+        pass
+    except OSError:
+      pass
+
+  def _peer_closed(self) -> bool:
+    """Whether the client has closed its connection (readable with nothing to read), without blocking."""
+    sock = self.connection
+    try:
+      if hasattr(select, "poll"):  # no FD_SETSIZE limit
+        p = select.poll()
+        p.register(sock, select.POLLIN)
+        ready = bool(p.poll(0))
+      else:
+        ready = bool(select.select([sock], [], [], 0)[0])
+      return ready and sock.recv(1, socket.MSG_PEEK) == b""  # data = a pipelined next request: still there
+    except (BlockingIOError, InterruptedError, TimeoutError):
+      return False
+    except (OSError, ValueError):  # reset, or closed
+      return True
+
+  def _set_busy(self, busy: bool) -> None:
+    with self.server.connections_lock:
+      if self.connection in self.server.connections:
+        self.server.connections[self.connection] = busy
 
   def _route(self, method: str) -> None:
     app = self.server.app
     self._body_read = False
+    self._set_busy(True)
     path = self.path.split("?", 1)[0].rstrip("/") or "/"
     try:
+      if app.stopped:  # a keep-alive connection opened before shutdown
+        self.close_connection = True
+        if path in ("/health", "/v1/health"):
+          self._send(503, app.health())
+          return
+        raise RequestError(503, "the server is shutting down", kind="server_error", code="unavailable")
       if path not in ("/health", "/v1/health"):  # liveness probes need no key
         app.check_auth(self.headers.get("Authorization"))
       if path == "/v1/chat/completions":
         if method != "POST":
-          raise RequestError(405, f"use POST for {path}", code="method_not_allowed")
-        self._send(200, app.chat_completion(self._read_json()))
+          raise RequestError(405, f"use POST for {path}", code="method_not_allowed", headers={"Allow": "POST"})
+        self._send(200, app.chat_completion(self._read_json(), peer_closed=self._peer_closed))
       elif path in ("/health", "/v1/health"):
         self._only_get(method, path)
         self._send(200, app.health())
@@ -89,16 +208,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       else:
         raise RequestError(404, f"Unknown path {path!r}; this server has /v1/chat/completions, /v1/models "
                                 "and /health", code="not_found")
+    except ClientDisconnected:
+      self.close_connection = True  # nobody to answer
+    except (BrokenPipeError, ConnectionResetError):
+      self.close_connection = True  # the client left while we answered: nothing to report to
     except RequestError as e:
-      self._error(e)
+      self._reply_error(e)
     except Exception as e:  # noqa: BLE001
       log.exception("request handler failed")
-      self._error(RequestError(500, f"internal error: {type(e).__name__}", kind="server_error",
-                               code="internal_error"))
+      self._reply_error(RequestError(500, f"internal error: {type(e).__name__}", kind="server_error",
+                                     code="internal_error"))
+    finally:
+      if app.stopped:
+        self.close_connection = True
+      self._set_busy(False)
+
+  def _reply_error(self, e: RequestError) -> None:
+    try:
+      self._error(e)
+    except (BrokenPipeError, ConnectionResetError):
+      self.close_connection = True
 
   def _only_get(self, method: str, path: str) -> None:
-    if method != "GET":
-      raise RequestError(405, f"use GET for {path}", code="method_not_allowed")
+    if method not in ("GET", "HEAD"):
+      raise RequestError(405, f"use GET for {path}", code="method_not_allowed", headers=_GET_ALLOW)
 
   def _read_json(self) -> Any:
     length = self.headers.get("Content-Length")
@@ -111,7 +244,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     limit = self.server.app.config.max_body_bytes
     if n < 0:
       raise RequestError(400, "Content-Length is negative", code="invalid_header")
-    if n > limit:
+    if n > limit:  # (_error reads the body first, so a client still sending gets this answer)
       raise RequestError(413, f"request body of {n} bytes exceeds max_body_bytes={limit}", code="body_too_large")
     raw = self.rfile.read(n)
     self._body_read = True
@@ -125,8 +258,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def do_GET(self) -> None:  # noqa: N802 - the base class's name
     self._route("GET")
 
+  def do_HEAD(self) -> None:  # noqa: N802
+    self._route("HEAD")
+
   def do_POST(self) -> None:  # noqa: N802
     self._route("POST")
+
+  # Other methods get the documented 405 JSON error (BaseHTTPRequestHandler answered 501 with an HTML page).
+  def do_PUT(self) -> None:  # noqa: N802
+    self._route("PUT")
+
+  def do_DELETE(self) -> None:  # noqa: N802
+    self._route("DELETE")
+
+  def do_PATCH(self) -> None:  # noqa: N802
+    self._route("PATCH")
+
+  def do_OPTIONS(self) -> None:  # noqa: N802
+    self._route("OPTIONS")
 
 
 class ChatServer:
@@ -142,6 +291,7 @@ class ChatServer:
     if config.host not in _LOOPBACK and not config.host.startswith("127.") and config.api_key_env is None:
       log.warning("Serving on %s without authentication: anyone who can reach it can use the model. Set "
                   "api_key_env, or keep the default host 127.0.0.1.", config.host)
+    self._stopped = threading.Event()
     self.engine = BatchingEngine(loaded_model, config)
     cls = _HTTPServer6 if ":" in config.host else _HTTPServer
     try:
@@ -182,21 +332,36 @@ class ChatServer:
     return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "swirl_jax",
             "max_model_len": self.config.cache_len}
 
+  @property
+  def stopped(self) -> bool:
+    """True once ``shutdown`` began: every request (on connections still open) gets 503."""
+    return self._stopped.is_set()
+
   def health(self) -> dict[str, Any]:
-    return {"status": "ok", "model": self.model_name, "stats": self.engine.stats()}
+    return {"status": "stopping" if self.stopped else "ok", "model": self.model_name, "stats": self.engine.stats()}
 
   def stats(self) -> dict[str, Any]:
     return self.engine.stats()
 
-  def chat_completion(self, body: Any) -> dict[str, Any]:
-    """Answers one /v1/chat/completions body (blocking until the model thread is done with it)."""
+  def chat_completion(self, body: Any, peer_closed: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Answers one /v1/chat/completions body (blocking until the model thread is done with it).
+
+    ``peer_closed`` (the HTTP handler's check of its connection) is polled while waiting: when the client
+    has gone, the request is cancelled (its rows stop decoding) and ClientDisconnected raised.
+    """
     request = parse_request(body, self.model_names, self.config)
     job = self.engine.make_job(request)
     self.engine.submit(job)
-    if not job.done.wait(self.config.request_timeout_s):
-      job.cancelled = True
-      raise RequestError(504, f"no answer within request_timeout_s={self.config.request_timeout_s}",
-                         kind="server_error", code="timeout")
+    deadline = time.monotonic() + self.config.request_timeout_s
+    # in slices, to notice a client that left (a judge client's timeout, a killed run) and stop its work
+    while not job.done.wait(min(_POLL_S, max(deadline - time.monotonic(), 0.0))):
+      if time.monotonic() >= deadline:
+        self.engine.cancel(job)
+        raise RequestError(504, f"no answer within request_timeout_s={self.config.request_timeout_s}",
+                           kind="server_error", code="timeout")
+      if peer_closed is not None and peer_closed():
+        self.engine.cancel(job)
+        raise ClientDisconnected()
     if job.error is not None:
       raise job.error
     completion = sum(c.completion_tokens for c in job.choices)
@@ -222,10 +387,13 @@ class ChatServer:
       self.shutdown()
 
   def shutdown(self) -> None:
-    """Stops accepting requests, answers queued ones with 503 and stops the model thread."""
+    """Stops accepting requests, answers queued ones with 503, stops the model thread and closes idle
+    keep-alive connections (a request still arriving on an open one gets 503, then its connection closes)."""
+    self._stopped.set()
     self.engine.stop()
     self._http.shutdown()
     self._http.server_close()
+    self._http.close_idle_connections()
 
   def __enter__(self) -> "ChatServer":
     return self
@@ -260,6 +428,7 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, model_n
               dtype: str = "float32", param_dtype: str = "float32", cache_dir: str | None = None,
               batch_size: int = 8, cache_len: int = 2048, max_tokens_limit: int | None = None,
               steps_per_call: int = 16, max_chunk: int = 512, batch_wait_ms: float = 5.0, max_samplers: int = 4,
+              max_pending: int = 1024, request_timeout_s: float = 600.0, max_body_bytes: int = 4 << 20,
               api_key_env: str | None = None, mesh=None, rules=None) -> None:
   """Loads ``source`` (any swirl_jax.loading.load_model source) and serves it until Ctrl-C / SIGTERM.
 
@@ -276,7 +445,8 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, model_n
     max_tokens_limit = min(512, cache_len // 2)
   config = ServeConfig(host=host, port=port, model_name=model_name, batch_size=batch_size, cache_len=cache_len,
                        max_tokens_limit=max_tokens_limit, steps_per_call=steps_per_call, max_chunk=max_chunk,
-                       batch_wait_ms=batch_wait_ms, max_samplers=max_samplers, api_key_env=api_key_env)
+                       batch_wait_ms=batch_wait_ms, max_samplers=max_samplers, max_pending=max_pending,
+                       request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, api_key_env=api_key_env)
   t = time.perf_counter()  # settings are checked above, before the (slow) load
   extra = {} if rules is None else {"rules": rules}
   lm = load_model(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, cache_dir=cache_dir, **extra)
@@ -303,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument("--param_dtype", default="float32")
   p.add_argument("--cache_dir", default=None)
   for name, kind in (("batch_size", int), ("cache_len", int), ("steps_per_call", int), ("max_chunk", int),
-                     ("batch_wait_ms", float), ("max_samplers", int)):
+                     ("batch_wait_ms", float), ("max_samplers", int), ("max_pending", int),
+                     ("request_timeout_s", float), ("max_body_bytes", int)):
     p.add_argument(f"--{name}", type=kind, default=getattr(ServeConfig, name))
   p.add_argument("--max_tokens_limit", type=int, default=None, help="longest completion (default min(512, "
                  "cache_len // 2))")
