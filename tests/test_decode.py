@@ -217,6 +217,50 @@ def test_stop_tokens_and_tag_tails():
       temperature=0, max_new_tokens=30), stops=tables[2], max_chunk=32), params, [[3, 4, 5]])[0]) == 30
 
 
+def test_closing_tags_merged_with_what_follows_stop_on_device():
+  """The Gemma tokenizer merges a closing tag's ">" with what follows (">.", ">,", ">>"): such a turn never
+  stopped on device and ran to max_new_tokens (the host cut it right, after the wasted steps). The rule is
+  run as the decode loop runs it, token by token, on the packaged tokenizer."""
+  from types import SimpleNamespace
+
+  from swirl_jax.loading import read_source
+  from swirl_jax.sampling.decode import build_stop_table
+  from swirl_jax.tools import STOP_STRINGS
+
+  tok = read_source("gemma3-270m")[2]
+  table = build_stop_table(tok, STOP_STRINGS, [tok.eos_id, tok.end_of_turn_id])
+  device = StopTable(*(jnp.asarray(a) for a in table))
+  loop = SimpleNamespace(sampling=SamplingConfig(max_new_tokens=1000), cache_len=10**6)
+
+  def stopped_at(text):
+    ids = tok.encode(text, add_bos=False)
+    recent = [-1] * (table.tails.shape[1] + 1)
+    for i, t in enumerate(ids):
+      recent = recent[1:] + [t]
+      if Sampler._stopped(loop, device, jnp.asarray([recent]), jnp.asarray([t]), jnp.asarray([i + 1]),
+                          jnp.asarray([i]))[0]:
+        return tok.decode(ids[:i + 1])
+    return None
+
+  assert any(tok.decode([i]) == ">." for i in tok.encode("x</answer>. y", add_bos=False))  # the premise
+  cases = {
+      "I multiply. <math_exp>15*8</math_exp>. Then more": "I multiply. <math_exp>15*8</math_exp>.",
+      "So <answer>5</answer>, done": "So <answer>5</answer>,",
+      "<answer>x</answer>> y": "<answer>x</answer>>",
+      "Now <search_query>Paris</search_query>. And": "Now <search_query>Paris</search_query>.",
+      "<math_exp>1 + 2</math_exp>\nmore": "<math_exp>1 + 2</math_exp>",  # the canonical ending: as before
+      "the tag math_exp>. alone, and <answer>4</answer": None,  # no "</" before it; no ">" yet
+  }
+  for text, expected in cases.items():
+    assert stopped_at(text) == expected, text
+  # a verdict stop only at its own word: "VERDICT: GOODS" holds "VERDICT: GOOD" (the host cuts there too)
+  verdicts = build_stop_table(tok, ["VERDICT: GOOD"], [])
+  device = StopTable(*(jnp.asarray(a) for a in verdicts))
+  table = verdicts
+  assert stopped_at("so VERDICT: GOOD.") == "so VERDICT: GOOD"
+  assert stopped_at("so VERDICT: GO on") is None
+
+
 def test_sampling_rules():
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)) * 3, jnp.float32)  # [B, V]
   keys = jax.vmap(jax.random.key)(jnp.arange(4))

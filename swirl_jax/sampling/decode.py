@@ -162,23 +162,29 @@ class StopTable(NamedTuple):
     last tokens equal them, e.g. the tokens of ``math_exp>`` after ``</``.
   heads: [m, V] bool: the token just before tail i must be one of these (tokens ending in ``</``), or
     all-True when the tail needs no head.
+  lasts: [m, V] bool or None: the tokens that may stand in tail i's last place: its own last token and
+    every token whose piece begins with that token's (``>.``, ``>,``, ``>>`` for the ``>`` of a closing
+    tag, which the tokenizer merges with what follows). None: the last token itself only.
   """
 
   tokens: np.ndarray
   tails: np.ndarray
   heads: np.ndarray
+  lasts: np.ndarray | None = None
 
 
 def build_stop_table(tokenizer, stop_strings: Sequence[str], stop_token_ids: Sequence[int]) -> StopTable:
   """Stop table for closing tags such as ``</math_exp>``.
 
   SentencePiece merges the tag's first characters with what precedes them (``</``, ``▁</``, ``.</``,
-  ``)</`` ...), but the rest of the tag tokenizes the same in every context. So a stop string becomes
-  a fixed tail of tokens plus the set of vocabulary entries that end with the tag's first piece.
+  ``)</`` ...) and its last characters with what follows (``>.``, ``>,``), but the middle of the tag
+  tokenizes the same in every context. So a stop string becomes a fixed tail of tokens whose last one may
+  be any vocabulary entry beginning with it, plus the set of entries that end with the tag's first piece
+  (the token before the tail). Without the last-token set, "</math_exp>." ran to max_new_tokens.
   """
-  vocab = tokenizer.hf.convert_ids_to_tokens(list(range(len(tokenizer.hf))))
-  texts = [tokenizer.hf.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
-  tails, heads = [], []
+  vocab = [t or "" for t in tokenizer.hf.convert_ids_to_tokens(list(range(len(tokenizer.hf))))]
+  texts = [tokenizer.hf.convert_tokens_to_string([t]) if t else "" for t in vocab]
+  tails, heads, lasts = [], [], []
   for s in stop_strings:
     ids = tokenizer.encode(s, add_bos=False)
     first = tokenizer.decode(ids[:1])
@@ -186,16 +192,22 @@ def build_stop_table(tokenizer, stop_strings: Sequence[str], stop_token_ids: Seq
     head = np.array([t.endswith(first) for t in texts], bool)
     if not tail:  # a single-token stop string: every token that ends with it stops
       tail, head = ids, np.ones(len(texts), bool)
+    # raw pieces ("▁GOOD" begins "▁GOODS", not "GOOD" alone): the text up to such a token holds the stop string
+    piece = vocab[tail[-1]]
+    last = np.array([t.startswith(piece) for t in vocab], bool) if piece else np.zeros(len(vocab), bool)
+    last[tail[-1]] = True
     tails.append(tail)
     heads.append(head)
+    lasts.append(last)
   width = max([len(t) for t in tails] + [1])
   tail_arr = np.full((max(len(tails), 1), width), -1, np.int32)
   for i, t in enumerate(tails):
     tail_arr[i, width - len(t):] = t
   head_arr = np.stack(heads) if heads else np.ones((1, len(texts)), bool)
+  last_arr = np.stack(lasts) if lasts else np.zeros((1, len(texts)), bool)
   if not tails:
     tail_arr[:] = -2  # matches nothing
-  return StopTable(np.asarray(stop_token_ids, np.int32), tail_arr, head_arr)
+  return StopTable(np.asarray(stop_token_ids, np.int32), tail_arr, head_arr, last_arr)
 
 
 class DecodeState(NamedTuple):
@@ -362,7 +374,8 @@ class Sampler:
     if self.span_buckets[-1] != self.cache_len or list(self.span_buckets) != sorted(set(self.span_buckets)):
       raise ValueError(f"span_buckets {self.span_buckets} must ascend and end at cache_len={self.cache_len}")
     if self.device_stops is None:
-      object.__setattr__(self, "device_stops", StopTable(*(jnp.asarray(a) for a in self.stops)))
+      device = StopTable(*(None if a is None else jnp.asarray(a) for a in self.stops))
+      object.__setattr__(self, "device_stops", device)
 
   @classmethod
   def create(cls, model: Gemma, *, batch: int, cache_len: int, sampling: SamplingConfig,
@@ -446,7 +459,12 @@ class Sampler:
     heads = stops.heads  # [m, V]
     m, width = tails.shape
     last = recent[:, -width:]  # [B, L]
-    tail_ok = jnp.all((tails[None] == last[:, None]) | (tails[None] == -1), axis=-1)  # [B, m]
+    if stops.lasts is None:
+      tail_ok = jnp.all((tails[None] == last[:, None]) | (tails[None] == -1), axis=-1)  # [B, m]
+    else:  # the tail's last place takes any token of ``lasts`` (a ">" merged with what follows)
+      body = tails[None, :, :-1]
+      tail_ok = jnp.all((body == last[:, None, :-1]) | (body == -1), axis=-1)  # [B, m]
+      tail_ok &= stops.lasts[jnp.arange(m)[None, :], jnp.maximum(token, 0)[:, None]] & (token >= 0)[:, None]
     # the head token sits just before each tail's first real token
     tail_len = jnp.sum(tails != -1, axis=-1)  # [m]
     head_tok = recent[:, recent.shape[1] - 1 - tail_len]  # [B, m]
