@@ -190,7 +190,8 @@ def run_generate(cfg, paths: Paths, questions=None) -> dict:
   _check_generate_inputs(cfg, paths, questions)
   lm = load(cfg)
   rollout = Rollout(sampler(cfg, lm, STOP_STRINGS), nnx.state(lm.model), lm.tokenizer, tools(cfg, paths),
-                    rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype})
+                    rollout_config(cfg), provenance={"model": cfg.model.source, "dtype": cfg.model.dtype,
+                                                     "sampler_batch": cfg.sampler.batch_size})
   n = len(questions) * cfg.rollout.samples_per_question
   ends, steps, t0 = collections.Counter(), [], time.perf_counter()
 

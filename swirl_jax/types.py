@@ -186,7 +186,9 @@ class Step:
     observation: the tool result as appended to the conversation (``QUERY -> RESULT``), or the error
       message shown to the model for a malformed turn.
     error: why the turn was malformed or the tool failed (None when fine).
-    prompt_tokens / new_tokens: token counts of the context before the turn and of the turn.
+    prompt_tokens / new_tokens: token counts of the context before the turn and of the turn as the
+      context holds it (the text's encoding; the sampled tokens can be more or fewer when the model split
+      a word otherwise, or merged a closing tag with what followed).
     seconds: wall time spent generating this turn and running its tool.
     verdict: the process label once judged.
   """

@@ -275,6 +275,7 @@ def test_a_turn_sampled_as_another_split_of_its_text_is_rewritten_as_its_encodin
   assert chunk[:len(canonical)] == canonical
   assert tok.decode(chunk[len(canonical):]).startswith("<end_of_turn>\n<start_of_turn>user\n2 + 2 -> 4.0")
   assert t.steps[1].prompt_tokens == t.steps[0].prompt_tokens + len(chunk)
+  assert t.steps[0].new_tokens == len(canonical)  # the turn as the context holds it (was the sampled count)
 
 
 def test_training_states_are_the_context_each_turn_was_sampled_in():

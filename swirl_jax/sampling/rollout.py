@@ -47,7 +47,10 @@ class RolloutConfig:
       ends the trajectory. None = the task's default (10 math, 5 search); 0 = answer without tools.
     num_demos: worked demonstrations before the question (a base model needs one to follow the tags).
     seed: base seed; trajectory (question, k) samples with a seed derived from (seed, question id, k),
-      so its tokens do not depend on batch size or on which rows it shared the batch with.
+      so its tokens do not depend on its row or on which rows share the batch. Across sampler batch sizes
+      they agree in float32 (every run so far) but not always in bfloat16, whose matmuls round differently
+      at another batch width (a few tokens in a hundred rows); generate records the batch size in each
+      trajectory's provenance.
     refill: refill a finished row at once (True) or wait until the whole batch has finished (False,
       the static-batch baseline of benchmarks/rollout.py).
   """
@@ -203,7 +206,8 @@ class Rollout:
       carry = canonical
     parsed = parse_action(text, self.allowed)
     seconds = time.perf_counter() - row.turn_start_time
-    base = dict(text=text, prompt_tokens=row.turn_start_len, new_tokens=keep, seconds=seconds)
+    # (new_tokens: the turn as the context holds it, so the next turn's prompt_tokens add up)
+    base = dict(text=text, prompt_tokens=row.turn_start_len, new_tokens=len(canonical), seconds=seconds)
     row.turn_tokens = []
     if parsed.kind == "answer":
       row.steps.append(Step(kind="answer", answer=parsed.answer, **base))
