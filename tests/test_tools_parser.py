@@ -33,6 +33,8 @@ MALFORMED_TABLE = [
     ("<math_exp>   </math_exp>", BOTH, "empty_call"),
     ("<search_query></search_query>", BOTH, "empty_call"),
     ("<answer>\n</answer>", BOTH, "empty_answer"),
+    ("<answer>\u200b</answer>", BOTH, "empty_answer"),  # a zero-width space: str.strip keeps it
+    ("<search_query> \u2060\ufeff </search_query>", BOTH, "empty_call"),
     ("<python>print(1)</python>", BOTH, "unknown_tag"),
     ("<tool>calculator: 2+2</tool>", BOTH, "unknown_tag"),
     ('<tool_call name="search">x</tool_call>', BOTH, "unknown_tag"),

@@ -29,8 +29,8 @@ Malformed turns, checked in this order on the truncated text (the reason code is
     multiple_tags     two or more tool tags (or two answer tags) were opened
     unopened_tag      </T> with no opening tag before it
     mismatched_tags   the one opening tag is not <T>
-    empty_call        a tool tag with nothing but whitespace inside
-    empty_answer      an answer tag with nothing but whitespace inside
+    empty_call        a tool tag with nothing but whitespace (or zero-width characters) inside
+    empty_answer      an answer tag with nothing but whitespace (or zero-width characters) inside
     tool_not_allowed  a well-formed call of a tool that this task does not offer
   When it does not (no closing tag anywhere):
     unclosed_tag      a known tag was opened but never closed (also a closing tag cut off at the end)
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 
 from swirl_jax import types
 
@@ -183,6 +184,8 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
 
   start = turn.rindex(open_tag(tag)) + len(open_tag(tag))
   content = turn[start : stop.start()].strip()
+  if not _visible(content):  # (str.strip keeps zero-width spaces and other format characters)
+    content = ""
   if tag == ANSWER_TAG:
     if not content:
       return _malformed("empty_answer", f"{open_tag(tag)}{close_tag(tag)} is empty", trailing)
@@ -195,3 +198,8 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
         "tool_not_allowed",
         f"{open_tag(tag)} is not available for this task; use {_tag_list(allowed_tools)}", trailing)
   return ParsedAction(kind="tool_call", call=types.ToolCall(tool=tool, input=content), trailing_text=trailing)
+
+
+def _visible(text: str) -> bool:
+  """Whether ``text`` holds a character that shows: not whitespace, not a format character (U+200B, ...)."""
+  return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
