@@ -295,3 +295,22 @@ def test_a_paragraph_file_without_paragraphs_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(RecordError, match=rf"{re.escape(name)}(: the corpus has no paragraphs|:1: missing field)"):
       build_corpus(DatasetSpec("synthetic_arith"), paragraph_files=[path])
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_json_lines_with_any_line_end_load(tmp_path, end):
+  """Reading bytes (to name a bad byte's line) split lines at LF only: a file with bare-CR line ends (old
+  Mac), which text mode read, became one bad line. U+2028 inside a string still does not end a line."""
+  records = [{"question": "What is 2 + 2?\u2028", "answer": "#### 4"}, {"question": "And 3 + 3?", "answer": "#### 6"}]
+  text = end.join(json.dumps(r, ensure_ascii=False) for r in records) + end
+  for name in ("q.jsonl", "q.json"):
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    assert [q.answer for q in load_questions(DatasetSpec("gsm8k", source="file", path=str(path)))] == ["4", "6"]
+  path.write_bytes((json.dumps(records[0]) + end + end + '{"question": "x",' + end).encode())
+  with pytest.raises(RecordError, match=r"q\.json:3: not valid JSON"):  # (the blank line counts)
+    load_questions(DatasetSpec("gsm8k", source="file", path=str(path)))
+  for name in ("p.jsonl", "p.json"):
+    paragraphs = tmp_path / name
+    paragraphs.write_bytes(end.join(json.dumps({"title": t, "text": "x\u2028y"}) for t in "AB").encode())
+    assert [p.title for p in corpus.read_paragraphs(paragraphs)] == ["A", "B"]

@@ -182,6 +182,20 @@ def test_tfds_own_gsm8k_prepares_offline_from_a_manual_dir(tmp_path):
   assert len(load_questions(DatasetSpec("gsm8k", split="train", data_dir=str(data)))) == 2
 
 
+def test_gsm8k_manual_files_with_a_byte_order_mark_or_cr_lines_prepare(tmp_path):
+  """A BOM (Windows editors) loaded with source='file' but TFDS's gsm8k builder failed on it (JSONDecodeError:
+  Unexpected UTF-8 BOM); the cached copies are written as our parser reads the files."""
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  for k, name in enumerate(("train", "test", "train_socratic", "test_socratic")):
+    lines = [json.dumps(gsm8k_line(10 * k + 1)), json.dumps(gsm8k_line(10 * k + 2))]
+    manual.mkdir(exist_ok=True)
+    (manual / f"{name}.jsonl").write_bytes(b"\xef\xbb\xbf" + ("\r".join(lines) + "\r").encode())
+  qs = load_questions(tfds_spec("gsm8k", "train", manual, data))
+  assert sorted(q.answer for q in qs) == ["1000", "2000"]
+  assert sorted(qs, key=lambda q: q.id) == sorted(
+      load_questions(DatasetSpec("gsm8k", split="train", source="file", path=str(manual))), key=lambda q: q.id)
+
+
 def test_gsm8k_needs_all_four_files(tmp_path):
   manual = tmp_path / "manual"
   write_jsonl(manual / "train.jsonl", [gsm8k_line(1)])

@@ -46,11 +46,11 @@ def parse_paragraphs(path: str | Path, data: bytes) -> list[Paragraph]:
   """The paragraphs of a corpus file's bytes (the one parser of corpus files: the search tool's and
   ``build_corpus``'s). ``path`` names the file in errors and picks JSON Lines by its suffix.
 
-  Shapes: a JSON list ``[{title, text}]`` (MuSiQue, 2WikiMultihopQA; under any name), JSON Lines ``{title, text}``
-  (``.jsonl`` / ``.jl`` / ``.ndjson``, or a ``.json`` file of several top-level objects; only "\n" ends a
-  record, as U+2028 and friends may stand raw in JSON strings), or an object ``{title: [sentence, ...]}``
-  (HotPotQA; sentences joined by ``formats.join_sentences``, a plain string taken as the text). A lone
-  ``{title, text}`` object is one paragraph.
+  Shapes: a JSON list ``[{title, text}]`` (MuSiQue, 2WikiMultihopQA; under any name), JSON Lines
+  ``{title, text}`` (``.jsonl`` / ``.jl`` / ``.ndjson``, or a ``.json`` file of several top-level objects;
+  lines end at LF, CRLF or CR, not at U+2028 and friends, which may stand raw in JSON strings), or an object
+  ``{title: [sentence, ...]}`` (HotPotQA; sentences joined by ``formats.join_sentences``, a plain string
+  taken as the text). A lone ``{title, text}`` object is one paragraph.
 
   Raises:
     RecordError: naming the file and the index / line / title and field of a malformed entry; bytes that
@@ -102,8 +102,7 @@ def _paragraph(d: object, where: str) -> Paragraph:
 
 def _parse_jsonl(path: str, text: str) -> list[Paragraph]:
   out = []
-  for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): see parse_paragraphs
-    line = line.rstrip("\r")
+  for lineno, line in enumerate(formats.LINE_END.split(text), 1):  # not splitlines(): see parse_paragraphs
     if not line.strip():
       continue
     try:

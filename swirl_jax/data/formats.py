@@ -147,6 +147,9 @@ def _first_char(path: Path) -> str:
   return ""
 
 
+LINE_END = re.compile(r"\r\n|\r|\n")  # the line ends of JSON Lines (text mode's; not U+2028 and friends)
+
+
 def first_line_is_json(text: str) -> bool:
   """Whether the first non-blank line of ``text`` is a complete JSON value on its own, as in JSON Lines.
 
@@ -155,25 +158,32 @@ def first_line_is_json(text: str) -> bool:
   """
   first = re.search(r"\S", text)  # not text.lstrip(): that copies a file of hundreds of MB
   start = first.start() if first else 0
-  end = text.find("\n", start)  # "\n" only, as the JSON Lines reader splits lines (not at U+2028)
+  end = LINE_END.search(text, start)  # as the JSON Lines readers split lines (not at U+2028)
   try:
-    json.loads(text[start:] if end < 0 else text[start:end])
+    json.loads(text[start:] if end is None else text[start:end.start()])
   except json.JSONDecodeError:
     return False
   return True
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Records of a JSON Lines file, read as bytes (so a bad byte is named by its line). Lines end at LF,
+  CRLF or a bare CR (old Mac files), as text mode reads them, and not at U+2028 and friends, which JSON
+  strings may hold raw; a JSON string cannot hold a raw CR or LF."""
+  lineno = 0
   with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      where = f"{path}:{lineno}"
+    for raw in f:
       try:
-        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
       except UnicodeDecodeError as e:
-        raise RecordError(f"{where}: not UTF-8 text (byte {e.start} of the line)") from None
-      if not line.strip():
-        continue
-      yield where, parse_object(line, where)
+        raise RecordError(f"{path}:{lineno + 1}: not UTF-8 text (byte {e.start} of the line)") from None
+      text = text[:-1] if text.endswith("\n") else text
+      text = text[:-1] if text.endswith("\r") else text
+      for line in text.split("\r"):
+        lineno += 1
+        if line.strip():
+          where = f"{path}:{lineno}"
+          yield where, parse_object(line, where)
 
 
 def read_questions(path: str | Path, parse: Callable[[Mapping[str, Any], str], Question | None]) -> list[Question]:

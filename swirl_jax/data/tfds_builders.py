@@ -21,11 +21,12 @@ same parsers as the plain-file loader, so both paths give identical ``Question``
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -249,7 +250,7 @@ def seed_gsm8k_download_cache(download_dir: str | Path, manual_dir: str | Path) 
   """Places the official GSM8K files of ``manual_dir`` in TFDS's download cache for the gsm8k builder.
 
   Each file is validated with our parser first (errors name file, line and field), copied to
-  ``<download_dir>/gsm8k/<TFDS file name for its URL>``, and given the ``.INFO`` record TFDS writes
+  ``<download_dir>/gsm8k/<TFDS file name for its URL>`` (without a byte order mark, lines ending in LF), and given the ``.INFO`` record TFDS writes
   after a download. TFDS then skips the download ("File cached") and reads these files.
 
   Returns:
@@ -273,7 +274,9 @@ def seed_gsm8k_download_cache(download_dir: str | Path, manual_dir: str | Path) 
     formats.read_questions(src, formats.record_parser("gsm8k", None, split))
     url = urls[split]
     dst = cache / tfds_resource.get_dl_fname(url)
-    shutil.copyfile(src, dst)
+    # as our parser reads it: TFDS's builder refuses a byte order mark, and reads CR-only lines as one
+    data = src.read_bytes()
+    dst.write_bytes(re.sub(rb"\r\n?", b"\n", data[3:] if data.startswith(codecs.BOM_UTF8) else data))
     info = tfds_resource.get_info_path(epath.Path(dst))
     if info.exists():
       info.unlink()  # A stale record with another checksum would be refused.
