@@ -303,9 +303,10 @@ def _unread_data_files(cfg) -> list[str]:
              "generated, not read from files")
       errors.append(f"--config.data.{key}={d[key]!r} would not be read: {why}. Pass --config.data.source={source} "
                     f"with a dataset that has files (data.name / eval.datasets), or drop data.{key}")
-    elif d[key] and not os.path.exists(d[key]):  # (a missing manual_dir would make TFDS download the release)
-      errors.append(f"--config.data.{key}={d[key]!r}: no such {'file or directory' if key == 'path' else 'directory'}")
-    elif key == "manual_dir" and d[key] and not os.path.isdir(d[key]):
+    elif key == "path" and d[key] and not os.path.exists(d[key]):
+      errors.append(f"--config.data.path={d[key]!r}: no such file or directory")
+    # (a missing manual_dir is fine where the data is prepared already; prepare() refuses it otherwise)
+    elif key == "manual_dir" and d[key] and os.path.exists(d[key]) and not os.path.isdir(d[key]):
       errors.append(f"--config.data.manual_dir={d[key]!r}: not a directory (it holds the official files)")
   if d.source == "file" and real and not d.path:
     errors.append(f"--config.data.source='file' reads --config.data.path, which is not set: pass the official file "

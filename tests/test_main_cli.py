@@ -325,9 +325,12 @@ def test_missing_data_files_and_a_task_that_does_not_fit_the_dataset_are_refused
   corpus named after a generated file)."""
   cfg = config_lib.base_config()
   cfg.data.name, cfg.rollout.task, cfg.eval.datasets = "hotpot_qa", "search", "hotpot_qa"
-  cfg.data.manual_dir = str(tmp_path / "typo")
-  with pytest.raises(ValueError, match=r"--config.data.manual_dir='.*typo': no such directory"):
+  cfg.data.manual_dir = str(tmp_path / "gone")  # fine where the data is prepared already (prepare() checks)
+  config_lib.validate(cfg, ("pipeline",))
+  cfg.data.source, cfg.data.manual_dir, cfg.data.path = "file", "", str(tmp_path / "typo.json")
+  with pytest.raises(ValueError, match=r"--config.data.path='.*typo.json': no such file or directory"):
     config_lib.validate(cfg, ("pipeline",))
+  cfg.data.source, cfg.data.path = "tfds", ""
   (tmp_path / "file").write_text("x")
   cfg.data.manual_dir = str(tmp_path / "file")
   with pytest.raises(ValueError, match=r"--config.data.manual_dir='.*file': not a directory"):
