@@ -423,9 +423,10 @@ def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path):
   stubbed.clear()
   modes.run_pipeline(cfg, moved)
   assert stubbed == []
-  os.chdir(tmp_path)  # the same workdir named relative to the current directory
-  modes.run_pipeline(cfg, modes.Paths("moved"))
-  assert stubbed == []
+  os.chdir(tmp_path)  # the same workdir named relative to the current directory, in any spelling
+  for spelling in ("moved", "./moved", "moved/", "./moved//"):
+    modes.run_pipeline(cfg, modes.Paths(spelling))
+    assert stubbed == [], spelling
   cfg.eval.checkpoint = str(tmp_path / "moved" / "checkpoints")  # the same policy, named explicitly
   modes.run_pipeline(cfg, moved)
   assert stubbed == []

@@ -99,11 +99,14 @@ def plain(inputs: Any, workdir: str) -> Any:
   roots = {os.path.normpath(workdir), os.path.abspath(workdir)}
 
   def rel(s: str) -> str:
+    if not s:
+      return s
+    norm = os.path.normpath(s)  # ("./run/checkpoints", "run//checkpoints": the same path)
     for root in roots:
-      if s == root:
+      if norm == root:
         return "$WORKDIR"
-      if s.startswith(root.rstrip(os.sep) + os.sep):
-        return "$WORKDIR/" + os.path.relpath(s, root)
+      if norm.startswith(root.rstrip(os.sep) + os.sep):
+        return "$WORKDIR/" + os.path.relpath(norm, root)
     return s
 
   def walk(x: Any) -> Any:
