@@ -253,12 +253,15 @@ def test_closing_tags_merged_with_what_follows_stop_on_device():
   }
   for text, expected in cases.items():
     assert stopped_at(text) == expected, text
-  # a verdict stop only at its own word: "VERDICT: GOODS" holds "VERDICT: GOOD" (the host cuts there too)
+  # a word-ending stop string stops at its own word only
   verdicts = build_stop_table(tok, ["VERDICT: GOOD"], [])
   device = StopTable(*(jnp.asarray(a) for a in verdicts))
   table = verdicts
-  assert stopped_at("so VERDICT: GOOD.") == "so VERDICT: GOOD"
+  assert stopped_at("so VERDICT: GOOD") == "so VERDICT: GOOD"
   assert stopped_at("so VERDICT: GO on") is None
+  goods = tok.encode(" VERDICT: GOODS", add_bos=False)
+  assert tok.decode(goods[-1:]) == " GOODS"  # the premise: one token that begins with " GOOD"
+  assert stopped_at("VERDICT: GOODS are sold, but VERDICT: BAD") is None  # a longer word: no verdict
 
 
 def test_sampling_rules():

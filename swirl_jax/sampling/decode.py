@@ -173,6 +173,10 @@ class StopTable(NamedTuple):
   lasts: np.ndarray | None = None
 
 
+def _word_char(c: str) -> bool:
+  return c.isalnum() or c == "_"
+
+
 def build_stop_table(tokenizer, stop_strings: Sequence[str], stop_token_ids: Sequence[int]) -> StopTable:
   """Stop table for closing tags such as ``</math_exp>``.
 
@@ -192,9 +196,13 @@ def build_stop_table(tokenizer, stop_strings: Sequence[str], stop_token_ids: Seq
     head = np.array([t.endswith(first) for t in texts], bool)
     if not tail:  # a single-token stop string: every token that ends with it stops
       tail, head = ids, np.ones(len(texts), bool)
-    # raw pieces ("▁GOOD" begins "▁GOODS", not "GOOD" alone): the text up to such a token holds the stop string
+    # Raw pieces ("▁GOOD" begins "▁GOODS", not "GOOD" alone), merged across a word boundary only: ">" +
+    # ".", ">" + "The", "GOOD" + "."; not "GOOD" + "S" ("VERDICT: GOODS" is no verdict).
     piece = vocab[tail[-1]]
-    last = np.array([t.startswith(piece) for t in vocab], bool) if piece else np.zeros(len(vocab), bool)
+    last = np.zeros(len(vocab), bool)
+    if piece:
+      last[:] = [t.startswith(piece) and (len(t) == len(piece) or not _word_char(piece[-1])
+                                          or not _word_char(t[len(piece)])) for t in vocab]
     last[tail[-1]] = True
     tails.append(tail)
     heads.append(head)
