@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,6 +98,16 @@ def test_call_then_rambling_uses_the_first_action():
   assert a.kind == "tool_call" and a.call.input == "48/2" and a.trailing_text
 
 
+def test_zero_width_characters_around_an_answer_are_not_part_of_it():
+  """str.strip keeps U+200B: "<answer>\u200bParis</answer>" answered "\u200bParis", which matched no key."""
+  for text in ("<answer>\u200bParis</answer>", "<answer> Paris\ufeff </answer>", "<answer>\u2060 Paris</answer>"):
+    a = parse_action(text, BOTH)
+    assert a.kind == "answer" and a.answer == "Paris", text
+  assert parse_action("<answer>Pa\u200bris</answer>", BOTH).answer == "Pa\u200bris"  # inside: kept as written
+  call = parse_action("<math_exp>\u200b2 + 2\u200b</math_exp>", BOTH).call
+  assert call.input == "2 + 2"
+
+
 def test_two_complete_calls_take_the_first():
   a = parse_action("<math_exp>2 + 2</math_exp><math_exp>3 + 3</math_exp>", BOTH)
   assert a.kind == "tool_call" and a.call.input == "2 + 2" and a.trailing_text
@@ -124,8 +135,18 @@ def test_format_observation():
 
 # --- properties -------------------------------------------------------------------------------------
 
-# Content that holds no '<' cannot contain a tag; strip() is the only change the parser makes.
+# Content that holds no '<' cannot contain a tag; trimming its ends is the only change the parser makes.
 _plain = st.text(st.characters(blacklist_characters="<", blacklist_categories=("Cs",)), max_size=60)
+
+
+# every whitespace and format (Cf: U+200B, U+00AD, U+FEFF, ...) character: what the parser trims off the ends
+_INVISIBLE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace() or unicodedata.category(chr(c)) == "Cf")
+
+
+def _trimmed(text):
+  return text.strip(_INVISIBLE)
+
+
 _tags = st.sampled_from([("search_query", "search"), ("math_exp", "calculator"), ("answer", None)])
 
 
@@ -135,12 +156,12 @@ def test_wrapped_content_is_recovered_exactly(prefix, content, suffix, tag):
   name, tool = tag
   text = f"{prefix}<{name}>{content}</{name}>{suffix}"
   a = parse_action(text, BOTH)
-  if not content.strip():
+  if not _trimmed(content):
     assert a.kind == "malformed" and a.error_code in ("empty_call", "empty_answer")
   elif tool is None:
-    assert a.kind == "answer" and a.answer == content.strip()
+    assert a.kind == "answer" and a.answer == _trimmed(content)
   else:
-    assert a.kind == "tool_call" and a.call == types.ToolCall(tool=tool, input=content.strip())
+    assert a.kind == "tool_call" and a.call == types.ToolCall(tool=tool, input=_trimmed(content))
   assert a.trailing_text == bool(suffix.strip())
   # Same result, apart from the trailing flag, on the truncated turn.
   assert parse_action(truncate_after_action(text), BOTH) == dataclasses.replace(a, trailing_text=False)

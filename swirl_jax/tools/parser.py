@@ -183,9 +183,7 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
         "mismatched_tags", f"{open_tag(opens[0])} is closed with {close_tag(tag)}", trailing)
 
   start = turn.rindex(open_tag(tag)) + len(open_tag(tag))
-  content = turn[start : stop.start()].strip()
-  if not _visible(content):  # (str.strip keeps zero-width spaces and other format characters)
-    content = ""
+  content = _trim(turn[start : stop.start()])
   if tag == ANSWER_TAG:
     if not content:
       return _malformed("empty_answer", f"{open_tag(tag)}{close_tag(tag)} is empty", trailing)
@@ -200,6 +198,13 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
   return ParsedAction(kind="tool_call", call=types.ToolCall(tool=tool, input=content), trailing_text=trailing)
 
 
-def _visible(text: str) -> bool:
-  """Whether ``text`` holds a character that shows: not whitespace, not a format character (U+200B, ...)."""
-  return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
+def _trim(text: str) -> str:
+  """``text`` without whitespace or format characters (U+200B, U+FEFF, ...: str.strip keeps them) at its ends,
+  so "<answer>\u200bParis</answer>" answers "Paris"."""
+  invisible = lambda ch: ch.isspace() or unicodedata.category(ch) == "Cf"
+  start, end = 0, len(text)
+  while start < end and invisible(text[start]):
+    start += 1
+  while end > start and invisible(text[end - 1]):
+    end -= 1
+  return text[start:end]
