@@ -353,11 +353,15 @@ def run_eval(cfg, paths: Paths) -> dict:
       task = dataset_task(sp.name)
       if task not in judges:
         judges[task] = judge(cfg, paths, lm, task)
+      provenance = {"source": source, "checkpoint_step": inputs["checkpoint_step"], **saved}  # (a retrained
+      # step is another policy)
       report = evaluate(lm, questions[_file_name(sp)], judges[task], tools(cfg, paths, sp, task),
                         eval_config(task), dataset=_file_name(sp), out_dir=out_dir, label=label,
-                        provenance={"source": source, "checkpoint_step": inputs["checkpoint_step"],
-                                    **saved},  # (a retrained step is another policy)
-                        resume_key=inputs)  # (the search corpus and settings, the data files)
+                        provenance=provenance,
+                        # (the search corpus and settings, the data files; the policy's paths as the stage
+                        # record names them, so a moved workdir's saved rollouts are reused)
+                        resume_key=stamps.plain({**inputs, "source": source, "provenance": provenance},
+                                                paths.workdir))
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
     stamps.write(paths.workdir, f"eval-{label}", inputs)

@@ -408,7 +408,7 @@ def test_judge_settings_the_backend_never_reads_change_nothing(stubbed, tmp_path
   assert stubbed == [] and summary["label"] == "skipped (complete)"
 
 
-def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path):
+def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path, monkeypatch):
   """Records named the trained policy (WORKDIR/checkpoints) by its absolute path: a workdir moved or copied
   elsewhere re-evaluated and re-exported a policy that had not changed. Paths inside the workdir are
   recorded relative to it; a policy outside it is still named as it is."""
@@ -436,6 +436,17 @@ def test_a_moved_workdir_keeps_its_finished_stages(stubbed, tmp_path):
   modes.run_pipeline(cfg, moved)
   assert stubbed == ["eval trained synthetic_arith", "export"]
   assert modes.stamps.read(moved.workdir, "export")["policy"] == str(elsewhere)
+  # an interrupted eval's saved rollouts are keyed by the policy's workdir-relative path: reused after a move
+  cfg.eval.checkpoint = ""
+  keys, stub = [], evaluate_module.evaluate
+  monkeypatch.setattr(evaluate_module, "evaluate",
+                      lambda *a, resume_key=None, **k: keys.append(resume_key) or stub(*a, resume_key=resume_key, **k))
+  modes.run_pipeline(cfg, moved)  # the workdir's own policy again: evaluated
+  os.rename(tmp_path / "moved", tmp_path / "again")
+  os.remove(tmp_path / "again" / "eval" / "trained" / "synthetic_arith.json")  # as if that eval was cut short
+  modes.run_pipeline(cfg, modes.Paths(str(tmp_path / "again")))
+  assert len(keys) == 2 and keys[0] == keys[1]
+  assert keys[0]["source"] == keys[0]["provenance"]["source"] == "$WORKDIR/checkpoints"
 
 
 def test_trajectories_without_a_record_must_be_of_this_runs_questions(stubbed, tmp_path):

@@ -151,7 +151,9 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
     label: names the policy in the report (default: the model source).
     provenance: written into the report as it is (e.g. the policy's source and checkpoint step).
     resume_key: what else the rollouts depend on (the tools' settings, the data files): rollouts appended
-      to ``out_dir`` by an interrupted run are reused only under the same key (module docstring).
+      to ``out_dir`` by an interrupted run are reused only under the same key (module docstring). Its
+      entries replace the key's own ("source", "provenance": the pipeline names the policy by its path
+      relative to the workdir, so a moved workdir's rollouts are reused).
   """
   tok = model.tokenizer
   if tok is None:
