@@ -493,9 +493,14 @@ def run_pipeline(cfg, paths: Paths) -> dict:
       stamps.write(paths.workdir, name, stamp)
 
   wanted = {(q.id, k) for q in questions for k in range(cfg.rollout.samples_per_question)}
-  generated = lambda: os.path.exists(paths.trajectories) and wanted <= done_keys(paths.trajectories)
-  if os.path.exists(paths.trajectories) and stamps.read(paths.workdir, "generate") is None:
-    check_questions(paths.trajectories, questions)  # (no record of its settings: are they these questions?)
+
+  def generated() -> bool:
+    if not (os.path.exists(paths.trajectories) and wanted <= done_keys(paths.trajectories)):
+      return False  # (run_generate checks a file without a record before it appends)
+    if stamps.read(paths.workdir, "generate") is None:  # complete, but no record of its settings: are they
+      check_questions(paths.trajectories, questions)  # these questions?
+    return True
+
   if generated() and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
       paths.workdir, "generate", generate_inputs(cfg)):
     # complete for these questions: kept (sampling settings are eval settings too), but never silently
