@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from swirl_jax.atomic_io import atomic_open
 from swirl_jax.data import formats
-from swirl_jax.types import Paragraph, Question, RecordError
+from swirl_jax.types import Paragraph, Question, RecordError, parse_object
 
 
 def union_paragraphs(groups: Iterable[Iterable[Paragraph]]) -> list[Paragraph]:
@@ -103,13 +103,9 @@ def _paragraph(d: object, where: str) -> Paragraph:
 def _parse_jsonl(path: str, text: str) -> list[Paragraph]:
   out = []
   for lineno, line in enumerate(formats.LINE_END.split(text), 1):  # not splitlines(): see parse_paragraphs
-    if not line.strip():
-      continue
-    try:
-      d = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise RecordError(f"{path}:{lineno}: not valid JSON (column {e.colno}: {e.msg})") from None
-    out.append(_paragraph(d, f"{path}:{lineno}"))
+    if line.strip():
+      where = f"{path}:{lineno}"
+      out.append(Paragraph.from_json(parse_object(line, where), where))
   return out
 
 
