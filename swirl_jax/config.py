@@ -277,9 +277,9 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
       except (UnknownDatasetError, UnknownSplitError, ValueError) as e:
         errors.append(f"--config.{keys}: {e}")
     errors += _unread_data_files(cfg)
-  if cfg.mode in ("pipeline", "generate") and dataset_task(cfg.data.name) != cfg.rollout.task:
+  task = dataset_task(cfg.data.name)
+  if cfg.mode in ("pipeline", "generate") and task != cfg.rollout.task:
     # (eval picks each dataset's tool itself; training data made with the other tool would teach its tags)
-    task = dataset_task(cfg.data.name)
     errors.append(f"--config.rollout.task={cfg.rollout.task!r} does not fit --config.data.name={cfg.data.name!r}, a "
                   f"{task} dataset ({'calculator, <math_exp>' if task == 'math' else 'search, <search_query>'}): "
                   f"pass --config.rollout.task={task} (rollout.max_tool_calls=0 takes its default budget)")

@@ -250,8 +250,8 @@ def seed_gsm8k_download_cache(download_dir: str | Path, manual_dir: str | Path) 
   """Places the official GSM8K files of ``manual_dir`` in TFDS's download cache for the gsm8k builder.
 
   Each file is validated with our parser first (errors name file, line and field), copied to
-  ``<download_dir>/gsm8k/<TFDS file name for its URL>`` (without a byte order mark, lines ending in LF), and given the ``.INFO`` record TFDS writes
-  after a download. TFDS then skips the download ("File cached") and reads these files.
+  ``<download_dir>/gsm8k/<TFDS file name for its URL>`` (without a byte order mark, lines ending in LF),
+  and given the ``.INFO`` record TFDS writes after a download. TFDS then skips the download ("File cached") and reads these files.
 
   Returns:
     split -> the cached file.

@@ -48,8 +48,9 @@ def check_questions(path: str, questions: Sequence[Question]) -> None:
                          f"question than this run's {qid!r} (other data settings or an edited data file); use a "
                          f"new workdir, or remove {path} (and what was made from it) to generate again")
   if seen and not overlap:
-    raise ValueError(f"{path}: none of its {seen} trajectories is of this run's questions (other data settings or another dataset); "
-                     f"use a new workdir, or remove {path} (and what was made from it) to generate again")
+    raise ValueError(f"{path}: none of its {seen} trajectories is of this run's questions (other data settings "
+                     f"or another dataset); use a new workdir, or remove {path} (and what was made from it) to "
+                     "generate again")
 
 
 def generate(rollout: Rollout, questions: Sequence[Question], out_path: str, *, process_index: int = 0,
