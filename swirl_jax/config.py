@@ -143,6 +143,10 @@ HELP: dict[str, str] = {
                                "should exceed the server's worst-case latency)",
     "serve.max_pending": "queued requests at most; beyond that new ones get 503 (clients retry)",
     "serve.max_body_bytes": "larger request bodies get 413",
+    "serve.max_tokens_limit": "longest completion a request may ask for (0 = min(512, sampler.cache_len // 2))",
+    "serve.batch_wait_ms": "when idle, how long to wait after a first request for others to batch with it",
+    "serve.max_samplers": "distinct (temperature, top_p, top_k) samplers kept compiled (least recently used "
+                          "dropped)",
     "sample.prompts": "for mode=sample: prompts separated by '|||'",
 }
 
@@ -174,7 +178,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = dict(datasets="", split="", limit=0, judge_process=False, checkpoint="")
   c.export = dict(dtype="float32", out="")
   c.serve = dict(host="127.0.0.1", port=8000, model_name="", api_key_env="", request_timeout_s=600.0,
-                 max_pending=1024, max_body_bytes=4 << 20)
+                 max_pending=1024, max_body_bytes=4 << 20, max_tokens_limit=0, batch_wait_ms=5.0,
+                 max_samplers=4)
   c.sample = dict(prompts="The capital of France is")
   return c
 

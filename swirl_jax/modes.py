@@ -403,6 +403,7 @@ def run_serve(cfg, paths: Paths) -> dict:
         param_dtype=cfg.model.param_dtype, cache_dir=cfg.model.cache_dir or None,
         batch_size=cfg.sampler.batch_size, cache_len=cfg.sampler.cache_len,
         steps_per_call=cfg.sampler.steps_per_call, max_chunk=cfg.sampler.max_chunk,
+        max_tokens_limit=s.max_tokens_limit or None, batch_wait_ms=s.batch_wait_ms, max_samplers=s.max_samplers,
         request_timeout_s=s.request_timeout_s, max_pending=s.max_pending, max_body_bytes=s.max_body_bytes,
         api_key_env=s.api_key_env or None, mesh=_mesh(cfg), rules=rules(cfg))
   return {}

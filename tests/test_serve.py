@@ -626,14 +626,16 @@ def test_greedy_requests_share_one_sampler(server):
   assert other["choices"][0]["message"] == plain["choices"][0]["message"]
 
 
-def test_cli_and_mode_serve_set_the_queue_limits(monkeypatch, tmp_path):
-  """request_timeout_s, max_pending and max_body_bytes could not be set from a shell or mode=serve."""
+def test_cli_and_mode_serve_set_every_serving_setting(monkeypatch, tmp_path):
+  """request_timeout_s, max_pending and max_body_bytes could not be set from a shell or mode=serve, and
+  max_tokens_limit, batch_wait_ms and max_samplers not from mode=serve."""
   import swirl_jax.serve as serve_package
   from swirl_jax import config as config_lib
   from swirl_jax import loading, modes
   from swirl_jax.serve import server as server_module
 
-  want = dict(request_timeout_s=7.5, max_pending=3, max_body_bytes=1000)
+  want = dict(request_timeout_s=7.5, max_pending=3, max_body_bytes=1000, max_tokens_limit=40, batch_wait_ms=2.5,
+              max_samplers=2)
 
   class Built(Exception):
     pass
@@ -661,6 +663,9 @@ def test_cli_and_mode_serve_set_the_queue_limits(monkeypatch, tmp_path):
     assert f"serve.{k}" in config_lib.HELP
   modes.run_serve(cfg, modes.Paths(str(tmp_path)))
   assert {k: seen[k] for k in want} == want
+  cfg.serve.max_tokens_limit = 0  # the default: run_serve's own min(512, cache_len // 2)
+  modes.run_serve(cfg, modes.Paths(str(tmp_path)))
+  assert seen["max_tokens_limit"] is None
 
 
 def test_a_reset_idle_connection_leaves_no_traceback(server, monkeypatch, capsys):
