@@ -517,6 +517,28 @@ def test_other_methods_get_the_405_json_error(server, method):
     conn.close()
 
 
+@pytest.mark.parametrize("raw, status", [(b"FOO /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+                                         (b"GET /v1/models HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+                                         (b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n", 505),
+                                         (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+                                         (b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431)])
+def test_requests_refused_before_routing_get_the_json_error(server, raw, status):
+  """An unknown method, a malformed request line, an unsupported version, an over-long line or header:
+  the standard library answered them with its HTML error page."""
+  sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+  try:
+    sock.sendall(raw)
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    data = resp.read()
+    assert resp.status == status and resp.getheader("Content-Type") == "application/json", (resp.status, data)
+    error = json.loads(data)["error"]
+    assert error["message"] and error["code"] == http.HTTPStatus(status).phrase.lower().replace(" ", "_")
+    assert resp.getheader("Connection") == "close"
+  finally:
+    sock.close()
+
+
 def test_head_is_answered_as_get_without_a_body(server):
   conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
   try:

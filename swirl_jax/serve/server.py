@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hmac
+import http
 import http.server
 import json
 import logging
@@ -103,6 +104,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.end_headers()
     if self.command != "HEAD":  # HEAD: a GET's headers, no body
       self.wfile.write(data)
+
+  def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+    """The errors the standard library raises before routing (a malformed request line, an unknown method
+    such as FOO, an over-long line or header) as the same JSON as every other error: it sent an HTML page,
+    which an OpenAI client reports as an undecodable body."""
+    self.log_error("code %d, message %s", code, message)
+    try:
+      phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+      phrase = "Error"
+    self.close_connection = True  # the request was not parsed, so where the next one starts is unknown
+    if self.request_version == self.default_request_version:  # not parsed yet: HTTP/0.9 would get no status line
+      self.request_version = "HTTP/1.0"
+    try:
+      self._send(code, RequestError(code, message or phrase, code=phrase.lower().replace(" ", "_")).to_json())
+    except (BrokenPipeError, ConnectionResetError):
+      pass
 
   def _error(self, e: RequestError) -> None:
     linger = not self._discard_body()
