@@ -40,6 +40,8 @@ MALFORMED_TABLE = [
     ("<tool>calculator: 2+2</tool>", BOTH, "unknown_tag"),
     ('<tool_call name="search">x</tool_call>', BOTH, "unknown_tag"),
     ("<ANSWER>4</ANSWER>", BOTH, "unknown_tag"),  # tags are case-sensitive
+    ("<answer >4</answer >", BOTH, "unknown_tag"),  # a known tag with a space is not the tag (was no_tag)
+    ('<math_exp type="x">2+2</math_exp >', BOTH, "unknown_tag"),
     ("<search_query>Paris</search_query>", MATH, "tool_not_allowed"),
     ("<math_exp>1+1</math_exp>", frozenset({"search"}), "tool_not_allowed"),
     ("<math_exp>1+1</math_exp>", frozenset(), "tool_not_allowed"),

@@ -34,8 +34,9 @@ Malformed turns, checked in this order on the truncated text (the reason code is
     tool_not_allowed  a well-formed call of a tool that this task does not offer
   When it does not (no closing tag anywhere):
     unclosed_tag      a known tag was opened but never closed (also a closing tag cut off at the end)
-    unknown_tag       no known tag, but a tag-like ``<name>`` / ``</name>`` (e.g. <python>, <tool>);
-                      chat control tokens such as <end_of_turn> do not count
+    unknown_tag       no known tag, but a tag-like ``<name>`` / ``</name>`` (e.g. <python>, <tool>, or a
+                      known tag with a space or attributes, <answer >); chat control tokens such as
+                      <end_of_turn> do not count
     no_tag            none of the above
 """
 
@@ -161,8 +162,8 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
     if opens:
       return _malformed(
           "unclosed_tag", f"{open_tag(opens[0])} is not closed with {close_tag(opens[0])}", trailing)
-    for m in _TAGLIKE_RE.finditer(turn):
-      if m.group(1) not in KNOWN_TAGS and m.group(1) not in _CONTROL_TAGS:
+    for m in _TAGLIKE_RE.finditer(turn):  # (a known tag here has a space or attributes: exact ones matched above)
+      if m.group(1) not in _CONTROL_TAGS:
         return _malformed(
             "unknown_tag",
             f"{m.group(0)[:40]} is not a known tag; use {_tag_list(allowed_tools)}",
