@@ -8,6 +8,7 @@ line (``--config.sampling.temperature=0.7``).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterator
 
@@ -210,7 +211,7 @@ MINIMUM: dict[str, int] = {
     "rollout.max_tool_calls": 0, "search.max_words": 1, "judge.model.batch_size": 1,
     "judge.model.max_new_tokens": 1, "judge.model.cache_len": 16, "judge.openai.max_concurrency": 1,
     "judge.openai.max_retries": 0, "judge.openai.max_tokens": 1, "train.warmup_steps": 0, "filter.equalize": -1,
-    "train.decay_steps": -1,
+    "train.decay_steps": -1, "data.num_questions": 1, "serve.port": 0,
 }
 # Real-valued settings: (lowest, highest, whether the lowest itself is allowed).
 RANGES: dict[str, tuple[float, float, bool]] = {
@@ -250,9 +251,10 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
   if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
     errors.append("--config.mesh.data / fsdp / tensor: at most one of them may be -1")
   key_env = cfg.judge.openai.api_key_env
-  if cfg.judge.backend == "openai" and key_env and not os.environ.get(key_env) and (
-      cfg.mode in ("pipeline", "label", "eval") or (cfg.mode == "train" and cfg.train.mode == "rl")):
-    # found now, not after hours of generation (the judge is first called by label)
+  # (found now, not after hours of generation: the judge is first called by label)
+  judging = cfg.mode in ("pipeline", "label", "eval") or (cfg.mode == "train" and cfg.train.mode == "rl")
+  errors += _model_source_errors(cfg, judging) + _judge_endpoint_errors(cfg, judging) + _mesh_errors(cfg)
+  if cfg.judge.backend == "openai" and key_env and not os.environ.get(key_env) and judging:
     errors.append(f"--config.judge.openai.api_key_env={key_env!r}: that environment variable is not set or "
                   f"empty; set it to the endpoint's API key, or pass --config.judge.openai.api_key_env='' for an "
                   f"endpoint without a key")
@@ -271,7 +273,10 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
       errors.append(f"--config.train.group_size=1 with --config.train.baseline={t.baseline or 'loo'!r} (rl): the "
                     "baseline of a one-action group is its own reward, so every advantage is 0; pass "
                     "--config.train.group_size >= 2, or --config.train.baseline=none")
-  if cfg.mode in ("pipeline", "generate", "eval"):
+  if cfg.serve.port > 65535:
+    errors.append(f"--config.serve.port={cfg.serve.port}: must be in [0, 65535]")
+  dataset_known = True
+  if cfg.mode in ("pipeline", "generate", "eval") and cfg.data.num_questions >= 1:  # (else named above)
     # name and split typos surface now, not after hours of generation and training
     checks = {"data.name / data.split": lambda: resolve(dataset_spec(cfg))}
     if cfg.mode in ("pipeline", "eval"):
@@ -281,15 +286,90 @@ def validate(cfg: ml_collections.ConfigDict, modes=()) -> None:
         check()
       except (UnknownDatasetError, UnknownSplitError, ValueError) as e:
         errors.append(f"--config.{keys}: {e}")
+        dataset_known &= not (keys.startswith("data.") and isinstance(e, UnknownDatasetError))
     errors += _unread_data_files(cfg)
   task = dataset_task(cfg.data.name)
-  if cfg.mode in ("pipeline", "generate") and task != cfg.rollout.task:
+  if cfg.mode in ("pipeline", "generate") and task != cfg.rollout.task and dataset_known:
     # (eval picks each dataset's tool itself; training data made with the other tool would teach its tags)
     errors.append(f"--config.rollout.task={cfg.rollout.task!r} does not fit --config.data.name={cfg.data.name!r}, a "
                   f"{task} dataset ({'calculator, <math_exp>' if task == 'math' else 'search, <search_query>'}): "
                   f"pass --config.rollout.task={task} (rollout.max_tool_calls=0 takes its default budget)")
   if errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def source_problem(source: str) -> str | None:
+  """Why load_model cannot load ``source``, judged without reading it; None when it may."""
+  from swirl_jax.checkpoints.packaged import PACKAGED
+
+  if source in PACKAGED or source.startswith("random:"):
+    return None
+  if not os.path.exists(source):
+    return (f"no such file or directory, and not a packaged model ({', '.join(sorted(PACKAGED))}) or "
+            "random:PRESET")
+  if os.path.isfile(source) and not source.endswith(".gguf"):
+    return "a file that is not a .gguf (a Hugging Face checkpoint is a directory)"
+  return None
+
+
+def _model_source_errors(cfg, judging: bool) -> list[str]:
+  """model.source, judge.model.source and eval.checkpoint that cannot load, before the work that comes first
+  (a judge model loads after generation, a trained policy after the base model's evaluation)."""
+  named = []
+  if cfg.mode not in ("label", "filter"):
+    named.append(("model.source", cfg.model.source))
+  if cfg.judge.backend == "model" and judging:
+    named.append(("judge.model.source", cfg.judge.model.source))
+  if cfg.eval.checkpoint and cfg.mode in ("pipeline", "eval", "export"):
+    named.append(("eval.checkpoint", cfg.eval.checkpoint))
+  return [f"--config.{key}={source!r}: {why}" for key, source in named if (why := source_problem(source))]
+
+
+def _judge_endpoint_errors(cfg, judging: bool) -> list[str]:
+  o = cfg.judge.openai
+  if cfg.judge.backend != "openai" or not judging:
+    return []
+  errors = []
+  if not o.base_url.startswith(("http://", "https://")):
+    errors.append(f"--config.judge.openai.base_url={o.base_url!r}: judge.backend=openai needs the endpoint's "
+                  "http:// or https:// API root (e.g. http://127.0.0.1:8000/v1)")
+  if not o.model:
+    errors.append("--config.judge.openai.model='': judge.backend=openai needs the model name the endpoint serves")
+  return errors
+
+
+def _mesh_errors(cfg) -> list[str]:
+  """A mesh that does not fit this run's devices, and training batches that do not split over its batch
+  shards: found now, not when the model loads (a mesh) or after generation and labelling (a train batch)."""
+  import jax
+
+  from swirl_jax.models.sharding import MESH_AXES, ShardingError
+
+  mesh = mesh_config(cfg)
+  training = cfg.mode == "train" or (cfg.mode == "pipeline" and cfg.train.steps > 0)
+  # sampling meshes span each process's devices, the training mesh all of them (modes._mesh); one device: none
+  counts = {jax.local_device_count()} | ({jax.device_count()} if training else set())
+  for n in sorted(c for c in counts if c > 1):
+    try:
+      mesh.shape(n)
+    except ShardingError as e:
+      return [f"--config.mesh.data / fsdp / tensor: {e}"]
+  if not training:
+    return []
+  shape = dict(zip(MESH_AXES, mesh.shape(jax.device_count()) if jax.device_count() > 1 else (1, 1, 1)))
+  entry = rules(cfg).spec(("batch",))[0]
+  shards = math.prod(shape[a] for a in (() if entry is None else (entry,) if isinstance(entry, str) else entry))
+  t = cfg.train
+  per_state = 1 if t.mode != "rl" or t.share_prefix else t.group_size
+  seqs = t.states_per_step * per_state
+  if seqs % (t.micro_batches * shards):
+    return [f"--config.train.states_per_step={t.states_per_step}"
+            + (f" x --config.train.group_size={t.group_size}" if per_state > 1 else "")
+            + f" = {seqs} sequences per step do not divide into --config.train.micro_batches={t.micro_batches} x "
+            f"{shards} batch shards of the mesh ({jax.device_count()} devices, mesh.data x mesh.fsdp)"
+            + (" (train.share_prefix packs each state with its group: one sequence per state)"
+               if t.mode == "rl" and t.share_prefix else "")]
+  return []
 
 
 def _unread_data_files(cfg) -> list[str]:
@@ -321,10 +401,14 @@ def _unread_data_files(cfg) -> list[str]:
 
 # The LLM judge of the paper recipes: Gemini through its OpenAI-compatible API (any such endpoint works).
 GEMINI_OPENAI_URL = "https://generativelanguage.googleapis.com/v1beta/openai"
+# The paper's judge, Gemini 1.5 Pro, is shut down. This is the replacement Google's deprecations page names
+# for gemini-2.5-pro (retired 2026-12-01), read on 2026-12-03; models retire, so pass
+# --config.judge.openai.model to choose (a run asks the endpoint once before it generates: modes.py).
+GEMINI_JUDGE_MODEL = "gemini-3.8-flash"
 
 
 def use_openai_judge(cfg: ml_collections.ConfigDict, base_url: str = GEMINI_OPENAI_URL,
-                     model: str = "gemini-1.5-pro", api_key_env: str = "GEMINI_API_KEY",
+                     model: str = GEMINI_JUDGE_MODEL, api_key_env: str = "GEMINI_API_KEY",
                      max_concurrency: int = 32) -> None:
   """Sets judge.* to an OpenAI-compatible endpoint (the key is read from ``api_key_env`` at run time)."""
   cfg.judge.backend = "openai"

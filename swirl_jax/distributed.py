@@ -24,6 +24,10 @@ import numpy as np
 _SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
+class StartupError(ValueError):
+  """Multi-process settings (flags or environment) that cannot start a run; the message names them."""
+
+
 def _multihost_cloud_tpu_vm() -> bool:
   """Whether this is one worker of a several-host Cloud TPU VM slice, asked as JAX asks it (GceTpuCluster)."""
   try:  # private JAX modules: treat their absence as "not detected" rather than fail every run
@@ -47,13 +51,18 @@ def cluster_in_environment() -> str | None:
   """Which multi-process environment we are in, if any.
 
   Raises:
-    RuntimeError: the SLURM allocation has several tasks but this process was not started by srun (e.g.
-      run directly in an sbatch script or salloc shell), so JAX could not find the other tasks.
+    StartupError: the SLURM allocation has several tasks but this process was not started by srun (e.g.
+      run directly in an sbatch script or salloc shell), so JAX could not find the other tasks; or
+      SLURM_NTASKS is not a number.
   """
   env = os.environ
-  if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+  try:
+    tasks = int(env.get("SLURM_NTASKS", "1"))
+  except ValueError:
+    raise StartupError(f"SLURM_NTASKS={env['SLURM_NTASKS']!r} is not a number of tasks") from None
+  if "SLURM_JOB_ID" in env and tasks > 1:
     if not all(v in env for v in _SLURM_STEP_VARS):
-      raise RuntimeError(f"{env['SLURM_NTASKS']} SLURM tasks but not under srun: start every task with "
+      raise StartupError(f"{env['SLURM_NTASKS']} SLURM tasks but not under srun: start every task with "
                          "`srun python -m swirl_jax.main ...`, or unset SLURM_NTASKS for a single-process run")
     return "slurm"
   if env.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
@@ -72,16 +81,20 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     process_id: this process's index (with coordinator_address); -1 means unset.
 
   Raises:
-    ValueError: only some of the three explicit settings are given.
+    StartupError: only some of the three explicit settings are given, or --process_id is not below
+      --num_processes; see also cluster_in_environment.
   """
   if coordinator_address:
     if num_processes < 1 or process_id < 0:
-      raise ValueError("--coordinator_address needs --num_processes and --process_id")
+      raise StartupError("--coordinator_address needs --num_processes and --process_id")
+    if process_id >= num_processes:
+      raise StartupError(f"--process_id={process_id} must be below --num_processes={num_processes} (processes "
+                         "are numbered from 0)")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     return True
   if num_processes > 0 or process_id >= 0:  # would otherwise silently become a single-process run
-    raise ValueError("--num_processes and --process_id need --coordinator_address")
+    raise StartupError("--num_processes and --process_id need --coordinator_address")
   if cluster_in_environment():
     jax.distributed.initialize()
     return True

@@ -79,7 +79,17 @@ def check_override_keys(argv: list[str]) -> None:
              f"{' under --config.' + section[:-1] if section else ''}: {', '.join(siblings)}")
 
 
+def check_config_file(argv: list[str]) -> None:
+  """Refuses a ``--config`` file that does not exist (ml_collections' error is a double traceback)."""
+  spec = _config_arg(argv)
+  path = spec.partition(":")[0] if spec else None
+  if path and not os.path.isfile(path):
+    sys.exit(f"error: --config={spec}: no such file {path!r} (the configs are in "
+             f"{os.path.dirname(_DEFAULT_CONFIG)})")
+
+
 if __name__ == "__main__":  # before the config flag parses the overrides (at definition)
+  check_config_file(sys.argv)
   check_override_keys(sys.argv)
 
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, _settings_help(sys.argv))
@@ -96,7 +106,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # before JAX starts its backends (they log at INFO)
   from swirl_jax import distributed
 
-  distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+  try:
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
+  except distributed.StartupError as e:
+    print(f"swirl_jax.main: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   import jax
 
   from swirl_jax import modes
@@ -137,9 +151,12 @@ def _input_errors() -> tuple[type[Exception], ...]:
   that is not there): main prints their message alone. Anything else keeps its traceback."""
   from swirl_jax import modes
   from swirl_jax.data.registry import UnknownDatasetError, UnknownSplitError
+  from swirl_jax.judges.openai_backend import JudgeBackendError
   from swirl_jax.types import RecordError
 
-  errors = (RecordError, FileNotFoundError, UnknownDatasetError, UnknownSplitError, modes.EvalDataError)
+  # (JudgeBackendError names the endpoint, the status and the reply: its traceback adds nothing)
+  errors = (RecordError, FileNotFoundError, UnknownDatasetError, UnknownSplitError, modes.EvalDataError,
+            JudgeBackendError)
   tfds_builders = sys.modules.get("swirl_jax.data.tfds_builders")  # (loaded only where TFDS was used)
   return errors + ((tfds_builders.StalePreparedDataError,) if tfds_builders else ())
 

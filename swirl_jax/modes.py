@@ -174,6 +174,17 @@ def judge(cfg, paths: Paths, policy=None, task: str | None = None):
       cache_read_only=jax.process_index() != 0)  # one writer per cache file
 
 
+def check_judge_endpoint(cfg) -> None:
+  """One small request to an openai judge endpoint (process 0), so that a wrong URL, model name or key stops
+  the run now, not after the hours of generation or evaluation rollouts before the judge's first call."""
+  if cfg.judge.backend != "openai" or jax.process_index() != 0:
+    return
+  from swirl_jax.config import openai_judge_config
+  from swirl_jax.judges.openai_backend import OpenAIBackend
+
+  OpenAIBackend(openai_judge_config(cfg)).check()
+
+
 # -- stages ------------------------------------------------------------------------------------------
 
 
@@ -347,6 +358,7 @@ def run_eval(cfg, paths: Paths) -> dict:
             f"{stamps.changed(paths.workdir, f'eval-{label}', inputs)}", flush=True)
     if questions is None:
       questions = eval_questions(cfg, specs)
+      check_judge_endpoint(cfg)
     stamps.write(paths.workdir, f"eval-{label}", {"in_progress": True})  # a partial re-run is never fresh
     lm = load(cfg, source=source)
     for sp in todo:
@@ -502,13 +514,16 @@ def run_pipeline(cfg, paths: Paths) -> dict:
       check_questions(paths.trajectories, questions)  # these questions?
     return True
 
-  if generated() and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
+  complete = generated()  # (reads the whole file: once)
+  if complete and stamps.read(paths.workdir, "generate") is not None and not stamps.matches(
       paths.workdir, "generate", generate_inputs(cfg)):
     # complete for these questions: kept (sampling settings are eval settings too), but never silently
     print(f"== note: {paths.trajectories} was generated with other settings (changed: "
           f"{', '.join(stamps.changed(paths.workdir, 'generate', generate_inputs(cfg)))}); it is used as it is. "
           "Use a new workdir to generate with these.", flush=True)
-  stage("generate", generated, lambda: run_generate(cfg, paths, questions))
+  if not complete:
+    check_judge_endpoint(cfg)  # (the label stage is the judge's first call)
+  stage("generate", lambda: complete, lambda: run_generate(cfg, paths, questions))
   # (every trajectory of the file, not a count: a killed label run leaves its record and part of the file)
   labelled = lambda: done_keys(paths.trajectories) <= done_keys(paths.labelled)
   stage("label", labelled, lambda: run_label(cfg, paths), lambda: label_inputs(cfg, paths))

@@ -72,7 +72,18 @@ def test_slurm_tasks_without_srun_are_refused(calls, monkeypatch):
   # "coordinator_address should be defined".
   _srun_env(monkeypatch, ntasks=4)
   monkeypatch.delenv("SLURM_STEP_NODELIST")
-  with pytest.raises(RuntimeError, match="4 SLURM tasks but not under srun"):
+  with pytest.raises(distributed.StartupError, match="4 SLURM tasks but not under srun"):
+    distributed.initialize()
+  assert calls == []
+
+
+def test_bad_process_settings_are_named(calls, monkeypatch):
+  """--process_id=5 of 2 reached JAX (its own error), SLURM_NTASKS=abc gave int()'s message naming no variable."""
+  with pytest.raises(distributed.StartupError, match="--process_id=5 must be below --num_processes=2"):
+    distributed.initialize("host:1234", 2, 5)
+  _srun_env(monkeypatch, ntasks=4)
+  monkeypatch.setenv("SLURM_NTASKS", "abc")
+  with pytest.raises(distributed.StartupError, match="SLURM_NTASKS='abc' is not a number"):
     distributed.initialize()
   assert calls == []
 

@@ -102,10 +102,14 @@ def test_help_shows_the_selected_configs_values():
 
 
 @pytest.mark.parametrize("arg", ["gemma2-2b,gsm8k", "gemma2-9b,hotpot_qa", "gemma2-27b,hotpot_qa", "gemma2-27b,gsm8k"])
-def test_paper_recipes_are_valid(arg, monkeypatch):
+def test_paper_recipes_are_valid(arg, monkeypatch, tmp_path):
   monkeypatch.setenv("GEMINI_API_KEY", "k")  # the recipes' judge key, checked up front
   paper = _config_module("paper")
   cfg = paper.get_config(arg)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=f"--config.model.source='{cfg.model.source}': no such file or directory"):
+    config_lib.validate(cfg, ("pipeline",))
+  os.makedirs(cfg.model.source)  # the weights' directory (checked up front)
   config_lib.check_documented(cfg)
   config_lib.validate(cfg, ("pipeline",))
   assert cfg.rollout.samples_per_question == 5 and cfg.filter.strategy == "process"
@@ -122,9 +126,11 @@ def test_paper_recipes_are_valid(arg, monkeypatch):
     paper.get_config("gemma2-3b,gsm8k")
 
 
-def test_eval_configs_cover_the_five_datasets(monkeypatch):
+def test_eval_configs_cover_the_five_datasets(monkeypatch, tmp_path):
   monkeypatch.setenv("GEMINI_API_KEY", "k")
   eval_configs = _config_module("eval")
+  monkeypatch.chdir(tmp_path)
+  os.makedirs(eval_configs.get_config().model.source)  # the weights' directory (checked up front)
   assert config_lib.eval_dataset_specs(eval_configs.get_config())[-1].name == "cofca"
   for name in eval_configs.DATASETS:
     cfg = eval_configs.get_config(name)
@@ -446,3 +452,87 @@ def test_a_workdir_that_cannot_be_locked_says_so(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(fcntl, "flock", no_locks)
   assert main_module._lock_workdir(str(tmp_path), "pipeline") is not None
   assert f"warning: cannot lock {tmp_path} (No locks available)" in capsys.readouterr().err
+
+
+def test_validate_refuses_what_used_to_fail_after_hours(monkeypatch, tmp_path):
+  """Each of these passed validate and failed when its stage came: an empty judge endpoint or model (at label,
+  after generation), a misspelt eval.checkpoint (after the whole base evaluation), a judge model that does not
+  exist (at label), train batches that do not split over micro-batches (at train); a serve.port out of range;
+  a negative data.num_questions reported under data.name; an unknown data.name also blamed on rollout.task."""
+  cfg = config_lib.base_config()
+  cfg.judge.backend = "openai"
+  cfg.eval.checkpoint = str(tmp_path / "no_such_run" / "checkpoints")
+  cfg.train.states_per_step, cfg.train.micro_batches = 3, 2
+  cfg.serve.port = 70000
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  msg = str(e.value)
+  for part in ("--config.judge.openai.base_url='': judge.backend=openai needs", "--config.judge.openai.model='': ",
+               f"--config.eval.checkpoint='{cfg.eval.checkpoint}': no such file or directory",
+               "--config.train.states_per_step=3 = 3 sequences per step do not divide into "
+               "--config.train.micro_batches=2 x 1 batch shards", "--config.serve.port=70000: must be in [0, 65535]"):
+    assert part in msg, (part, msg)
+  cfg = config_lib.base_config()
+  cfg.judge.backend = "model"
+  cfg.judge.model.source = "gemma3-207m"
+  cfg.data.num_questions = -5
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("pipeline",))
+  msg = str(e.value)
+  assert "--config.judge.model.source='gemma3-207m': no such file" in msg and "(gemma3-270m)" in msg
+  assert "--config.data.num_questions=-5: must be >= 1" in msg and "data.name / data.split" not in msg
+  cfg.mode = "generate"  # generation loads no judge
+  cfg.data.num_questions = 10
+  cfg.data.name = "gsm8x"
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg, ("generate",))
+  assert "unknown dataset 'gsm8x'" in str(e.value) and "rollout.task" not in str(e.value)
+  cfg = config_lib.base_config()
+  cfg.train.states_per_step, cfg.train.group_size, cfg.train.micro_batches = 3, 4, 2
+  cfg.train.share_prefix = False  # 12 rows, one sequence each: they split
+  config_lib.validate(cfg, ("pipeline",))
+  cfg.train.share_prefix = True  # 3 packed sequences: they do not
+  with pytest.raises(ValueError, match=r"states_per_step=3 = 3 sequences .*one sequence per state"):
+    config_lib.validate(cfg, ("pipeline",))
+  cfg.train.steps = 0  # nothing trained
+  config_lib.validate(cfg, ("pipeline",))
+
+
+def test_validate_checks_the_mesh_against_the_devices():
+  """A mesh that does not fit the devices failed when the model loaded (a 28-line traceback); the paper's
+  batch of 64 packed sequences on more batch shards than micro-batches allow failed at the train stage."""
+  from multidevice import run_with_devices
+
+  out = run_with_devices("""
+    from swirl_jax import config as config_lib
+    cfg = config_lib.base_config()
+    cfg.mesh.data = 3
+    try:
+      config_lib.validate(cfg, ("pipeline",))
+    except ValueError as e:
+      print("REFUSED", e)
+    cfg = config_lib.base_config()
+    cfg.mesh.data, cfg.mesh.fsdp = 2, 4
+    cfg.train.states_per_step, cfg.train.micro_batches = 64, 16
+    try:
+      config_lib.validate(cfg, ("pipeline",))
+    except ValueError as e:
+      print("REFUSED", e)
+    cfg.train.micro_batches = 8
+    config_lib.validate(cfg, ("pipeline",))
+    print("OK")
+  """, n=8, timeout=300)
+  assert "--config.mesh.data / fsdp / tensor: mesh [3, -1, 1]: 8 devices are not divisible by 3" in out
+  assert "micro_batches=16 x 8 batch shards of the mesh (8 devices" in out
+  assert out.rstrip().endswith("OK")
+
+
+def test_a_missing_config_file_and_bad_process_flags_get_one_line(tmp_path):
+  """A --config path that does not exist printed a 42-line double traceback; --process_id without
+  --coordinator_address a 15-line one."""
+  r = _run([f"--config={tmp_path / 'nope.py'}:arg"], timeout=120)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert f"--config={tmp_path / 'nope.py'}:arg: no such file" in r.stderr
+  r = _run(["--config=configs/quickstart.py", f"--workdir={tmp_path}", "--num_processes=2"], timeout=300)
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+  assert "--num_processes and --process_id need --coordinator_address" in r.stderr

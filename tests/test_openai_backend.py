@@ -303,3 +303,32 @@ def test_identity_and_url_handling():
       "temperature": 0.0, "max_tokens": 512, "stream": False, "seed": 2}
   with pytest.raises(ValueError):
     OpenAIJudgeConfig(base_url="judge:8000", model="g")
+
+
+def test_check_sends_one_small_request_and_names_a_missing_model(tmp_path, monkeypatch):
+  """The paper recipe's judge model is first asked at the label stage, after every trajectory is generated:
+  a retired model name (gemini-1.5-pro) or a wrong URL cost the whole generation. check() asks once first,
+  and run_pipeline calls it before generating."""
+  def script(n, body, headers):
+    if body["model"] != "judge-model":
+      return 404, {}, json.dumps({"error": {"message": f"models/{body['model']} is not found"}}).encode()
+    return ok("OK")  # not a verdict: check() accepts any completion
+
+  with Server(script) as server:
+    OpenAIBackend(config(server)).check()
+    assert server.count == 1 and server.bodies[0]["messages"][0]["role"] == "user"
+    with pytest.raises(JudgeBackendError, match=r"did not answer a test request for model 'retired'.*HTTP 404.*"
+                                                r"models/retired is not found.*judge.openai.base_url, .model"):
+      OpenAIBackend(config(server, model="retired")).check()
+    assert server.count == 2  # a 404 is not retried
+
+    from swirl_jax import config as config_lib
+    from swirl_jax import modes
+
+    cfg = config_lib.base_config()
+    config_lib.use_openai_judge(cfg, base_url=server.base_url, model="retired", api_key_env="")
+    cfg.data.num_questions = 2
+    monkeypatch.setattr(modes, "run_generate", lambda *a, **k: pytest.fail("generated before the judge check"))
+    with pytest.raises(JudgeBackendError, match="retired"):
+      modes.run_pipeline(cfg, modes.Paths(str(tmp_path)))
+    assert server.count == 3

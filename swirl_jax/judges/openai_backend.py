@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 from swirl_jax.judges.base import Completion, JudgeRequest, OnDone
 from swirl_jax.judges.prompts import parse_verdict
+from swirl_jax.types import Message
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class OpenAIBackend:
       body["seed"] = request.vote
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
-  def _post(self, body: bytes) -> tuple[str | None, _Attempt]:
+  def _post(self, body: bytes, accept: Callable[[str], bool]) -> tuple[str | None, _Attempt]:
     """One attempt: (completion text or None when it should be retried, what happened)."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     key = self._key()
@@ -240,7 +241,7 @@ class OpenAIBackend:
     if not isinstance(content, str):
       attempt.snippet = "not a chat completion: " + attempt.snippet
       return None, attempt
-    if not self._accept(content):
+    if not accept(content):
       attempt.snippet = "no parseable verdict: " + self._snippet(content.encode("utf-8"))
       attempt.unparseable = self._redact(content)
       return None, attempt
@@ -258,7 +259,20 @@ class OpenAIBackend:
 
   def complete_one(self, request: JudgeRequest) -> Completion:
     """The completion of one request, retrying as described in the module docstring."""
-    body = self._body(request)
+    return self._complete(self._body(request), self._accept)
+
+  def check(self) -> None:
+    """Sends one small request (retried like any other) and raises JudgeBackendError, naming the endpoint,
+    the model and the reply, unless a chat completion comes back: a wrong URL, model name or key then stops
+    a run before the hours of generation or evaluation rollouts that come before the judge's first call."""
+    probe = JudgeRequest(messages=(Message(role="user", content="Reply with the word OK."),))
+    try:
+      self._complete(self._body(probe), lambda text: True)
+    except JudgeBackendError as e:
+      raise JudgeBackendError(f"the judge endpoint did not answer a test request for model {self.config.model!r}: "
+                              f"{e}. Check --config.judge.openai.base_url, .model and .api_key_env") from None
+
+  def _complete(self, body: bytes, accept: Callable[[str], bool]) -> Completion:
     attempts = 1 + self.config.max_retries
     # At temperature 0 a second unparseable reply would be the same text, paid for again; one retry
     # still covers an endpoint that is not exactly deterministic.
@@ -267,7 +281,7 @@ class OpenAIBackend:
     n_unparseable = 0
     last = _Attempt()
     for i in range(attempts):
-      text, last = self._post(body)
+      text, last = self._post(body, accept)
       if text is not None:
         return Completion(text=text)
       if last.unparseable is not None:
