@@ -8,6 +8,11 @@
 # SWIRL_JAX_REMOTE_DIR: where the code goes on the workers, relative to the remote home (default swirl_jax).
 # SWIRL_JAX_PYTHON: the workers' interpreter for the venv (default python3; swirl_jax needs Python >= 3.11,
 # which some TPU VM images do not ship as python3: install e.g. python3.11-venv and pass python3.11).
+# SWIRL_JAX_ENV: names of environment variables to give the workers where they are set here (default
+# GEMINI_API_KEY OPENAI_API_KEY HF_TOKEN: the judge's key, e.g. judge.openai.api_key_env); gcloud ssh
+# passes none. They travel in a file of mode 600 that each worker reads and deletes before the run.
+# Model weights are not copied (hf/ is ignored, like any large local file should be): put them where every
+# worker sees them, e.g. --config.model.source=/mnt/shared/gemma-2-27b-it.
 # The remote commands run in the workers' login shell (bash on TPU VM images).
 set -euo pipefail
 tpu=${1:?usage: launchers/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [overrides...]}
@@ -22,12 +27,25 @@ jax_version=$(sed -n 's/^jax==//p' "$root/requirements.txt")
 # 1. Copy only the files git knows (tracked, edits included, and untracked but not ignored): not the local
 # .venv (gigabytes, with this machine's absolute paths), .git or runs/.
 tarball=$(mktemp "${TMPDIR:-/tmp}/swirl_jax.XXXXXX")
-trap 'rm -f "$tarball"' EXIT
+envfile=$(mktemp "${TMPDIR:-/tmp}/swirl_jax_env.XXXXXX")  # (mode 600)
+trap 'rm -f "$tarball" "$envfile"' EXIT
 git -C "$root" ls-files -z --cached --others --exclude-standard |
-  while IFS= read -r -d '' f; do if [ -e "$root/$f" ]; then printf '%s\0' "$f"; fi; done |  # skip deleted
+  while IFS= read -r -d '' f; do
+    case "$f" in .venv | .venv/* | hf/*) continue ;; esac  # (also where a checkout's .gitignore is older)
+    if [ -e "$root/$f" ]; then printf '%s\0' "$f"; fi  # skip deleted
+  done |
   tar -C "$root" --null -T - -czf "$tarball"
 remote_tar=$remote_dir.tar.gz
 gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$tarball" "$tpu:$remote_tar"
+
+# The environment variables the run needs (an API key), in a file only its owner reads.
+for name in ${SWIRL_JAX_ENV-GEMINI_API_KEY OPENAI_API_KEY HF_TOKEN}; do
+  if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}" >> "$envfile"; fi
+done
+remote_env=$remote_dir.env
+if [ -s "$envfile" ]; then
+  gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$envfile" "$tpu:$remote_env"
+fi
 
 # 2. Unpack, create the venv there (never copied), install the pinned requirements + TPU JAX of the same
 # version, 3. run. Every value is quoted with %q so that spaces, |, & or $ reach python unchanged.
@@ -35,7 +53,8 @@ printf -v run_cmd ' %q' python -m swirl_jax.main "--config=$config" "--workdir=$
 # (pip would fail on an older Python with a resolver error about numpy/jax pins: say what is wrong instead)
 # A venv an older Python made (an earlier run's, before this check) is rebuilt. The two pip installs are
 # separate statements: under set -e a failure on the left of && would not stop the run.
-printf -v remote 'set -e; mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q; py=%q
+printf -v remote 'set -e; if [ -f %q ]; then . ./%q; rm -f %q; fi
+mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q; py=%q
 if [ -d .venv ] && ! .venv/bin/python -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
   rm -rf .venv
 fi
@@ -47,6 +66,7 @@ fi
 . .venv/bin/activate
 pip install -q -r requirements.txt
 pip install -q %q
-' "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" "$python" \
+' "$remote_env" "$remote_env" "$remote_env" "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" \
+  "$python" \
   "jax[tpu]==$jax_version"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote$run_cmd"

@@ -19,7 +19,7 @@ LAUNCHERS = os.path.join(ROOT, "launchers")
 
 # Records "name\0cwd\0argv...\0" per call, numbered in call order. python3 -m venv DIR makes an empty
 # DIR/bin/activate (what the scripts source) and a DIR/bin/python that passes the version check; gcloud
-# keeps a copy of any file it is given (the scp payload).
+# keeps a copy of any file it is given (the scp payload), named by the call's number.
 _FAKE = """#!/bin/bash
 n=$(cat "$FAKE_REC/count" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_REC/count"
 printf '%s\\0' {name} "$PWD" "$@" > "$FAKE_REC/call.$(printf %04d "$n")"
@@ -28,7 +28,8 @@ if [ {name} = python3 ] && [ "$1" = -m ] && [ "$2" = venv ]; then
 fi
 if [ {name} = python3 ] && [ "$1" = -c ] && [ -n "$FAKE_OLD_PYTHON" ]; then exit 1; fi
 if [ {name} = pip ] && [ -n "$FAKE_PIP_FAILS" ]; then exit 1; fi
-if [ {name} = gcloud ]; then for a; do if [ -f "$a" ]; then cp "$a" "$FAKE_REC/payload"; fi; done; fi
+if [ {name} = python ] || [ {name} = srun ]; then printf '%s' "${GEMINI_API_KEY-unset}|${SRUN_CPUS_PER_TASK-unset}" > "$FAKE_REC/env.$n"; fi
+if [ {name} = gcloud ]; then for a; do if [ -f "$a" ]; then cp -p "$a" "$FAKE_REC/payload.$(printf %04d "$n")"; fi; done; fi
 exit 0
 """
 _NAMES = ("gcloud", "srun", "pip", "python", "python3")
@@ -125,7 +126,7 @@ def test_tpu_pod_copies_tracked_files_and_quotes_arguments(tmp_path, fakes, remo
   assert scp[-1] == f"my-tpu:{remote_dir}.tar.gz"  # relative to the remote home, not the local ~ expanded
   assert not any(env["HOME"] in a for a in scp + ssh)
 
-  with tarfile.open(os.path.join(env["FAKE_REC"], "payload")) as tar:
+  with tarfile.open(os.path.join(env["FAKE_REC"], "payload.0000")) as tar:
     names = tar.getnames()
   assert "swirl_jax/distributed.py" in names and "requirements.txt" in names
   assert not [n for n in names if n.split("/")[0] in (".venv", ".git", "runs")]
@@ -134,7 +135,7 @@ def test_tpu_pod_copies_tracked_files_and_quotes_arguments(tmp_path, fakes, remo
   remote_home = tmp_path / "worker"
   remote_home.mkdir()
   os.makedirs(os.path.dirname(remote_home / scp[-1].split(":", 1)[1]), exist_ok=True)
-  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload.0000"), remote_home / scp[-1].split(":", 1)[1])
   command = ssh[ssh.index("--command") + 1]
   subprocess.run(["bash", "-c", command], cwd=remote_home, env={**env, "HOME": str(remote_home)}, check=True)
   code = str(remote_home / remote_dir)
@@ -159,7 +160,7 @@ def test_tpu_pod_refuses_a_python_older_than_3_11_before_installing(tmp_path, fa
   (_, _, scp), (_, _, ssh) = recorded()
   remote_home = tmp_path / "worker"
   remote_home.mkdir()
-  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload.0000"), remote_home / scp[-1].split(":", 1)[1])
   r = subprocess.run(["bash", "-c", ssh[ssh.index("--command") + 1]], cwd=remote_home, capture_output=True,
                      text=True, env={**env, "HOME": str(remote_home), "FAKE_OLD_PYTHON": "1"})
   assert r.returncode == 1
@@ -181,7 +182,7 @@ def test_tpu_pod_rebuilds_a_venv_an_older_python_made_and_stops_when_pip_fails(t
   (stale / "activate").write_text("")
   (stale / "python").write_text("#!/bin/bash\nexit 1\n")  # python3.10: fails the version check
   (stale / "python").chmod(0o755)
-  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload.0000"), remote_home / scp[-1].split(":", 1)[1])
   command = ssh[ssh.index("--command") + 1]
   subprocess.run(["bash", "-c", command], cwd=remote_home, env={**env, "HOME": str(remote_home)}, check=True)
   calls = [(c[0], c[2][:2]) for c in recorded()[2:]]
@@ -189,8 +190,76 @@ def test_tpu_pod_rebuilds_a_venv_an_older_python_made_and_stops_when_pip_fails(t
                        ("python3", ["-m", "venv"])]  # rebuilt
   assert "exit 0" in (stale / "python").read_text()  # the new venv's
   n = len(recorded())
-  shutil.copy(os.path.join(env["FAKE_REC"], "payload"), remote_home / scp[-1].split(":", 1)[1])
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload.0000"), remote_home / scp[-1].split(":", 1)[1])
   r = subprocess.run(["bash", "-c", command], cwd=remote_home, capture_output=True,
                      env={**env, "HOME": str(remote_home), "FAKE_PIP_FAILS": "1"})
   assert r.returncode != 0
   assert [c[0] for c in recorded()[n:]] == ["pip"]  # the first install failed: no second, no run
+
+
+def test_slurm_finds_the_checkout_or_says_how(tmp_path, fakes):
+  """Submitted from elsewhere, sbatch's spooled copy stopped at `.venv/bin/activate: No such file`; srun
+  (Slurm >= 22.05) did not inherit --cpus-per-task."""
+  env, recorded = fakes
+  repo = _scratch_checkout(tmp_path, "slurm_gpu.sbatch")
+  script = str(repo / "launchers" / "slurm_gpu.sbatch")
+  r = subprocess.run(["bash", script, "c.py", "/w"], env={**env, "SLURM_SUBMIT_DIR": str(tmp_path)}, cwd=tmp_path,
+                     capture_output=True, text=True)
+  assert r.returncode == 1 and "SWIRL_JAX_ROOT" in r.stderr and recorded() == []
+  subprocess.run(["bash", script, "c.py", "/w"], env={**env, "SLURM_SUBMIT_DIR": str(tmp_path),
+                                                      "SWIRL_JAX_ROOT": str(repo), "SLURM_CPUS_PER_TASK": "8"},
+                 cwd=tmp_path, check=True)
+  assert recorded()[0][:2] == ("srun", str(repo))
+  assert open(os.path.join(env["FAKE_REC"], "env.0")).read() == "unset|8"  # srun's environment
+
+
+def test_tpu_pod_passes_the_judge_key_in_a_private_file(tmp_path, fakes):
+  """gcloud ssh carries no local environment: the paper recipe's GEMINI_API_KEY never reached the workers,
+  and every worker stopped with 'that environment variable is not set'."""
+  env, recorded = fakes
+  secret = "s3cr'et $HOME `x`"
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
+                 cwd=tmp_path, env={**env, "GEMINI_API_KEY": secret}, check=True)
+  (_, _, scp), (_, _, scp_env), (_, _, ssh) = recorded()
+  assert scp_env[-1] == "t:swirl_jax.env" and scp_env[:4] == ["compute", "tpus", "tpu-vm", "scp"]
+  env_file = os.path.join(env["FAKE_REC"], "payload.0001")
+  assert os.stat(env_file).st_mode & 0o077 == 0  # only its owner reads it
+  command = ssh[ssh.index("--command") + 1]
+  assert secret not in command and "s3cr" not in " ".join(ssh)  # not on a command line
+  remote_home = tmp_path / "worker"
+  remote_home.mkdir()
+  shutil.copy(os.path.join(env["FAKE_REC"], "payload.0000"), remote_home / scp[-1].split(":", 1)[1])
+  shutil.copy(env_file, remote_home / "swirl_jax.env")
+  subprocess.run(["bash", "-c", command], cwd=remote_home, env={**env, "HOME": str(remote_home)}, check=True)
+  n = len(recorded()) - 1
+  assert recorded()[-1][0] == "python"
+  assert open(os.path.join(env["FAKE_REC"], f"env.{n}")).read().split("|")[0] == secret
+  assert not os.path.exists(remote_home / "swirl_jax.env")  # read, then deleted
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
+                 cwd=tmp_path, env={**env, "GEMINI_API_KEY": secret, "SWIRL_JAX_ENV": "HF_TOKEN"}, check=True)
+  assert [c[2][3] for c in recorded()[n + 1:]] == ["scp", "ssh"]  # not asked for: not sent
+
+
+def test_tpu_pod_copies_no_venv_link_or_weights(tmp_path, fakes):
+  """A .venv that is a symbolic link (not matched by '.venv/') and model weights downloaded into hf/ (54 GB
+  for the 27B recipe) went into the tarball sent to every worker."""
+  env, recorded = fakes
+  repo = tmp_path / "repo"
+  (repo / "launchers").mkdir(parents=True)
+  shutil.copy(os.path.join(LAUNCHERS, "tpu_pod.sh"), repo / "launchers" / "tpu_pod.sh")
+  shutil.copy(os.path.join(ROOT, "requirements.txt"), repo / "requirements.txt")
+  (repo / ".gitignore").write_text(".venv/\n")  # an older checkout's
+  (repo / "hf" / "gemma").mkdir(parents=True)
+  (repo / "hf" / "gemma" / "model.safetensors").write_bytes(b"w" * 100)
+  os.symlink("/nonexistent/venv", repo / ".venv")
+  git = dict(env, GIT_CONFIG_GLOBAL="/dev/null")
+  subprocess.run(["git", "init", "-q", str(repo)], env=git, check=True)
+  subprocess.run(["git", "-C", str(repo), "add", "launchers", "requirements.txt", ".gitignore"], env=git, check=True)
+  subprocess.run(["bash", str(repo / "launchers" / "tpu_pod.sh"), "t", "z", "c.py", "/w"], cwd=tmp_path, env=env,
+                 check=True)
+  with tarfile.open(os.path.join(env["FAKE_REC"], "payload.0000")) as tar:
+    names = tar.getnames()
+  assert "launchers/tpu_pod.sh" in names and "requirements.txt" in names
+  assert not [n for n in names if n.startswith((".venv", "hf/"))], names
+  ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
+  assert ".venv" in ignored and "/hf/" in ignored
