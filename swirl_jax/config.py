@@ -78,7 +78,7 @@ HELP: dict[str, str] = {
     "judge.openai.api_key_env": "NAME of the environment variable holding the API key ('' = no key); the key "
                                 "itself is never a config value",
     "judge.openai.max_concurrency": "requests in flight at once",
-    "judge.openai.timeout_s": "per-request timeout",
+    "judge.openai.timeout_s": "seconds one attempt of a request may take, to the reply's last byte",
     "judge.openai.max_retries": "retries on 429, 5xx and timeouts; an unparseable reply is asked again (once at "
                                  "temperature 0) and then counted as BAD",
     "judge.openai.temperature": "judge sampling temperature",

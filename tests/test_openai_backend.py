@@ -332,3 +332,38 @@ def test_check_sends_one_small_request_and_names_a_missing_model(tmp_path, monke
     with pytest.raises(JudgeBackendError, match="retired"):
       modes.run_pipeline(cfg, modes.Paths(str(tmp_path)))
     assert server.count == 3
+
+
+def test_a_reply_that_trickles_in_times_out():
+  """timeout_s bounded each socket read, not the request: a server sending a byte every 0.1 s held a judge
+  worker for as long as it liked (8.9 s with timeout_s=1 in the review)."""
+  body = json.dumps(chat_completion("VERDICT: GOOD")).encode()
+
+  class Trickle(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+      self.rfile.read(int(self.headers["Content-Length"]))
+      self.send_response(200)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      for i in range(len(body)):
+        self.wfile.write(body[i:i + 1])
+        self.wfile.flush()
+        time.sleep(0.05)
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+  httpd.daemon_threads = True
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  try:
+    backend = OpenAIBackend(OpenAIJudgeConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                                              model="m", timeout_s=0.5, max_retries=0))
+    t = time.monotonic()
+    with pytest.raises(JudgeBackendError, match="not complete after timeout_s=0.5s"):
+      backend.complete_one(REQUEST)
+    assert time.monotonic() - t < 2.0  # the whole reply takes len(body) x 0.05 s > 5 s
+    assert len(body) * 0.05 > 5
+  finally:
+    httpd.shutdown()
+    httpd.server_close()

@@ -70,7 +70,8 @@ class OpenAIJudgeConfig:
     api_key_env: NAME of the environment variable holding the API key, or None for endpoints without
       authentication (a local vLLM). Never the key itself.
     max_concurrency: requests in flight at once.
-    timeout_s: per-request socket timeout.
+    timeout_s: how long one attempt may take, from sending the request to the reply's last byte (a reply
+      still arriving then is cut off at its next read: it ends within about twice this).
     max_retries: retries after the first attempt.
     backoff_initial_s / backoff_max_s: exponential backoff bounds (full jitter).
     temperature / max_tokens: sampling settings of the judge.
@@ -214,8 +215,9 @@ class OpenAIBackend:
     req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
     try:
       with self._semaphore:
+        deadline = time.monotonic() + self.config.timeout_s
         with self._opener.open(req, timeout=self.config.timeout_s) as resp:
-          status, raw = resp.status, resp.read()
+          status, raw = resp.status, self._read_by(resp, deadline)
     except urllib.error.HTTPError as e:
       try:
         raw = e.read()
@@ -246,6 +248,16 @@ class OpenAIBackend:
       attempt.unparseable = self._redact(content)
       return None, attempt
     return self._redact(content), attempt
+
+  def _read_by(self, resp, deadline: float) -> bytes:
+    """The body, read as it arrives; a reply still coming at ``deadline`` is a timeout (the socket timeout
+    alone bounds each read, so a server sending a byte at a time would hold the request for ever)."""
+    chunks = []
+    while chunk := resp.read1(1 << 16):
+      chunks.append(chunk)
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"the reply was not complete after timeout_s={self.config.timeout_s}s")
+    return b"".join(chunks)
 
   def _snippet(self, raw: bytes) -> str:
     return self._redact(raw.decode("utf-8", errors="replace"))[:_SNIPPET_CHARS]
