@@ -395,12 +395,18 @@ def run_export(cfg, paths: Paths) -> dict:
     raise FileNotFoundError(f"mode=export: {paths.checkpoints} holds no checkpoint; train first, or name the "
                             f"policy to export with --config.eval.checkpoint (a checkpoint directory or any "
                             f"model.source)")
+  real = lambda p: os.path.realpath(p) + os.sep
+  for key, src in (("model.source", cfg.model.source), ("the policy exported", source)):
+    if os.path.exists(src) and real(src).startswith(real(out)):
+      # (the base model the checkpoints were trained from, or the checkpoints themselves)
+      raise ValueError(f"--config.export.out={out!r} would replace {key} ({src}): export into another directory")
   if jax.process_index() == 0:
     inputs = export_inputs(cfg, paths)
     stamps.clear(paths.workdir, "export")  # (run alone, the pipeline's record of the old export must go)
     lm = load(cfg, source=source)
+    # (the workdir's own export folder may hold an export made before exports were marked)
     export_hf(lm.config, model_weights(lm.model), out, tokenizer=lm.tokenizer, dtype=cfg.export.dtype,
-              overwrite=True)
+              overwrite=True, replace_unmarked=real(out) == real(paths.export))
     stamps.write(paths.workdir, "export", inputs)
   _barrier("export done")
   return {"export_dir": out, "from": source}

@@ -127,12 +127,12 @@ def test_export_overwrites_only_an_earlier_export_and_follows_the_umask(tmp_path
   (aside / "model.safetensors").write_bytes(b"\0" * 64)
   old = os.umask(0o022)
   try:
-    out = export_hf(lm.config, w, str(tmp_path / "hf"))
-    (tmp_path / "hf" / "stale.safetensors").write_bytes(b"")
+    out = export_hf(lm.config, w, str(tmp_path / "hf"), max_shard_bytes=1 << 16)  # shards
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     export_hf(lm.config, w, out, overwrite=True, dtype="bfloat16")
   finally:
     os.umask(old)
-  assert not (tmp_path / "hf" / "stale.safetensors").exists()
+  assert not [p.name for p in (tmp_path / "hf").iterdir() if p.name.startswith("model-")]  # the old shards
   assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
   assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
   assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
@@ -171,3 +171,46 @@ def test_truncated_or_corrupt_safetensors_name_the_file_and_tensor(tmp_path):
   (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
   with pytest.raises(ValueError, match="model.safetensors.index.json: not a safetensors index"):
     ShardedSafetensors(str(tmp_path))
+
+
+def test_export_never_replaces_a_model_folder_and_keeps_files_it_did_not_write(tmp_path):
+  """Any folder holding config.json and safetensors counted as an earlier export: export.out pointing at
+  the downloaded base model replaced its weights and deleted its README (and a pipeline re-export deleted
+  a model card added to export/hf)."""
+  import hashlib
+  import os
+
+  from swirl_jax.checkpoints.hf_export import MARKER
+
+  lm = load_model("random:tiny-gemma3", seed=1)
+  w = model_weights(lm.model)
+  base = tmp_path / "base"
+  export_hf(lm.config, w, str(base))
+  (base / MARKER).unlink()  # a Hugging Face folder of another origin: config.json + safetensors
+  (base / "README.md").write_text("base model card")
+  digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+  before = {p.name: digest(p) for p in base.iterdir()}
+  with pytest.raises(FileExistsError, match=f"not an earlier export of swirl_jax \\(no {MARKER}"):
+    export_hf(lm.config, w, str(base), overwrite=True)
+  assert {p.name: digest(p) for p in base.iterdir()} == before
+
+  out = tmp_path / "export"
+  export_hf(lm.config, w, str(out))
+  (out / "README.md").write_text("my card")
+  (out / "extra").mkdir()
+  (out / "extra" / "notes.txt").write_text("n")
+  export_hf(lm.config, w, str(out), overwrite=True, dtype="bfloat16")
+  assert (out / "README.md").read_text() == "my card" and (out / "extra" / "notes.txt").read_text() == "n"
+  assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+  written = json.loads((out / MARKER).read_text())["files"]
+  assert "README.md" not in written and "model.safetensors" in written and MARKER in written
+  export_hf(lm.config, w, str(out), overwrite=True)  # the kept files stay kept, not adopted
+  assert (out / "README.md").read_text() == "my card"
+
+  # an export made before the marker, in a workdir's export folder: replaced only when the caller says so
+  (out / MARKER).unlink()
+  with pytest.raises(FileExistsError):
+    export_hf(lm.config, w, str(out), overwrite=True)
+  export_hf(lm.config, w, str(out), overwrite=True, replace_unmarked=True)
+  assert (out / "README.md").read_text() == "my card" and (out / MARKER).exists()
+  assert sorted(os.listdir(tmp_path)) == ["base", "export"]

@@ -177,6 +177,21 @@ def test_export_refuses_a_workdir_without_checkpoints(tmp_path):
   assert not os.path.exists(paths.export)
 
 
+def test_export_refuses_to_write_over_the_model_it_came_from(tmp_path, monkeypatch):
+  """export.out naming the base model's folder (or a folder above the checkpoints) replaced the weights the
+  checkpoints were trained from."""
+  monkeypatch.setattr(modes, "load", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+  base, ckpt = tmp_path / "hf" / "base", tmp_path / "run" / "checkpoints"
+  base.mkdir(parents=True)
+  ckpt.mkdir(parents=True)
+  cfg = get_config()
+  cfg.mode, cfg.model.source, cfg.eval.checkpoint = "export", str(base), str(ckpt)
+  for out, what in ((base, "model.source"), (tmp_path / "hf", "model.source"), (tmp_path / "run", "the policy")):
+    cfg.export.out = str(out)
+    with pytest.raises(ValueError, match=f"--config.export.out='{out}' would replace {what}"):
+      modes.run_export(cfg, modes.Paths(str(tmp_path / "run")))
+
+
 def test_serve_mode_passes_the_mesh_rules_and_sampler_settings(monkeypatch, tmp_path):
   import swirl_jax.serve as serve_module
 
@@ -346,7 +361,7 @@ def test_a_stage_run_alone_leaves_no_stale_record_for_the_pipeline(stubbed, tmp_
   monkeypatch.setattr(modes, "run_export", REAL_RUN_EXPORT)
   monkeypatch.setattr(build, "model_weights", lambda model: {})
 
-  def export_hf(config, weights, out, tokenizer=None, dtype="float32", overwrite=False):
+  def export_hf(config, weights, out, tokenizer=None, dtype="float32", overwrite=False, replace_unmarked=False):
     exported.append(dtype)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
