@@ -18,6 +18,10 @@ from swirl_jax.atomic_io import atomic_open
 from swirl_jax.config import HELP, base_config, settings
 
 
+# The exit status of a run whose training a SIGTERM stopped (128 + SIGTERM, as a shell reports it): not 0, so
+# that SLURM or a retry loop does not take a preempted job for a finished one.
+INTERRUPTED_EXIT = 143
+
 # The checkout's quick-start config, so that the default works from any directory.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                "quickstart.py")
@@ -144,6 +148,10 @@ def main(argv):
   if jax.process_index() == 0 and summary:
     _report(cfg.mode, summary, workdir)
   del lock
+  if summary and summary.get("interrupted"):  # (mode=train and pipeline: training stopped by SIGTERM)
+    print("swirl_jax.main: training was interrupted (SIGTERM) after saving its checkpoint; the same command "
+          "resumes it", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

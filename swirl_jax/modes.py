@@ -541,6 +541,13 @@ def run_pipeline(cfg, paths: Paths) -> dict:
   else:
     stage("train", lambda: final_checkpoint_step(paths) >= cfg.train.steps, lambda: _train_stage(cfg, paths),
           lambda: train_inputs(cfg, paths))
+    if isinstance(summary["train"], dict) and summary["train"].get("interrupted"):
+      # Preempted (SIGTERM, checkpoint saved): the grace period is not spent evaluating and exporting a half-
+      # trained policy, and main exits non-zero so that a scheduler requeues the job.
+      print("== train interrupted (SIGTERM) with its checkpoint saved: eval and export skipped; run the same "
+            "command again to resume", flush=True)
+      summary.update(interrupted=True, total_seconds=round(time.perf_counter() - t0, 1))
+      return summary
   stage("eval", lambda: False, lambda: run_eval(cfg, paths))  # fresh reports are skipped inside
   if cfg.eval.checkpoint or checkpoint_step(paths.checkpoints):  # (step 0: the initial weights)
     stage("export", lambda: os.path.exists(os.path.join(cfg.export.out or paths.export, "config.json")),

@@ -116,6 +116,43 @@ def test_changed_inputs_rerun_the_stages_that_depend_on_them(stubbed, tmp_path):
   assert run() == []
 
 
+def test_a_preempted_training_stops_the_pipeline_and_main_exits_143(stubbed, tmp_path, monkeypatch, capsys):
+  """After a SIGTERM stopped training (checkpoint saved), the pipeline went on to evaluate and export the
+  half-trained policy, spending the grace period, and main exited 0, so no scheduler requeued the job."""
+  real_train = modes.run_train
+
+  def preempted(cfg, paths):
+    stubbed.append("train")
+    os.makedirs(os.path.join(paths.checkpoints, "1"), exist_ok=True)
+    return {"final_step": 1, "interrupted": True}
+
+  monkeypatch.setattr(modes, "run_train", preempted)
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  summary = modes.run_pipeline(cfg, paths)
+  assert stubbed == ["generate", "train"] and summary["interrupted"]
+  assert "eval and export skipped" in capsys.readouterr().out
+  monkeypatch.setattr(modes, "run_train", real_train)
+  stubbed.clear()
+  modes.run_pipeline(cfg, paths)  # the same command resumes
+  assert stubbed == ["train", "eval base synthetic_arith", "eval trained synthetic_arith", "export"]
+
+  from absl import flags
+
+  from swirl_jax import main as main_module
+
+  monkeypatch.setitem(modes.MODES, "pipeline", lambda cfg, paths: {"train": {"interrupted": True}, "interrupted": True})
+  flags.FLAGS(["main", f"--workdir={tmp_path / 'w'}", f"--config={main_module._DEFAULT_CONFIG}"])
+  try:
+    with pytest.raises(SystemExit) as e:
+      main_module.main(["main"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert e.value.code == main_module.INTERRUPTED_EXIT == 143
+  assert "training was interrupted (SIGTERM)" in capsys.readouterr().err
+
+
 def test_the_eval_table_holds_this_runs_datasets_only(stubbed, tmp_path):
   """Reports an earlier run left (another dataset list) stay on disk but not in this run's table."""
   paths = modes.Paths(str(tmp_path))
