@@ -114,8 +114,8 @@ HELP: dict[str, str] = {
     "train.learning_rate": "AdamW peak learning rate",
     "train.warmup_steps": "linear warmup steps",
     "train.decay_steps": "cosine decay steps after warmup, down to train.end_lr_ratio x the peak, then constant "
-                         "(0 = constant after warmup; -1 = until train.steps, so raising train.steps later "
-                         "changes the schedule of a resumed run)",
+                         "(0 = constant after warmup; -1 = until train.steps: a resume with more train.steps is "
+                         "then refused, as it would move the decay of the steps taken; pass the number to extend)",
     "train.end_lr_ratio": "learning rate at the end of the decay, as a fraction of the peak",
     "train.weight_decay": "AdamW weight decay",
     "train.clip_norm": "global gradient-norm clip",
@@ -430,6 +430,12 @@ def check_documented(cfg: ml_collections.ConfigDict) -> None:
   missing = [name for name, _ in settings(cfg) if name not in HELP]
   if missing:
     raise KeyError(f"config settings without documentation in swirl_jax.config.HELP: {missing}")
+
+
+def decay_steps(cfg) -> int:
+  """train.decay_steps as the optimizer takes it: -1 = from the end of warmup to train.steps."""
+  t = cfg.train
+  return max(t.steps - t.warmup_steps, 0) if t.decay_steps < 0 else t.decay_steps
 
 
 def mesh_config(cfg) -> MeshConfig:

@@ -268,6 +268,7 @@ def run_filter(cfg, paths: Paths) -> dict:
 
 
 def run_train(cfg, paths: Paths) -> dict:
+  from swirl_jax.config import decay_steps
   from swirl_jax.sampling.decode import SamplingConfig
   from swirl_jax.training.checkpointing import CheckpointConfig
   from swirl_jax.training.losses import LossConfig
@@ -291,9 +292,7 @@ def run_train(cfg, paths: Paths) -> dict:
       loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),
                       normalize_std=t.normalize_std, kl_coef=t.kl_coef),
       optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                                decay_steps=(max(t.steps - t.warmup_steps, 0) if t.decay_steps < 0
-                                             else t.decay_steps),
-                                end_lr_ratio=t.end_lr_ratio, weight_decay=t.weight_decay, clip_norm=t.clip_norm),
+                                decay_steps=decay_steps(cfg), end_lr_ratio=t.end_lr_ratio, weight_decay=t.weight_decay, clip_norm=t.clip_norm),
       sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
       checkpoint=CheckpointConfig(directory=os.path.abspath(paths.checkpoints), save_every=t.save_every,
                                   max_to_keep=t.keep_checkpoints))

@@ -101,3 +101,36 @@ def test_decay_settings_reach_the_optimizer(tiny, tmp_path, monkeypatch):
   lr = schedule(opt)
   assert float(lr(9)) == pytest.approx(1e-3) and float(lr(100)) == pytest.approx(2e-4)
   assert float(lr(55)) == pytest.approx(2e-4 + 0.8e-3 * 0.5)  # half way down the cosine
+
+
+def test_a_resume_without_the_stage_record_refuses_other_updates(tiny, tmp_path):
+  """rl.train checked only the data settings: a checkpoint directory without the workdir's stage record (a
+  copied one, or rl.train called directly) resumed under another learning rate, loss and baseline."""
+  paths = modes.Paths(str(tmp_path))
+  write_jsonl(paths.step_examples, _examples("ten"))
+  modes.MODES["train"](tiny, paths)
+  os.remove(os.path.join(paths.workdir, "stages", "train.json"))
+  lr = tiny.train.learning_rate
+  tiny.train.steps, tiny.train.learning_rate, tiny.train.kl_coef = 3, 0.5, 0.0
+  with pytest.raises(ValueError, match=rf"other settings \(optimizer.learning_rate: {lr!r} in the checkpoint, 0.5 "
+                                       rf"now; loss.kl_coef: 0.05 in the checkpoint, 0.0 now\)"):
+    modes.MODES["train"](tiny, paths)
+  tiny.train.learning_rate, tiny.train.kl_coef = lr, 0.05
+  assert modes.MODES["train"](tiny, paths)["final_step"] == 3
+
+
+def test_raising_steps_under_a_decay_that_follows_them_is_refused(tiny, tmp_path):
+  """train.decay_steps=-1 derives the decay from train.steps, which a resume may raise: the learning rate
+  of the steps already taken moved (0.00325 at step 4 of 4, then 0.0065 at step 5 of 8, in the review)."""
+  paths = modes.Paths(str(tmp_path))
+  write_jsonl(paths.step_examples, _examples("ten"))
+  tiny.train.warmup_steps, tiny.train.decay_steps = 0, -1
+  modes.MODES["train"](tiny, paths)  # steps 2: decays over 2 steps
+  tiny.train.steps = 4
+  with pytest.raises(ValueError, match=r"train.decay_steps: 2 -> 4"):  # the workdir's record
+    modes.MODES["train"](tiny, paths)
+  os.remove(os.path.join(paths.workdir, "stages", "train.json"))
+  with pytest.raises(ValueError, match=r"optimizer.decay_steps: 2 in the checkpoint, 4 now\) \(train.decay_steps=-1"):
+    modes.MODES["train"](tiny, paths)  # the checkpoint's own
+  tiny.train.decay_steps = 2  # the saved schedule, extended at its end learning rate
+  assert modes.MODES["train"](tiny, paths)["final_step"] == 4

@@ -126,9 +126,14 @@ def label_inputs(cfg, paths: Paths) -> dict:
 
 def train_inputs(cfg, paths: Paths) -> dict:
   """What the checkpoints are made from: the step examples and the settings that change the updates."""
+  from swirl_jax.config import decay_steps
+
   settings = settings_of(cfg, "train", "rollout.task", "model.source", "model.dtype", "model.param_dtype")
   for key in _TRAIN_NEUTRAL:
     settings["train"].pop(key)
+  # the schedule, not its spelling: -1 follows train.steps, which is neutral (raising it extends a run) but
+  # then moves the decay of the steps already taken
+  settings["train"]["decay_steps"] = decay_steps(cfg)
   if cfg.train.mode != "sft":  # the judge rewards rl samples (and unlabelled offline actions)
     settings.update(without_neutral(settings_of(cfg, "judge")))
   return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}

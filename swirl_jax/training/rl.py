@@ -372,6 +372,26 @@ def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, ex
                      "settings, or train into a new checkpoint directory")
 
 
+def _check_same_updates(directory: str, step: int, meta: dict, cfg: TrainConfig, loss: LossConfig,
+                        optimizer: OptimizerConfig, sampling: SamplingConfig) -> None:
+  """Refuses to resume under another optimizer, loss or (rl) sampling: the run would continue as another
+  experiment under the first one's name (the pipeline's stage record catches this too, but not for a
+  workdir without one, nor for a library caller)."""
+  groups = {"optimizer": optimizer, "loss": loss, **({"sampling": sampling} if cfg.mode == "rl" else {})}
+  changed = []
+  for group, now in groups.items():
+    saved = meta.get(group)
+    now = json.loads(json.dumps(dataclasses.asdict(now)))  # (as the checkpoint's JSON holds it)
+    if isinstance(saved, dict):
+      changed += [f"{group}.{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in sorted(now)
+                  if k in saved and saved[k] != now[k]]
+  if changed:
+    hint = (" (train.decay_steps=-1 derives the decay from train.steps: pass the checkpoint's decay_steps to "
+            "extend the run on its schedule)" if any(c.startswith("optimizer.decay_steps") for c in changed) else "")
+    raise ValueError(f"checkpoint {directory} step {step} was trained with other settings ({'; '.join(changed)})"
+                     f"{hint}; resume with the saved settings, or train into a new checkpoint directory")
+
+
 def _explain_restore_failure(directory: str, step: int, optimizer: OptimizerConfig, error: Exception) -> None:
   """Raises a ValueError naming the optimizer settings that differ from the checkpoint's, when they do:
   they change the optimizer state's structure (clip_norm on or off, ...), and Orbax's own message only
@@ -474,6 +494,7 @@ def train(config: TrainConfig, examples: Sequence[StepExample], model: LoadedMod
     if meta.get("mode") != cfg.mode:
       raise ValueError(f"checkpoint mode {meta.get('mode')!r} != config mode {cfg.mode!r}")
     _check_same_data(checkpoint.directory, resumed_from, meta, cfg, len(run.examples), digest)
+    _check_same_updates(checkpoint.directory, resumed_from, meta, cfg, loss, optimizer, sampling)
   else:
     state = ts.init_train_state(init_params, opt, cfg.seed, ssh)
   # The initial model's own arrays are the reference (the step never donates them): no extra copy.
