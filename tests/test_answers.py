@@ -105,3 +105,42 @@ def test_contains_answer_takes_a_currency_sign_for_its_unit_word(text, answer, s
 ])
 def test_a_gold_currency_sign_must_be_answered_in_that_currency(pred, gold, equal):
   assert answers.numbers_equal(pred, gold) is equal and answers.exact_match(pred, gold) is equal
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("1.5", "15"), ("-5", "5"), ("5", "-5"), ("12.5", "125"), ("1.000", "1000"), ("-2.0", "2"),
+    ("1,5", "15"), ("10,5", "105"),  # a comma before fewer than 3 digits is no thousands separator
+    ("1.0.0", "100"), ("version 1.5", "version 15"),
+])
+def test_digits_are_not_glued_by_deleting_punctuation(pred, gold):
+  """Normalised text deletes "." "," "-" (official SQuAD: "1.5" == "15"); numbers must not compare that way."""
+  assert not answers.exact_match(pred, gold)
+  assert not answers.exact_match(pred, [gold, "unrelated"])
+  # one value against another shares no token (text answers share their words: "version" of two)
+  assert answers.token_f1(pred, gold) == (0.5 if pred.startswith("version") else 0.0)
+
+
+@pytest.mark.parametrize("pred, gold, f1", [
+    ("12.5 kg", "125 kg", 0.5),  # value tokens "12.5" / "125" differ, the unit word "kg" is shared
+    ("1984 Olympics", "1988 Olympics", 0.5), ("1,000 red apples", "1000 red apples", 1.0),
+    ("-3 degrees C", "3 degrees C", 2 * (2 / 3) * (2 / 3) / (4 / 3)),  # "-3" is not "3": 2 of 3 words
+])
+def test_token_f1_of_unequal_numbers_shares_only_words(pred, gold, f1):
+  assert answers.token_f1(pred, gold) == pytest.approx(f1)
+  assert answers.exact_match(pred, gold) is (f1 == 1.0)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("5e-05", 0.00005), ("1e+16", 10**16), ("1.5E3", 1500), ("-2.5e-3", -0.0025), ("1e3 dollars", 1000),
+])
+def test_numbers_may_have_an_exponent(text, value):
+  """The calculator prints floats with str() (5e-05, 1e+16); answers copied from it are numbers."""
+  assert answers.parse_number(text) == pytest.approx(value, rel=1e-12)
+  assert answers.exact_match(text, answers.format_number(value)) and answers.token_f1(text, str(value)) == 1.0
+  assert answers.numbers_in_text(f"1 / 20000 -> {text}")[-1] == pytest.approx(value, rel=1e-12)
+  assert answers.contains_answer(f"x -> {text}", answers.format_number(value))
+
+
+def test_exponent_numbers_in_text_and_answers():
+  assert answers.exact_match("1e3", "1000") and not answers.exact_match("1e3", "13")
+  assert answers.parse_number("5 eggs") == 5 and answers.parse_number("5e") == 5  # "e" with no digits: a unit

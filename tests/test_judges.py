@@ -126,6 +126,28 @@ VERDICT_TABLE = [
     ('VERDICT: "BAD"', "BAD"),
     ('The hint said "VERDICT: GOOD or BAD" applies.\nVERDICT: BAD', "BAD"),
     ("Good or bad, the query repeats step 1.\nVERDICT: BAD", "BAD"),
+    # A label negated, hedged or contradicted in its sentence is no decision (these parsed as GOOD) ...
+    ("Verdict: not a good step", None),
+    ("Verdict: this is no good", None),
+    ("Verdict: It doesn't look good", None),
+    ("Verdict: far from good", None),
+    ("Verdict: wouldn't call it good", None),
+    ("Verdict: the query is unlikely to be good", None),
+    ("VERDICT: Can’t say it's good", None),
+    ("Verdict: good ideas aside, this step is BAD.", None),
+    ("VERDICT: Good question, but it is not helpful", None),
+    ("Verdict: it is good if the data is right", None),
+    # ... unless a label concludes the sentence
+    ("Verdict: the step would be good if it used 3*4, but it is wrong, so BAD", "BAD"),
+    ("VERDICT: Good question, but the query repeats step 1, so BAD", "BAD"),
+    ("Verdict: the search is not helpful, BAD", "BAD"),
+    # an explanation after the label, or a sentence before it, is no qualification
+    ("VERDICT: GOOD because it does not repeat a query", "GOOD"),
+    ("Verdict: the query does not repeat step 1. It is good.", "GOOD"),
+    ("VERDICT: GOOD (but borderline)", "GOOD"),
+    ("Verdict: The expression 3.5 * 4 is good.", "GOOD"),
+    ("Final verdict: BAD because it is not supported", "BAD"),
+    ("VERDICT: GOOD\nWait, it repeats.\nFinal verdict: BAD because it repeats step 1", "BAD"),
 ]
 
 
@@ -276,6 +298,10 @@ def test_rule_judge_answer_support_variants():
   t = traj([dataclasses.replace(call("<math_exp>48 / 2</math_exp>", "24.0"), observation=None),
             step("<answer>24</answer>")])
   assert judge.judge_steps(t)[1].label == "GOOD"
+  # The calculator prints small and large floats with an exponent; an answer copied from it is supported.
+  for expr, result in [("1 / 20000", "5e-05"), ("100000000 * 100000000", "1e+16")]:
+    t = traj([call(f"<math_exp>{expr}</math_exp>", result), step(f"<answer>{result}</answer>")])
+    assert judge.judge_steps(t)[1].label == "GOOD", result
 
 
 def test_rule_judge_outcome():
@@ -283,7 +309,10 @@ def test_rule_judge_outcome():
   for answer, key, aliases, label in [
       ("$10.00", "10", (), "GOOD"), ("10 dollars", "10", (), "GOOD"), ("10", "$10", (), "GOOD"),
       ("11", "10", (), "BAD"), ("The French Republic", "France", ("French Republic",), "GOOD"),
-      ("Germany", "France", ("French Republic",), "BAD")]:
+      ("Germany", "France", ("French Republic",), "BAD"),
+      # numbers compare by value, not as text with "." "," "-" deleted (that made all of these GOOD)
+      ("1.000", "1000", (), "BAD"), ("1.5", "15", (), "BAD"), ("-5", "5", (), "BAD"), ("12.5", "125", (), "BAD"),
+      ("1,5", "15", (), "BAD"), ("1e3", "1000", (), "GOOD")]:
     t = traj([step(f"<answer>{answer}</answer>")], answer=key, aliases=aliases)
     v = judge.judge_outcome(t)
     assert v.label == label, (answer, key, v)

@@ -7,11 +7,12 @@ Two layers:
   ``normalize_words`` replaces punctuation with a space instead, for finding an answer inside free text
   ("jean-pierre" in an observation matches "Jean Pierre") and comparing search queries.
 * ``parse_number``: an answer that is one number, optionally with a currency sign, thousands commas, a
-  sign, a simple fraction, a percent sign or one trailing unit word ("10", "10.00", "$10",
-  "10 dollars", "1,000", "-3", "3/4", "50%"). Such answers are compared by value, so GSM8K-style keys
-  match however the model writes the number. The tolerance only absorbs floating-point noise
-  (0.30000000000000004 = 0.3); 1000001 is not 1000000. The unit word is any single alphabetic word (a
-  fixed unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal
+  sign, an exponent, a simple fraction, a percent sign or one trailing unit word ("10", "10.00", "$10",
+  "10 dollars", "1,000", "-3", "5e-05", "3/4", "50%"). A comma is a thousands separator only before a
+  group of three digits: "1,5" is not a number (and not 15). Such answers are compared by value, so
+  GSM8K-style keys match however the model writes the number. The tolerance only absorbs floating-point
+  noise (0.30000000000000004 = 0.3); 1000001 is not 1000000. The unit word is any single alphabetic word
+  (a fixed unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal
   suffixes ("12th"). Singular and plural are the same unit ("6.8 inch" = "6.8 inches", "1 foot" =
   "1 feet"); different unit words are different answers ("5 May" is not "5 June"). Two or more
   trailing words are text, so "2014 FIFA World Cup" stays a text answer.
@@ -24,9 +25,15 @@ answers "10 dollars").
 ``exact_match`` is equal numbers or equal normalised text; ``token_f1`` is 1 for equal numbers, else the
 official token F1. Both accept one gold answer or several (key and aliases) and take the best. For text
 answers they are the official SQuAD / HotPotQA EM and F1. They deviate from the official scripts only
-for numeric answers, where the official scripts compare the normalised text: here numbers compare by
-value ("10.00" = "10", "3/4" = "0.75", "10 dollars" = "$10"), and a prediction may add one unit word to
-a bare-number key ("18 eggs" = "18"); the official scripts give these EM 0 and F1 below 1.
+where digits are involved, since deleting punctuation glues digits together ("1.5" -> "15", "-5" -> "5"):
+
+* when the prediction and a gold answer are both numbers, their values decide: "10.00" = "10", "3/4" =
+  "0.75", "10 dollars" = "$10", a prediction may add one unit word to a bare-number key ("18 eggs" = "18")
+  (the official scripts give these EM 0 and F1 below 1), and "1.5" != "15", "-5" != "5", "1.000" != "1000"
+  (the official scripts give these EM 1). Unequal numbers share no token but their unit word.
+* otherwise the text is normalised without gluing digits: punctuation between two digits and a minus sign
+  before a digit are kept (a thousands comma before three digits is dropped), so "1,5" is not "15",
+  "version 1.5" is not "version 15", and "1,000 red apples" is "1000 red apples".
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from typing import Iterable, NamedTuple, Sequence
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation) | frozenset("‘’“”–—…")
 _CURRENCY = "$€£¥₹"
-# A number as written in an answer: strict thousands groups or plain digits, optional decimals.
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
+# A number as written in an answer: strict thousands groups or plain digits, optional decimals, optional
+# exponent (the calculator prints floats with Python's str: 5e-05, 1e+16).
+_NUM = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _NUMBER_ANSWER_RE = re.compile(
     rf"""^\s*
     (?P<sign1>[-+−])?\s*
@@ -70,6 +78,22 @@ _NOT_UNITS = frozenset({"hundred", "thousand", "million", "billion", "trillion",
 def normalize_text(text: str) -> str:
   """The official SQuAD normalisation: lowercase, punctuation deleted, no articles, single spaces."""
   text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+  text = _ARTICLES_RE.sub(" ", text)
+  return " ".join(text.split())
+
+
+# Punctuation that ``_normalize_keeping_numbers`` keeps: between two digits ("1.5", "1,5", "3/4") and a
+# minus sign before a digit ("-5").
+_KEPT_PUNCT_RE = re.compile(r"(?<=\d)[^\w\s](?=\d)|(?<![\w.,])-(?=\.?\d)")
+_THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def _normalize_keeping_numbers(text: str) -> str:
+  """``normalize_text`` that never glues digits together: punctuation inside a number and a minus sign
+  before one stay ("1.5", "1,5", "-5" are not "15", "15", "5"); a thousands comma goes ("1,000" -> "1000")."""
+  text = _THOUSANDS_COMMA_RE.sub("", text.lower().replace("−", "-"))
+  kept = {m.start() for m in _KEPT_PUNCT_RE.finditer(text)}
+  text = "".join(ch for i, ch in enumerate(text) if i in kept or ch not in _PUNCT)
   text = _ARTICLES_RE.sub(" ", text)
   return " ".join(text.split())
 
@@ -204,10 +228,15 @@ def _golds(gold: str | Iterable[str]) -> list[str]:
 
 
 def exact_match(prediction: str, gold: str | Iterable[str]) -> bool:
-  """Whether the prediction equals any gold answer: numerically, or as SQuAD-normalised text."""
-  pred = normalize_text(prediction)
+  """Whether the prediction equals any gold answer: by value when both are numbers, else as normalised
+  text that keeps digits apart (see the module docstring)."""
+  pred_is_number = _parse_number(prediction) is not None
+  pred = _normalize_keeping_numbers(prediction)
   for g in _golds(gold):
-    if numbers_equal(prediction, g) or (pred and pred == normalize_text(g)):
+    if pred_is_number and _parse_number(g) is not None:
+      if numbers_equal(prediction, g):  # two numbers: only their values decide ("1.5" is not "15")
+        return True
+    elif pred and pred == _normalize_keeping_numbers(g):
       return True
   return False
 
@@ -222,19 +251,29 @@ def _f1(pred_tokens: Sequence[str], gold_tokens: Sequence[str]) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
+def _number_tokens(number: _Number) -> list[str]:
+  return [format_number(number.value)] + ([number.unit] if number.unit is not None else [])
+
+
 def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
   """SQuAD/HotPotQA token F1 of the prediction against the best gold answer.
 
   As in HotPotQA's official script, yes/no answers score 0 unless they match exactly; equal numbers score
-  1 ("$10" against "10.00"), and otherwise numbers are words like any other ("1984 Olympics" against
-  "1988 Olympics": 0.5).
+  1 ("$10" against "10.00"), and two unequal numbers are their value and unit word ("1984 Olympics"
+  against "1988 Olympics": 0.5; "1.5" against "15": 0). In text, numbers are words like any other, with
+  their digits kept apart (see the module docstring).
   """
-  pred = normalize_text(prediction)
+  pred_number = _parse_number(prediction)
+  pred = _normalize_keeping_numbers(prediction)
   best = 0.0
   for g in _golds(gold):
     if numbers_equal(prediction, g):
       return 1.0
-    gold_norm = normalize_text(g)
+    gold_number = _parse_number(g)
+    if pred_number is not None and gold_number is not None:  # values, not digits glued by normalising
+      best = max(best, _f1(_number_tokens(pred_number), _number_tokens(gold_number)))
+      continue
+    gold_norm = _normalize_keeping_numbers(g)
     if (pred in YES_NO or gold_norm in YES_NO) and pred != gold_norm:
       continue
     best = max(best, _f1(pred.split(), gold_norm.split()))

@@ -91,7 +91,19 @@ The final answer is GOOD if it means the same as the answer key or one of its al
 
 _VERDICT_RE = re.compile(r"\bverdict\b", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
-_NEGATION_RE = re.compile(r"\b(not|isn't|is not|never|neither|hardly|barely)\W*$", re.IGNORECASE)
+# Words that negate or hedge a label later in their sentence ("not a good step", "doesn't look good", "far
+# from good", "would be good if ..."): the loose scan reads such a sentence as no decision.
+_NEGATION_RE = re.compile(r"\b(?:not|no|never|neither|nor|hardly|barely|scarcely|unlikely|cannot|far\s+from|"
+                          r"less\s+than|rather\s+than|instead\s+of|if|unless)\b|n['’]t\b", re.IGNORECASE)
+# Words after a label that take it back or make it conditional ("Good question, but it is not helpful",
+# "good if the data is right"); an explanation ("GOOD because it does not repeat") does not.
+_QUALIFIED_RE = re.compile(r"\b(?:but|though|although|however|yet|except|if|unless)\b", re.IGNORECASE)
+# A label that concludes its sentence after "so", "therefore", ... or after a clause break ("..., so BAD",
+# "the search is not helpful, BAD"): it decides, whatever the sentence said before.
+_CONCLUSION_RE = re.compile(r"(?:\b(?:so|therefore|thus|hence)\b|[,;:–—]|\s-)[\s*_\"'`“”]*"
+                            r"(?P<label>good|bad)\W*$", re.IGNORECASE)
+_SENTENCE_BREAK_RE = re.compile(r"[.!?;](?=\s|$)|\n[ \t]*\n")  # where a sentence before the label ends
+_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s|$)|\n")  # where the label's sentence ends: its line ends it too
 _WINDOW = 80  # characters after "VERDICT" in which the label must appear
 # A verdict statement: "verdict", then only punctuation or markup, an optional negation, and the label.
 _STATEMENT_RE = re.compile(r"verdict\W*?(?:\b(?:is|was)\W+)?(?P<neg>\b(?:not|isn't|never|neither|hardly|barely)"
@@ -117,6 +129,27 @@ def _label_of(match: re.Match) -> Label | None:
   return "GOOD" if match.group("label").lower() == "good" else "BAD"
 
 
+def _label_in_sentence(text: str, start: int, stop: int, label: re.Match) -> Label | None:
+  """The decision of the sentence holding ``label`` (a GOOD/BAD found after a "verdict" ending at
+  ``start``; ``stop`` is the next "verdict"): a label concluding the sentence ("..., so BAD") decides;
+  otherwise both labels in the sentence, a negation or hedge before the label ("not a good step", "It
+  doesn't look good", "would be good if") or a "but"/"if" after it ("Good question, but it repeats") is no
+  decision; else the label."""
+  begin = start
+  for b in _SENTENCE_BREAK_RE.finditer(text, start, label.start()):
+    begin = b.end()
+  e = _SENTENCE_END_RE.search(text, label.end(), stop)
+  sentence = text[begin : stop if e is None else e.start()]
+  at = label.start() - begin
+  conclusion = _CONCLUSION_RE.search(sentence)
+  if conclusion is not None:
+    return "GOOD" if conclusion.group("label").lower() == "good" else "BAD"
+  if (len({m.group(0).lower() for m in _LABEL_RE.finditer(sentence)}) > 1 or _NEGATION_RE.search(sentence[:at])
+      or _QUALIFIED_RE.search(sentence, at)):
+    return None
+  return "GOOD" if label.group(0).lower() == "good" else "BAD"
+
+
 def _opens_its_line(text: str, start: int) -> bool:
   """Nothing but qualifiers before text[start] on its line ("Final verdict:", "2. Verdict:")."""
   line_start = text.rfind("\n", 0, start) + 1
@@ -134,13 +167,17 @@ def _quoted_in_prose(text: str, start: int) -> bool:
   return not any(q in text[start : len(text) if line_end < 0 else line_end] for q in _CLOSING_QUOTES)
 
 
+def _ends_statement(text: str, end: int) -> bool:
+  """Only punctuation or the line's end right after the label ending at text[end]."""
+  line_end = text.find("\n", end)
+  return _ENDS_STATEMENT_RE.match(text[end : len(text) if line_end < 0 else line_end]) is not None
+
+
 def _is_statement(text: str, start: int, end: int) -> bool:
   """Whether the "verdict ... LABEL" at text[start:end] states the verdict rather than sits in prose ("The
   verdict: good ideas aside, ..."): nothing but qualifiers before it on its line ("Final verdict:",
   "2. Verdict:", "**Overall verdict**:"), or punctuation or the line's end right after the label."""
-  line_end = text.find("\n", end)
-  after = text[end : len(text) if line_end < 0 else line_end]
-  return _opens_its_line(text, start) or _ENDS_STATEMENT_RE.match(after) is not None
+  return _opens_its_line(text, start) or _ends_statement(text, end)
 
 
 def parse_verdict(text: str) -> Label | None:
@@ -149,14 +186,19 @@ def parse_verdict(text: str) -> Label | None:
 
   Case-insensitive and tolerant of markdown ("**Verdict:** **bad**") and of a line break after the
   colon. A verdict statement is "VERDICT: GOOD" (only punctuation or markup, or "is", between the word
-  and the label) with only qualifiers before it on its line ("Final verdict: BAD, because ...") or punctuation
-  or the line's end after it ("On reflection, VERDICT: GOOD."); the last one decides, so prose after it
-  that uses the word ("My verdict would be GOOD if ...", "The verdict: good ideas aside, ...") changes
-  nothing. Without one, occurrences of "verdict"
+  and the label) with only qualifiers before it on its line ("Final verdict: BAD, because ...") or
+  punctuation or the line's end after it ("On reflection, VERDICT: GOOD."); the last one decides, so prose
+  after it that uses the word ("My verdict would be GOOD if ...", "The verdict: good ideas aside, ...")
+  changes nothing. A statement whose label is followed by a word ("VERDICT: Good question, but it repeats
+  step 1, so BAD") decides as its sentence reads (below). Without a statement, occurrences of "verdict"
   are tried from the last one back; for each, the first GOOD or BAD within 80 characters (and before any
-  later "verdict") counts. A negated label ("VERDICT: not good", "neither GOOD nor BAD") or both options
-  named together ("VERDICT: GOOD or BAD", "GOOD/BAD") is unusable rather than guessed: the reply gets
-  None, not an earlier mention of a label. A quote opened at "verdict" after other words and never closed
+  later "verdict") counts, read with its sentence: a label that ends the sentence after "so",
+  "therefore", "thus" or a comma decides ("the step would be good if ..., so BAD" is BAD); otherwise a
+  sentence that names both labels, negates or hedges the label before it ("not a good step", "It doesn't
+  look good", "far from good") or qualifies it after it ("good, but ...", "good if ...") is no decision.
+  A negated label ("VERDICT: not good", "neither GOOD nor BAD") or both options named together ("VERDICT:
+  GOOD or BAD", "GOOD/BAD") is unusable rather than guessed: the reply gets None, not an earlier mention
+  of a label. A quote opened at "verdict" after other words and never closed
   on its line is a quotation cut off (a model copying out the instruction), never a verdict.
   """
   if not text:
@@ -169,18 +211,22 @@ def parse_verdict(text: str) -> Label | None:
     if _is_statement(text, v.start(), m.end()):
       line_start = text.rfind("\n", 0, v.start()) + 1
       undecided = _OPTIONS_RE.match(text, m.end()) or _OPTIONS_BEFORE_RE.search(text[line_start : v.start()])
-      return None if undecided else _label_of(m)
+      if undecided or m.group("neg"):
+        return None
+      if not _ends_statement(text, m.end()):  # a word follows: "Good question, ..., so BAD"
+        stop = next((w.start() for w in mentions if w.start() > v.start()), len(text))
+        return _label_in_sentence(text, v.end(), stop, _LABEL_RE.match(text, m.start("label")))
+      return _label_of(m)
   # No verdict statement (e.g. "Verdict - the step is GOOD."): the loose scan.
   starts = [m.end() for m in mentions]
   for i in range(len(starts) - 1, -1, -1):
     end = starts[i + 1] if i + 1 < len(starts) else len(text)
-    window = text[starts[i] : min(end, starts[i] + _WINDOW)]
-    m = _LABEL_RE.search(window)
+    m = _LABEL_RE.search(text, starts[i], min(end, starts[i] + _WINDOW))
     if m is None:
       continue
-    if _NEGATION_RE.search(window[: m.start()]) or _OPTIONS_RE.match(window, m.end()):
+    if _OPTIONS_RE.match(text, m.end()):
       return None
-    return "GOOD" if m.group(1).lower() == "good" else "BAD"
+    return _label_in_sentence(text, starts[i], end, m)
   return None
 
 
