@@ -141,3 +141,18 @@ def test_label_killed_and_resumed(generated):
   records = check_complete(out, before)
   for t in records:
     assert t.outcome is not None and all(s.verdict is not None for s in t.steps)
+
+
+def test_done_keys_ignores_a_record_torn_inside_a_utf8_character(tmp_path):
+  """A kill can cut the last record inside a multi-byte character (records keep "é" unescaped)."""
+  from swirl_jax.pipeline.generate import done_keys
+  from swirl_jax.types import Question, write_jsonl
+
+  path = str(tmp_path / "trajectories.jsonl")
+  write_jsonl(path, [Trajectory(Question(f"q{i}", "hotpot_qa", "Who directed Amélie?", "Jeunet"), i, ())
+                     for i in range(2)])
+  with open(path, "rb") as f:
+    raw = f.read()
+  with open(path, "wb") as f:
+    f.write(raw[: raw.rindex("é".encode()) + 1])  # the second record ends inside "é"
+  assert done_keys(path) == {("q0", 0)}

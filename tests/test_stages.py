@@ -201,3 +201,44 @@ def test_step_example_labels_must_be_good_bad_or_null():
   assert StepExample.from_json(ex).process_label == "GOOD"
   with pytest.raises(record_types.RecordError, match="process_label' must be GOOD, BAD or null, got 'good'"):
     StepExample.from_json({**ex, "process_label": "good"})
+
+
+def test_label_resumes_a_record_torn_inside_a_utf8_character(tmp_path):
+  """Records are written with ensure_ascii=False: a kill can cut the last one inside "é" (2 bytes)."""
+  qs = [Question(id=f"q{i}", dataset="hotpot_qa", text="Who directed Amélie?", answer="Jean-Pierre Jeunet")
+        for i in range(3)]
+  trajs = [Trajectory(q, 0, (answer("Jean-Pierre Jeunet"),), final_answer="Jean-Pierre Jeunet",
+                      provenance={"task": "search"}) for q in qs]
+  traj_file, out = str(tmp_path / "t.jsonl"), str(tmp_path / "labelled.jsonl")
+  write_jsonl(traj_file, trajs)
+  label(traj_file, out, RuleJudge())
+  with open(out, "rb") as f:
+    raw = f.read()
+  first_two = raw[: raw.index(b"\n", raw.index(b"\n") + 1) + 1]
+  cut = len(first_two) + raw[len(first_two):].index("é".encode()) + 1  # after the first byte of "é"
+  with open(out, "wb") as f:
+    f.write(raw[:cut])
+  with pytest.raises(UnicodeDecodeError):
+    raw[len(first_two):cut].decode("utf-8")  # the torn line is not text at all
+
+  # the filter reads the two whole records; the label stage relabels the third
+  s = filter_stage(out, str(tmp_path / "kept.jsonl"), str(tmp_path / "report.json"), "none")
+  assert (s["total"], s["kept"]) == (2, 2)
+  summary = label(traj_file, out, RuleJudge())
+  assert (summary["already_labelled"], summary["labelled_now"], summary["total_labelled"]) == (2, 1, 3)
+  with open(out, "rb") as f:
+    assert f.read() == raw  # the torn tail cut off and the same record written again
+  assert [t.question.id for t in read_jsonl(Trajectory, out)] == ["q0", "q1", "q2"]
+
+
+def test_jsonl_reader_names_a_bad_middle_line_and_splits_lines_as_text_mode(tmp_path):
+  from swirl_jax.pipeline.jsonl import numbered_records
+  path = tmp_path / "x.jsonl"
+  path.write_bytes(b'{"a": 1}\n{"b": "\xc3"}\n{"c": 3}\n')  # a lone lead byte in line 2, not at the end
+  with pytest.raises(ValueError, match=r"x\.jsonl:2: not UTF-8"):
+    list(numbered_records(str(path)))
+  # LF, CRLF and a bare CR end lines; a BOM is skipped; a whole last record without its newline is read
+  path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n{"b": "\xc3\xa9"}\r{"c": 3}\n\n{"d": 4}')
+  assert list(numbered_records(str(path))) == [(1, {"a": 1}), (2, {"b": "é"}), (3, {"c": 3}), (5, {"d": 4})]
+  path.write_bytes(b'{"a": 1}\r{"b": "\xc3')  # torn inside a character after a CR-ended line
+  assert list(numbered_records(str(path))) == [(1, {"a": 1})]

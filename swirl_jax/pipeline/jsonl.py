@@ -60,18 +60,37 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
 
 
 def numbered_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line number, record) of every whole record of a JSON Lines file, for errors that name the line."""
+  """(line number, record) of every whole record of a JSON Lines file, for errors that name the line.
+
+  Read as bytes and decoded line by line: a crash can cut the last record inside a multi-byte character
+  (records are written with ``ensure_ascii=False``), and that torn line is ignored like any other, while
+  a line that is not UTF-8 before the last is an error naming it. Lines end at LF, CRLF or a bare CR, as
+  ``swirl_jax.data.formats`` (and text mode) split them.
+  """
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.endswith("\n") and not whole_record(line):
-        return  # torn by a crash; JsonlAppender removes it
-      if line.strip():
+  lineno = 0
+  with open(path, "rb") as f:
+    for raw in f:  # split at LF; CRs are split below
+      ended = raw.endswith((b"\n", b"\r"))  # only the file's last line may lack its end
+      body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if ended else raw
+      parts = body.split(b"\r")  # a CR byte is never inside a UTF-8 character
+      for k, part in enumerate(parts):
+        lineno += 1
+        last_unended = not ended and k == len(parts) - 1
         try:
-          yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+          line = part.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+          if last_unended:
+            return  # torn by a crash inside a character; JsonlAppender removes it
+          raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
+        if last_unended and not whole_record(line):
+          return  # torn by a crash; JsonlAppender removes it
+        if line.strip():
+          try:
+            yield lineno, json.loads(line)
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
 class JsonlAppender:
