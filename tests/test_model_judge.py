@@ -122,3 +122,26 @@ def test_make_judge_backends(lm):
   no_tok = LoadedModel(lm.model, None, lm.config, "random:tiny-gemma3")
   with pytest.raises(ValueError, match="has no tokenizer"):
     ModelBackend(ModelJudgeConfig(), model=no_tok)
+
+
+def test_judges_of_other_dtypes_do_not_share_cached_verdicts(lm, scorer, tmp_path):
+  """bfloat16 rounds the logits: a bfloat16 judge of the same weights must not reuse a float32 verdict."""
+  from swirl_jax.judges import JudgeCache
+  from swirl_jax.loading import load_model
+
+  base = load_model("random:tiny-gemma3", dtype="bfloat16", param_dtype="bfloat16")  # same seed, same weights
+  half = ModelBackend(ModelJudgeConfig(mode="score", batch_size=2, cache_len=1024, dtype="bfloat16",
+                                       param_dtype="bfloat16"),
+                      model=LoadedModel(base.model, lm.tokenizer, base.config, lm.source))
+  assert half.identity == scorer.identity  # one source and mode: only the dtypes tell them apart
+
+  req = requests()[:1]
+  want32, want16 = scorer.complete(req)[0].p_good, half.complete(req)[0].p_good  # uncached, each its own
+  assert want32 != want16
+  path = str(tmp_path / "judge_cache.jsonl")
+  for backend, want in ((scorer, want32), (half, want16)):
+    judge = PromptJudge(backend, JudgeCache(path))
+    assert judge.complete(req)[0].p_good == want and judge.cache.hits == 0
+    judge.cache.close()
+  assert scorer.settings.endswith(",dtype=float32,param_dtype=float32")
+  assert half.settings.endswith(",dtype=bfloat16,param_dtype=bfloat16")

@@ -22,6 +22,10 @@ already loaded ``LoadedModel`` is passed in (``model=``), e.g. the policy's init
 has the same source (one copy of the weights). Each call reads the model's weights as they are then:
 SWiRL's judge is a fixed model, so pass a model whose weights stay fixed (the training loop trains a
 copy of the parameters), or give each weights version its own ``name`` (the cache is keyed by it).
+
+The backend's ``settings`` (part of every judge cache key) name the model's compute dtype and the dtypes its
+parameters are stored in, so a float32 and a bfloat16 judge of one source never share cached verdicts.
+(Cache entries written before these were part of the settings no longer match: they are judged once more.)
 """
 
 from __future__ import annotations
@@ -156,6 +160,10 @@ class ModelBackend:
     else:
       self.settings = f"prefix={c.verdict_prefix!r},good={c.good_text!r},bad={c.bad_text!r}"
       self.shared, self.candidates = self._candidate_ids()
+    # The dtypes change the verdicts (bfloat16 rounds the logits), so they key the cache too: those of the
+    # model as loaded (a passed-in model's own, whatever config.dtype says), parameters as stored.
+    param_dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(self.params) if hasattr(x, "dtype")})
+    self.settings += f",dtype={self.lm.model.config.dtype},param_dtype={'+'.join(param_dtypes)}"
     self._lock = threading.Lock()  # one batch on the model at a time, whoever calls
 
   def __repr__(self) -> str:
