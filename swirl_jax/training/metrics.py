@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, Iterator, Mapping, TextIO
 
+from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
+
 # --- TensorBoard event files ------------------------------------------------------------------------
 
 
@@ -134,18 +136,18 @@ class MetricsLogger:
 
   A resumed run appends to the same JSON Lines file; lines of steps after the resume point (written by
   the interrupted run after its last checkpoint) are left in place and superseded by later lines of
-  the same step.
+  the same step. A last line a crash tore is cut off first (appended to, it would glue the next step's
+  record onto it and make the file unreadable).
   """
 
   def __init__(self, directory: str, tensorboard: bool = True):
     os.makedirs(directory, exist_ok=True)
     self.jsonl_path = os.path.join(directory, "metrics.jsonl")
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    self._jsonl = JsonlAppender(self.jsonl_path)
     self._tb = EventWriter(os.path.join(directory, "tensorboard")) if tensorboard else None
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-    self._jsonl.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
-    self._jsonl.flush()
+    self._jsonl.write(json.dumps({"step": step, **metrics}, sort_keys=True))  # (fsynced: a step takes seconds)
     if self._tb is not None:
       self._tb.scalars(step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
       self._tb.flush()
@@ -157,13 +159,13 @@ class MetricsLogger:
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The records of a metrics.jsonl, the last one of each step kept (a resumed run rewrites steps)."""
+  """The records of a metrics.jsonl, the last one of each step kept (a resumed run rewrites steps); a torn
+  last line is ignored."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no metrics log at {path}")
   by_step: dict[int, dict[str, Any]] = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        by_step[rec["step"]] = rec
+  for _, rec in numbered_records(path):
+    by_step[rec["step"]] = rec
   return [by_step[k] for k in sorted(by_step)]
 
 
