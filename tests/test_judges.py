@@ -533,6 +533,20 @@ def test_over_budget_step_is_the_rollouts_record():
   assert over_budget_step(step("<math_exp>1 + 1</math_exp>"), 99, None) is None  # unknown budget
 
 
+def test_prompt_judges_label_a_call_past_the_budget_bad_without_asking():
+  """The model and HTTP judges saw the over-budget call as its text alone (a sensible calculation) and
+  said GOOD: the process filter kept a trajectory that ran out of budget, and stage 2 rewarded such calls."""
+  backend = FakeBackend()
+  t = _over_budget_trajectory()
+  labelled = PromptJudge(backend).label([t])[0]
+  assert [s.verdict.label for s in labelled.steps] == ["GOOD", "GOOD", "BAD"]
+  assert labelled.steps[2].verdict.explanation.startswith("not run: over_budget:")
+  assert len(backend.requests) == 2 + 0  # the two calls within the budget; no outcome (no answer)
+  examples = decompose(t, "math", demos=task_prompts.DEFAULT_DEMOS["math"])
+  sampled = context_from_state("math", examples[2].state, 2, "<math_exp>20 * 5</math_exp>", budget=2)
+  assert PromptJudge(backend).judge_contexts([sampled])[0].label == "BAD" and len(backend.requests) == 2
+
+
 def test_stage_two_judges_a_call_past_the_budget_as_stage_one():
   """The same over-budget call: BAD in stage 1 (recorded malformed) and in stage 2 (sampled at that state)."""
   t = _over_budget_trajectory()

@@ -176,6 +176,16 @@ class Judge(abc.ABC):
     return out
 
 
+def over_budget(step: Step) -> bool:
+  """Whether ``step`` is a well-formed call that ``over_budget_step`` refused (the prompt's budget was spent)."""
+  return step.error is not None and step.error.startswith("over_budget:")
+
+
+def over_budget_verdict(judge: str, step: Step) -> Verdict:
+  """The process label of a call past the step budget: BAD, no judge call."""
+  return Verdict("BAD", 0.0, f"not run: {step.error}", judge)
+
+
 def no_answer_verdict(judge: str) -> Verdict:
   """The outcome of a trajectory that never answered (its step budget ran out): BAD, no judge call."""
   return Verdict("BAD", 0.0, "no final answer: the trajectory ended without an <answer>", judge)
@@ -346,8 +356,16 @@ class PromptJudge(Judge):
     return [verdict_from_completions(completions[i * n : (i + 1) * n], self.identity) for i in range(len(prompts))]
 
   def judge_contexts(self, contexts: Sequence[StepContext]) -> list[Verdict]:
-    return self._judge_prompts([judge_prompts.process_prompt(c.task, c.prompt, c.previous, c.action.text)
-                                for c in contexts])
+    # A call past the budget reads like any other call (the judge would have to count the turns): the
+    # host's finding decides it, as the rule judge's does.
+    asked = [i for i, c in enumerate(contexts) if not over_budget(c.action)]
+    verdicts = self._judge_prompts([judge_prompts.process_prompt(contexts[i].task, contexts[i].prompt,
+                                                                 contexts[i].previous, contexts[i].action.text)
+                                    for i in asked])
+    out = [over_budget_verdict(self.identity, c.action) for c in contexts]
+    for i, v in zip(asked, verdicts):
+      out[i] = v
+    return out
 
   def judge_outcomes(self, trajectories: Sequence[Trajectory]) -> list[Verdict]:
     answered = [i for i, t in enumerate(trajectories) if t.final_answer is not None]
