@@ -214,3 +214,32 @@ def test_export_never_replaces_a_model_folder_and_keeps_files_it_did_not_write(t
   export_hf(lm.config, w, str(out), overwrite=True, replace_unmarked=True)
   assert (out / "README.md").read_text() == "my card" and (out / MARKER).exists()
   assert sorted(os.listdir(tmp_path)) == ["base", "export"]
+
+
+def test_export_carries_gemmas_chat_template(tmp_path):
+  """The packaged 270M's tokenizer (from its GGUF) has no chat template, so apply_chat_template failed on the
+  exported policy. A tokenizer without one gets Google's Gemma 3 template; the export renders our prompts."""
+  from transformers import AutoTokenizer
+
+  from swirl_jax import chat
+  from swirl_jax.types import Message
+  from tiny_tokenizer import tiny_tokenizer
+
+  tok = tiny_tokenizer()
+  assert not tok.hf.chat_template
+  lm = load_model("random:tiny-gemma3", seed=1)
+  out = export_hf(lm.config, model_weights(lm.model), str(tmp_path / "hf"), tokenizer=tok)
+  assert not tok.hf.chat_template  # the shared tokenizer is left as it was
+  hf_tok = AutoTokenizer.from_pretrained(out)
+  turns = [("user", " What is 48 / 2? "), ("model", "<math_exp>48 / 2</math_exp>\n"), ("user", "48 / 2 -> 24.0")]
+  got = hf_tok.apply_chat_template([{"role": "system", "content": "Be brief."}] + [
+      {"role": "assistant" if r == "model" else r, "content": c} for r, c in turns], tokenize=False,
+      add_generation_prompt=True)
+  # by hand: the system text before the first user turn, contents trimmed, "model" turns, the model's turn open
+  want = ("<bos><start_of_turn>user\nBe brief.\n\nWhat is 48 / 2?<end_of_turn>\n<start_of_turn>model\n"
+          "<math_exp>48 / 2</math_exp><end_of_turn>\n<start_of_turn>user\n48 / 2 -> 24.0<end_of_turn>\n"
+          "<start_of_turn>model\n")
+  assert got == want
+  assert got == "<bos>" + chat.render([Message("user", "Be brief.\n\nWhat is 48 / 2?"),
+                                        Message("model", "<math_exp>48 / 2</math_exp>"),
+                                        Message("user", "48 / 2 -> 24.0")])

@@ -97,7 +97,7 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
       json.dump(hf_cfg, f, indent=1)
     gen = {"bos_token_id": 2, "pad_token_id": 0, "eos_token_id": [1]}
     if tokenizer is not None:
-      tokenizer.save(tmp)
+      _save_tokenizer(tokenizer, tmp)
       gen = {"bos_token_id": tokenizer.bos_id, "pad_token_id": tokenizer.pad_id,
              "eos_token_id": [tokenizer.eos_id, tokenizer.end_of_turn_id]}
     with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
@@ -125,6 +125,22 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
   return out_dir
+
+
+def _save_tokenizer(tokenizer, directory: str) -> None:
+  """The tokenizer's files, with Gemma's chat template where it has none (a GGUF's tokenizer may lack one), so
+  that ``apply_chat_template`` on the export writes the prompts the policy was trained on."""
+  from swirl_jax.chat import GEMMA_CHAT_TEMPLATE
+
+  hf = tokenizer.hf
+  if getattr(hf, "chat_template", None):
+    tokenizer.save(directory)
+    return
+  hf.chat_template = GEMMA_CHAT_TEMPLATE
+  try:
+    tokenizer.save(directory)
+  finally:
+    hf.chat_template = None  # (the loaded tokenizer is shared: leave it as it was)
 
 
 def _export_files(path: str, replace_unmarked: bool) -> set[str] | None:
