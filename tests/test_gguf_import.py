@@ -43,7 +43,11 @@ def _write_gguf(hf_dir, path, family: str, quantize: str | None = None, untied: 
       arr = arr + 1.0  # llama.cpp folds Gemma's (1 + w) into the stored weight
     if quantize and e.path.endswith("mlp.down"):
       qtype = getattr(gguf.GGMLQuantizationType, quantize)
-      w.add_tensor(e.gguf, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+      if quantize == "Q8_1":  # (gguf cannot quantize to it either: zero blocks of its byte size)
+        data = np.zeros(gguf.quant_shape_to_byte_shape(arr.shape, qtype), np.uint8)
+      else:
+        data = gguf.quants.quantize(arr, qtype)
+      w.add_tensor(e.gguf, data, raw_dtype=qtype)
     else:
       w.add_tensor(e.gguf, arr)
   if untied:
@@ -138,3 +142,15 @@ def test_rope_metadata_is_read_or_refused(tmp_path):
   assert from_gguf_metadata(linear).rope_scale_global == 8.0
   with pytest.raises(ValueError, match="rope.scaling.type 'yarn' is not supported"):
     from_gguf_metadata({**meta, "gemma3.rope.scaling.type": "yarn", "gemma3.rope.scaling.factor": 8.0})
+
+
+def test_a_type_gguf_cannot_dequantize_is_named_up_front(tmp_path):
+  """A Q8_1 tensor passed read_gguf and failed in build_model with gguf's NotImplementedError, naming neither
+  the file nor the tensor."""
+  tiny_hf_model("gemma2").save_pretrained(tmp_path / "hf")
+  _write_gguf(tmp_path / "hf", tmp_path / "q81.gguf", "gemma2", quantize="Q8_1")
+  from swirl_jax.checkpoints.gguf_import import read_gguf
+
+  with pytest.raises(ValueError, match=r"q81.gguf: tensor blk.0.ffn_down.weight has type Q8_1, which the gguf "
+                                       r"package cannot dequantize"):
+    read_gguf(str(tmp_path / "q81.gguf"))

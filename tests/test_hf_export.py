@@ -243,3 +243,22 @@ def test_export_carries_gemmas_chat_template(tmp_path):
   assert got == "<bos>" + chat.render([Message("user", "Be brief.\n\nWhat is 48 / 2?"),
                                         Message("model", "<math_exp>48 / 2</math_exp>"),
                                         Message("user", "48 / 2 -> 24.0")])
+
+
+def test_tensors_the_config_has_no_place_for_are_refused(tmp_path):
+  """A config.json with fewer layers than the weights (or a stray tensor) loaded a truncated model without a
+  word; transformers reports them as unexpected."""
+  import os
+
+  lm = load_model("random:tiny-gemma3", seed=1)
+  out = tmp_path / "hf"
+  export_hf(lm.config, model_weights(lm.model), str(out))
+  cfg = json.loads((out / "config.json").read_text())
+  cfg["num_hidden_layers"] -= 1
+  cfg["layer_types"] = cfg["layer_types"][:-1]
+  (out / "config.json").write_text(json.dumps(cfg))
+  last = lm.config.num_layers - 1
+  with pytest.raises(ValueError, match=rf"tensors of the text model have no place in .*config.json "
+                                       rf"\(num_hidden_layers={last}\), e.g. \['model.layers.{last}."):
+    load_model(str(out))
+  assert os.path.exists(out / "model.safetensors")

@@ -162,9 +162,9 @@ def test_bad_config_value_names_the_key(change, message):
     from_hf_config({**GEMMA3, **change})
 
 
-@pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                                 "intermediate_size", "vocab_size"])
+@pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "intermediate_size"])
 def test_missing_config_key_names_the_key(key):
+  """The sizes that define the weights have no default (the others take transformers': below)."""
   hf = dict(GEMMA3)
   del hf[key]
   with pytest.raises(ValueError, match=re.escape(f"config.json key {key!r} is missing")):
@@ -230,3 +230,54 @@ def test_hf_checkpoint_whose_weights_do_not_fit_config_names_tensor_and_file(hf_
   (d / "config.json").write_text("{")
   with pytest.raises(ValueError, match=re.escape(str(d / "config.json")) + ": not valid JSON"):
     read_hf_checkpoint(str(d))
+
+
+# Google's gemma-3-4b-it config.json (its text_config leaves the head counts and vocabulary to transformers'
+# defaults), and the 27B's text_config (no vocabulary size).
+GEMMA3_4B = {"architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+             "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
+             "model_type": "gemma3", "text_config": {
+                 "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+                 "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+             "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+             "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                               "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                               "patch_size": 14, "vision_use_head": False}}
+GEMMA3_27B = {**GEMMA3_4B, "text_config": {
+    "head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
+    "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16, "query_pre_attn_scalar": 168,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}}
+SPARSE_GEMMA2 = {"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+
+
+@pytest.mark.parametrize("hf", [GEMMA3_4B, GEMMA3_27B, SPARSE_GEMMA2], ids=["gemma3_4b", "gemma3_27b", "gemma2_sparse"])
+def test_keys_left_out_take_transformers_defaults(hf):
+  """The published 4B and 27B configs were refused ('num_attention_heads' / 'vocab_size' missing), and a Gemma 2
+  config without its soft-caps or query_pre_attn_scalar loaded without the caps (logits off by 23 in the
+  review): keys config.json leaves out are read as transformers reads them."""
+  import transformers
+
+  ours = from_hf_config(hf)
+  if hf["model_type"] == "gemma3":
+    t = transformers.Gemma3Config(**hf).text_config
+  else:
+    t = getattr(transformers, "Gemma2Config" if hf["model_type"] == "gemma2" else "Gemma3TextConfig")(**hf)
+  assert (ours.vocab_size, ours.num_heads, ours.num_kv_heads, ours.head_dim) == (
+      t.vocab_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim)
+  assert (ours.query_pre_attn_scalar, ours.sliding_window, ours.max_seq_len) == (
+      t.query_pre_attn_scalar, t.sliding_window, t.max_position_embeddings)
+  assert ours.layer_types == tuple("local" if x == "sliding_attention" else "global" for x in t.layer_types)
+  if hf["model_type"] == "gemma2":
+    assert (ours.attn_logit_softcap, ours.final_logit_softcap) == (t.attn_logit_softcapping, t.final_logit_softcapping)
+  if hf is GEMMA3_4B:
+    assert (ours.num_heads, ours.num_kv_heads, ours.vocab_size, ours.rope_scale_global) == (8, 4, 262_208, 8.0)
+
+
+def test_unknown_layer_types_and_a_multimodal_soft_cap():
+  """A layer type we do not compute was read as global attention; Gemma3ForConditionalGeneration applies no
+  final soft-cap, whatever its text_config says."""
+  with pytest.raises(ValueError, match=r"layer_types\[5\] = 'chunked_attention' is not supported"):
+    from_hf_config({**GEMMA3, "layer_types": ["sliding_attention"] * 5 + ["chunked_attention"]})
+  capped = {**GEMMA3_4B, "text_config": {**GEMMA3_4B["text_config"], "final_logit_softcapping": 5.0}}
+  assert from_hf_config(capped).final_logit_softcap is None
+  assert from_hf_config({**GEMMA3, "final_logit_softcapping": 5.0}).final_logit_softcap == 5.0  # Gemma3ForCausalLM

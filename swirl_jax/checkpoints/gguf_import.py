@@ -29,6 +29,15 @@ def gguf_metadata(reader) -> dict[str, Any]:
   return meta
 
 
+def _can_dequantize(gguf, kind) -> bool:
+  """Whether ``gguf.quants.dequantize`` handles tensors of ``kind`` (some types it lists it cannot read)."""
+  try:
+    cls = gguf.quants._type_traits.get(kind)  # noqa: SLF001 - the registry dequantize itself consults
+  except AttributeError:  # another gguf version: left to dequantize to say
+    return True
+  return cls is not None
+
+
 def read_gguf(path: str, **overrides) -> tuple[ModelConfig, Callable[[str], np.ndarray], dict[str, Any]]:
   """(config, fetch, metadata) for a GGUF file; ``fetch(our_path)`` returns float32 in our layout."""
   import gguf
@@ -44,6 +53,11 @@ def read_gguf(path: str, **overrides) -> tuple[ModelConfig, Callable[[str], np.n
   missing = [e.gguf for e in table.values() if e.gguf not in tensors]
   if missing:
     raise ValueError(f"{path}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+  for e in table.values():  # found now, naming the tensor, not when the model is built
+    kind = tensors[e.gguf].tensor_type
+    if kind.name not in _PLAIN and not _can_dequantize(gguf, kind):
+      raise ValueError(f"{path}: tensor {e.gguf} has type {kind.name}, which the gguf package cannot "
+                       "dequantize; convert the model with another quantisation (e.g. Q8_0, Q4_K_M, BF16)")
   if "output.weight" in tensors:
     # llama.cpp's Gemma computes logits with it; our model ties the LM head to token_embd (as hf_import
     # refuses an untied lm_head)

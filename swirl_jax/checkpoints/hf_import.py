@@ -73,6 +73,14 @@ def read_hf_checkpoint(directory: str, **overrides) -> tuple[ModelConfig, Callab
   missing = [rename(e.hf) for e in table.values() if rename(e.hf) not in names]
   if missing:
     raise ValueError(f"{directory}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+  # Text-tower tensors the config has no place for (more layers than num_hidden_layers says): the model
+  # would load truncated. (Rotary inverse frequencies are buffers some older exports saved: recomputed.)
+  used = {rename(e.hf) for e in table.values()}
+  unused = sorted(n for n in names if n.startswith(prefix) and n not in used and not n.endswith(".inv_freq"))
+  if unused:
+    raise ValueError(f"{directory}: {len(unused)} tensors of the text model have no place in {cfg_path} "
+                     f"(num_hidden_layers={cfg.num_layers}), e.g. {unused[:5]}: the config does not describe "
+                     "these weights")
   # Checked here, from the safetensors headers, so a config.json that does not fit the weights is named
   # before a model is built (build_model would name only our parameter path).
   expected = _hf_shapes(cfg)

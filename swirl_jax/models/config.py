@@ -264,17 +264,35 @@ def _hf_float(hf: Mapping[str, Any], key: str, default: float, within: str = "")
   return float(value)
 
 
+# What transformers' Gemma2Config / Gemma3TextConfig take for a key config.json leaves out. Google's
+# multimodal configs rely on them (the 4B text_config has no head counts or vocabulary size, the 27B's no
+# vocabulary size); a default of our own would load other logits than transformers' (tests check these
+# against the installed transformers).
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": dict(vocab_size=256_000, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                   query_pre_attn_scalar=256, sliding_window=4096, max_position_embeddings=8192,
+                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3": dict(vocab_size=262_208, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                   query_pre_attn_scalar=256, sliding_window=4096, max_position_embeddings=131_072,
+                   final_logit_softcapping=None),
+}
+_HF_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+
+
 def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   """Builds a ModelConfig from a Hugging Face Gemma2/Gemma3 config.json dict.
 
   Accepts Gemma2ForCausalLM, Gemma3ForCausalLM (model_type gemma3_text) and the text tower of
-  Gemma3ForConditionalGeneration (its ``text_config``). A missing, null or mistyped size is a ValueError
-  naming the key ("config.json key 'hidden_size' is missing"); ``hf_import`` adds the file's path.
+  Gemma3ForConditionalGeneration (its ``text_config``). A key left out takes transformers' default
+  (``HF_DEFAULTS``), except the sizes that define the weights (hidden_size, intermediate_size,
+  num_hidden_layers); a missing one of those, or a null or mistyped size, is a ValueError naming the key
+  ("config.json key 'hidden_size' is missing"); ``hf_import`` adds the file's path.
   """
   if not isinstance(hf, Mapping):
     raise ValueError(f"config.json is a JSON {type(hf).__name__}, not an object")
   model_type = hf.get("model_type")
-  if model_type == "gemma3" and "text_config" in hf:
+  multimodal = model_type == "gemma3" and "text_config" in hf
+  if multimodal:
     text = hf["text_config"]
     if not isinstance(text, Mapping):
       raise ValueError(f"config.json key 'text_config' is a JSON {type(text).__name__}, not an object")
@@ -287,11 +305,18 @@ def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   else:
     raise ValueError(f"config.json model_type {model_type!r} is not gemma2, gemma3_text or gemma3")
   _check_hf_features(hf)
+  hf = {**HF_DEFAULTS[family], **hf}
+  if multimodal:  # Gemma3ForConditionalGeneration computes its logits without the text tower's soft-cap
+    hf["final_logit_softcapping"] = None
   n = _hf_int(hf, "num_hidden_layers")
   if names := hf.get("layer_types"):
     if not isinstance(names, list):
       raise ValueError(f"config.json key 'layer_types' is a JSON {type(names).__name__}, not a list")
-    layer_types = tuple("local" if t == "sliding_attention" else "global" for t in names)
+    unknown = [(i, t) for i, t in enumerate(names) if t not in _HF_LAYER_TYPES]
+    if unknown:
+      raise ValueError(f"config.json layer_types[{unknown[0][0]}] = {unknown[0][1]!r} is not supported (only "
+                       f"{' and '.join(_HF_LAYER_TYPES)})")
+    layer_types = tuple(_HF_LAYER_TYPES[t] for t in names)
   else:
     layer_types = _pattern(n, _hf_int(hf, "sliding_window_pattern", 2 if family == "gemma2" else 6))
   d_model, num_heads = _hf_int(hf, "hidden_size"), _hf_int(hf, "num_attention_heads")
