@@ -203,7 +203,7 @@ def _file_name(kind: str, mode: str) -> str:
 def _report(mode: str, summary: dict, workdir: str) -> None:
   """Saves the whole summary as WORKDIR/summary.json (summary-MODE.json for a single mode) and prints a
   short one with the eval table."""
-  from swirl_jax import modes
+  from swirl_jax import run_summary
 
   table = summary.pop("table", None)
   if mode == "pipeline" and isinstance(summary.get("eval"), dict):
@@ -211,7 +211,7 @@ def _report(mode: str, summary: dict, workdir: str) -> None:
   path = os.path.join(workdir, _file_name("summary", mode))
   with atomic_open(path) as f:
     json.dump(summary, f, indent=1, default=str)
-  lines = modes.summary_lines(summary if mode == "pipeline" else {mode: summary})
+  lines = run_summary.summary_lines(summary if mode == "pipeline" else {mode: summary})
   if lines:
     print(f"\n== summary of {mode} in {workdir} (everything in {path})\n" + "\n".join(lines))
   else:

@@ -23,8 +23,8 @@ import jax
 from swirl_jax.pipeline import stamps
 from swirl_jax.pipeline.stage_inputs import (EVAL_SETTINGS, checkpoint_saved, checkpoint_step, export_inputs,
                                               filter_inputs, final_checkpoint_step, generate_inputs,
-                                              label_inputs, record_matches, settings_of, train_inputs,
-                                              without_neutral)
+                                              inputs_match, label_inputs, record_matches, settings_of,
+                                              train_inputs, without_neutral)
 
 
 class Paths:
@@ -347,18 +347,33 @@ def run_eval(cfg, paths: Paths) -> dict:
     inputs = {"policy": source, "checkpoint_step": checkpoint_step(source), **saved,
               "settings": without_neutral(settings_of(cfg, *EVAL_SETTINGS)),
               **({"data_files": data_files} if data_files else {})}
-    fresh = record_matches(paths.workdir, f"eval-{label}", inputs)
+    record = f"eval-{label}"
+    recorded = stamps.read(paths.workdir, record)
+    fresh = record_matches(paths.workdir, record, inputs)
+    # An interrupted run of these inputs names the datasets it finished: their reports stand.
+    partial = recorded if isinstance(recorded, dict) and isinstance(recorded.get("in_progress"), dict) else {}
+    finished = set(partial.get("done", [])) if inputs_match(partial.get("in_progress"), inputs, paths.workdir,
+                                                            record) else set()
     # "hotpot_qa/fullwiki" names a config; its report is hotpot_qa-fullwiki.json
-    todo = [sp for sp in specs if not (fresh and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
+    todo = [sp for sp in specs if not ((fresh or _file_name(sp) in finished)
+                                       and os.path.exists(os.path.join(out_dir, f"{_file_name(sp)}.json")))]
     if not todo:
+      if not fresh:
+        stamps.write(paths.workdir, record, inputs)
       continue
-    if not fresh and stamps.read(paths.workdir, f"eval-{label}") is not None:
+    if finished and not fresh:
+      print(f"[eval {label}] resuming an interrupted run: {len(specs) - len(todo)} of {len(specs)} datasets "
+            "are done", flush=True)
+    elif not fresh and recorded is not None:
       print(f"[eval {label}] re-evaluating: changed since the reports were made: "
-            f"{stamps.changed(paths.workdir, f'eval-{label}', inputs)}", flush=True)
+            f"{stamps.changed(paths.workdir, record, inputs)}", flush=True)
     if questions is None:
       questions = eval_questions(cfg, specs)
       check_judge_endpoint(cfg)
-    stamps.write(paths.workdir, f"eval-{label}", {"in_progress": True})  # a partial re-run is never fresh
+    waiting = {_file_name(sp) for sp in todo}
+    done = sorted(_file_name(sp) for sp in specs if _file_name(sp) not in waiting)
+    # never fresh while partial; names the finished datasets as it goes
+    stamps.write(paths.workdir, record, {"in_progress": inputs, "done": done})
     lm = load(cfg, source=source)
     for sp in todo:
       task = dataset_task(sp.name)
@@ -371,16 +386,27 @@ def run_eval(cfg, paths: Paths) -> dict:
                         provenance=provenance,
                         # (the search corpus and settings, the data files; the policy's paths as the stage
                         # record names them, so a moved workdir's saved rollouts are reused)
-                        resume_key=stamps.plain({**inputs, "source": source, "provenance": provenance},
-                                                paths.workdir))
+                        resume_key=stamps.plain({**inputs, "settings": _rollout_settings(inputs["settings"]),
+                                                 "source": source, "provenance": provenance}, paths.workdir))
       print(f"[eval {label}] {sp.name}: " + json.dumps({k: v for k, v in report.items()
                                                        if isinstance(v, (int, float))}), flush=True)
-    stamps.write(paths.workdir, f"eval-{label}", inputs)
+      done = sorted({*done, _file_name(sp)})
+      stamps.write(paths.workdir, record, {"in_progress": inputs, "done": done})
+    stamps.write(paths.workdir, record, inputs)
   names = [_file_name(sp) for sp in specs]  # this run's datasets, not reports an earlier run left
   base = load_reports(paths.eval_base, names)
   table = comparison_table(base, load_reports(paths.eval_trained, names)) if trained else ""
   _barrier("eval done")
   return {"table": table, "base": base}
+
+
+def _rollout_settings(settings: dict) -> dict:
+  """An eval record's settings less the judge's (judge.*, eval.judge_process): what the saved rollouts of an
+  interrupted evaluation depend on. The judge runs after them, so a changed judge reuses them."""
+  out = {k: v for k, v in settings.items() if k != "judge"}
+  if isinstance(out.get("eval"), dict):
+    out["eval"] = {k: v for k, v in out["eval"].items() if k != "judge_process"}
+  return out
 
 
 def run_export(cfg, paths: Paths) -> dict:
@@ -555,51 +581,6 @@ def run_pipeline(cfg, paths: Paths) -> dict:
     summary["export"] = "skipped (no checkpoint)"
   summary["total_seconds"] = round(time.perf_counter() - t0, 1)
   return summary
-
-
-def _pct(x) -> str:
-  return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def summary_lines(summary: dict) -> list[str]:
-  """One line per stage of a pipeline (or single-mode) summary, for people; the JSON has the rest."""
-  lines = []
-  for name in ("generate", "label", "filter", "train", "eval", "export"):
-    s = summary.get(name)
-    if s is None:
-      continue
-    secs = summary.get(name + "_seconds")
-    head = f"  {name:<9}{'' if secs is None else f'{secs:>7.0f} s'}  "
-    if not isinstance(s, dict):
-      lines.append(head + str(s))
-    elif name == "generate":
-      ends = ", ".join(f"{k} {v}" for k, v in sorted(s.get("end_reasons", {}).items()))
-      lines.append(head + f"{s.get('written_now', 0)} trajectories written, {s.get('mean_steps', 0):.2f} steps "
-                   f"each on average (ended by: {ends}) -> {s.get('trajectories_file')}")
-    elif name == "label":
-      lines.append(head + f"{s.get('steps_judged', 0)} steps judged ({_pct(s.get('process_good_rate'))} GOOD), "
-                   f"{s.get('outcomes_judged', 0)} answers ({_pct(s.get('outcome_good_rate'))} correct) by "
-                   f"{s.get('judge')}")
-    elif name == "filter":
-      f, d = s.get("filter", {}), s.get("decompose", {})
-      why = ", ".join(f"{k} {v}" for k, v in sorted(f.get("reason_counts", {}).items())) or "none dropped"
-      lines.append(head + f"{f.get('strategy')}: kept {f.get('kept')} of {f.get('total')} trajectories ({why}); "
-                   f"{d.get('examples')} step examples")
-    elif name == "train":
-      r0, r1 = s.get("first_mean_reward"), s.get("last_mean_reward")
-      reward = "" if r0 is None else f", mean reward {r0:.3f} (first step) -> {r1:.3f} (last)"
-      lines.append(head + f"{s.get('steps_run')} steps run, at step {s.get('final_step')}{reward}"
-                   + (" (interrupted)" if s.get("interrupted") else ""))
-    elif name == "eval":
-      for ds, rep in sorted((s.get("base") or {}).items()):
-        lines.append(head + f"base on {ds}: judged accuracy {_pct(rep.get('judged_accuracy'))} over "
-                     f"{rep.get('num_questions')} questions")
-        head = " " * len(head)
-    elif name == "export":
-      lines.append(head + f"Hugging Face directory {s.get('export_dir')}")
-  if "total_seconds" in summary:
-    lines.append(f"  {'total':<9}{summary['total_seconds']:>7.0f} s")
-  return lines
 
 
 MODES = {"pipeline": run_pipeline, "generate": run_generate, "label": run_label, "filter": run_filter,

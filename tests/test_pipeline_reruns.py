@@ -153,6 +153,49 @@ def test_a_preempted_training_stops_the_pipeline_and_main_exits_143(stubbed, tmp
   assert "training was interrupted (SIGTERM)" in capsys.readouterr().err
 
 
+def test_an_interrupted_evaluation_keeps_the_datasets_it_finished(stubbed, tmp_path, monkeypatch, capsys):
+  """A crash or preemption during the second of several eval datasets re-evaluated the first one too (its
+  record said only 'in progress'), reporting the crash as changed settings; settings evaluation never reads
+  (the generation seed, samples per question, refilling, data.split) re-evaluated everything; a changed
+  judge discarded the saved rollouts of an interrupted dataset."""
+  from swirl_jax.evaluation import evaluate as evaluate_module
+
+  real = evaluate_module.evaluate
+  keys = {}
+
+  def crash_on(name):
+    def evaluate(lm, questions, judge, tools, config, *, dataset, resume_key=None, **kw):
+      keys[dataset] = resume_key
+      if dataset == name:
+        raise KeyboardInterrupt  # (SIGTERM / kill -9 while it ran)
+      return real(lm, questions, judge, tools, config, dataset=dataset, resume_key=resume_key, **kw)
+    return evaluate
+
+  paths = modes.Paths(str(tmp_path))
+  cfg = get_config()
+  cfg.data.num_questions, cfg.eval.limit = 4, 2
+  cfg.eval.datasets = "synthetic_arith,synthetic_multihop"
+  monkeypatch.setattr(evaluate_module, "evaluate", crash_on("synthetic_multihop"))
+  with pytest.raises(KeyboardInterrupt):
+    modes.run_eval(cfg, paths)
+  assert stubbed == ["eval base synthetic_arith"]
+  first_key = keys["synthetic_multihop"]
+  monkeypatch.setattr(evaluate_module, "evaluate", crash_on(None))
+  stubbed.clear()
+  cfg.judge.n_votes = 3  # the judge runs after the rollouts: the saved ones stay usable
+  modes.run_eval(cfg, paths)
+  assert stubbed == ["eval base synthetic_multihop"]
+  assert "resuming an interrupted run: 1 of 2 datasets are done" in capsys.readouterr().out
+  assert keys["synthetic_multihop"] == first_key
+  stubbed.clear()
+  cfg.rollout.seed, cfg.rollout.samples_per_question, cfg.rollout.refill, cfg.data.split = 7, 3, False, "test"
+  modes.run_eval(cfg, paths)
+  assert stubbed == []  # nothing evaluation reads changed
+  cfg.sampling.max_new_tokens += 1  # this does change the rollouts
+  modes.run_eval(cfg, paths)
+  assert stubbed == ["eval base synthetic_arith", "eval base synthetic_multihop"]
+
+
 def test_the_eval_table_holds_this_runs_datasets_only(stubbed, tmp_path):
   """Reports an earlier run left (another dataset list) stay on disk but not in this run's table."""
   paths = modes.Paths(str(tmp_path))

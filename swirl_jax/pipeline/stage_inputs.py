@@ -70,7 +70,11 @@ _UNUSED_BY_BACKEND = {"rule": ("n_votes", "model", "openai"), "model": ("openai"
 # generation temperature and top-k/top-p cut-offs) and takes eval.limit questions, not data.limit; the
 # policy a report is of is recorded as "policy" (so naming the run's own checkpoints as eval.checkpoint,
 # or another policy, leaves the base model's reports alone).
-_EVAL_NEUTRAL = ("sampling.temperature", "sampling.top_k", "sampling.top_p", "data.limit", "eval.checkpoint")
+# Greedy evaluation takes one sample per question whatever rollout.samples_per_question says, so neither it
+# nor the sampling seed matters; refilling changes only the throughput; the eval split is eval.split or each
+# dataset's own, never data.split.
+_EVAL_NEUTRAL = ("sampling.temperature", "sampling.top_k", "sampling.top_p", "data.limit", "eval.checkpoint",
+                 "rollout.seed", "rollout.samples_per_question", "rollout.refill", "data.split")
 
 
 def _drop(settings: dict, keys: tuple[str, ...]) -> None:
@@ -107,8 +111,12 @@ def record_matches(workdir: str, name: str, inputs: dict) -> bool:
   """Whether stage ``name``'s record matches ``inputs``, reading records of earlier versions: the neutral
   judge settings compare as absent, a key of _LATER_KEYS the record lacks is not compared, and a train
   record of the step examples alone compares on them."""
-  recorded = stamps.read(workdir, name)
-  if recorded is None:
+  return inputs_match(stamps.read(workdir, name), inputs, workdir, name)
+
+
+def inputs_match(recorded: dict | None, inputs: dict, workdir: str, name: str) -> bool:
+  """``record_matches`` on a record already read (or one nested in another: an eval run's in-progress one)."""
+  if not isinstance(recorded, dict):
     return False
   now = stamps.plain(inputs, workdir)
   now = {k: v for k, v in now.items() if k not in _LATER_KEYS or k in recorded}
