@@ -69,6 +69,13 @@ SEARCH_TRAJ = traj([
 # parse_verdict.
 
 VERDICT_TABLE = [
+    # a negation counts in the few words before the label only, a qualifier right after it only: these were
+    # read as no decision (then counted BAD) by the first version of the negation rule
+    ("Verdict: there are no errors and the step is good.", "GOOD"),
+    ("Verdict: the query doesn't repeat step 1 and is GOOD.", "GOOD"),
+    ("Verdict: the step does not repeat earlier searches, so it is good.", "GOOD"),
+    ("VERDICT: GOOD because it uses the calculator, although it could be simpler", "GOOD"),
+    ("VERDICT: Good question, but the query repeats step 1", None),
     # a corrected verdict at the end decides, with a qualifier before it or punctuation after it
     ("Verdict: GOOD\n\nOn reflection, it does not hold.\nFinal verdict: BAD, the answer contradicts it.", "BAD"),
     ("Preliminary verdict: GOOD\nThe paragraph names another year.\nFinal verdict: BAD (it does not follow).",

@@ -91,17 +91,20 @@ The final answer is GOOD if it means the same as the answer key or one of its al
 
 _VERDICT_RE = re.compile(r"\bverdict\b", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\b(good|bad)\b", re.IGNORECASE)
-# Words that negate or hedge a label later in their sentence ("not a good step", "doesn't look good", "far
-# from good", "would be good if ..."): the loose scan reads such a sentence as no decision.
+# Words that negate or hedge a label they come just before ("not a good step", "this is no good", "doesn't
+# look good", "far from good", "wouldn't call it good", "would be good if ..."): no decision. Only the
+# _NEGATION_WORDS words before the label count, so "there are no errors and the step is good" stays GOOD.
 _NEGATION_RE = re.compile(r"\b(?:not|no|never|neither|nor|hardly|barely|scarcely|unlikely|cannot|far\s+from|"
                           r"less\s+than|rather\s+than|instead\s+of|if|unless)\b|n['’]t\b", re.IGNORECASE)
-# Words after a label that take it back or make it conditional ("Good question, but it is not helpful",
-# "good if the data is right"); an explanation ("GOOD because it does not repeat") does not.
-_QUALIFIED_RE = re.compile(r"\b(?:but|though|although|however|yet|except|if|unless)\b", re.IGNORECASE)
-# A label that concludes its sentence after "so", "therefore", ... or after a clause break ("..., so BAD",
-# "the search is not helpful, BAD"): it decides, whatever the sentence said before.
-_CONCLUSION_RE = re.compile(r"(?:\b(?:so|therefore|thus|hence)\b|[,;:–—]|\s-)[\s*_\"'`“”]*"
-                            r"(?P<label>good|bad)\W*$", re.IGNORECASE)
+_NEGATION_WORDS = 3
+# A qualifier right after the label (at most one word between) takes it back or makes it conditional ("Good
+# question, but it repeats step 1", "good if the data is right"); an explanation ("GOOD because it does not
+# repeat, although it could be shorter") does not.
+_QUALIFIED_RE = re.compile(r"\W*(?:\w+\W+)?(?:but|though|although|however|yet|except|if|unless)\b", re.IGNORECASE)
+# A label that concludes its sentence after "so", "therefore", ... (also "so it is GOOD") or after a clause
+# break ("..., so BAD", "the search is not helpful, BAD"): it decides, whatever the sentence said before.
+_CONCLUSION_RE = re.compile(r"(?:\b(?:so|therefore|thus|hence)\b(?:\W+(?:it|this|that|the\s+\w+)\W+(?:is|was))?"
+                            r"|[,;:–—]|\s-)[\s*_\"'`“”]*(?P<label>good|bad)\W*$", re.IGNORECASE)
 _SENTENCE_BREAK_RE = re.compile(r"[.!?;](?=\s|$)|\n[ \t]*\n")  # where a sentence before the label ends
 _SENTENCE_END_RE = re.compile(r"[.!?;](?=\s|$)|\n")  # where the label's sentence ends: its line ends it too
 _WINDOW = 80  # characters after "VERDICT" in which the label must appear
@@ -132,9 +135,9 @@ def _label_of(match: re.Match) -> Label | None:
 def _label_in_sentence(text: str, start: int, stop: int, label: re.Match) -> Label | None:
   """The decision of the sentence holding ``label`` (a GOOD/BAD found after a "verdict" ending at
   ``start``; ``stop`` is the next "verdict"): a label concluding the sentence ("..., so BAD") decides;
-  otherwise both labels in the sentence, a negation or hedge before the label ("not a good step", "It
-  doesn't look good", "would be good if") or a "but"/"if" after it ("Good question, but it repeats") is no
-  decision; else the label."""
+  otherwise both labels in the sentence, a negation or hedge in the few words before the label ("not a good
+  step", "It doesn't look good") or a "but"/"if" right after it ("Good question, but it repeats", "good if
+  ...") is no decision; else the label."""
   begin = start
   for b in _SENTENCE_BREAK_RE.finditer(text, start, label.start()):
     begin = b.end()
@@ -144,8 +147,9 @@ def _label_in_sentence(text: str, start: int, stop: int, label: re.Match) -> Lab
   conclusion = _CONCLUSION_RE.search(sentence)
   if conclusion is not None:
     return "GOOD" if conclusion.group("label").lower() == "good" else "BAD"
-  if (len({m.group(0).lower() for m in _LABEL_RE.finditer(sentence)}) > 1 or _NEGATION_RE.search(sentence[:at])
-      or _QUALIFIED_RE.search(sentence, at)):
+  just_before = " ".join(sentence[:at].split()[-_NEGATION_WORDS:])
+  if (len({m.group(0).lower() for m in _LABEL_RE.finditer(sentence)}) > 1 or _NEGATION_RE.search(just_before)
+      or _QUALIFIED_RE.match(sentence, at + len(label.group(0)))):
     return None
   return "GOOD" if label.group(0).lower() == "good" else "BAD"
 
