@@ -499,6 +499,10 @@ def _train_stage(cfg, paths: Paths) -> dict:
       why = f"{paths.step_examples} changed since they were trained on it (the trajectories or filter settings changed)"
     else:
       changes = stamps.setting_changes(without_neutral(recorded["settings"]), inputs["settings"])
+      if recorded.get("decay_schedule", inputs["decay_schedule"]) != inputs["decay_schedule"]:
+        changes.append(f"the learning-rate decay: {recorded['decay_schedule']} -> {inputs['decay_schedule']} steps "
+                       f"(train.decay_steps=-1 follows train.steps; pass --config.train.decay_steps="
+                       f"{recorded['decay_schedule']} to extend the run on its schedule)")
       why = f"they were trained with other settings ({'; '.join(changes)})"
     raise ValueError(f"{paths.checkpoints} would continue under other inputs: {why}. Remove {paths.checkpoints} "
                      "to train again, or use a new workdir")

@@ -4,6 +4,7 @@ settings reach the optimizer. Tiny random Gemma 3, sft (no sampling), real check
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -126,9 +127,21 @@ def test_raising_steps_under_a_decay_that_follows_them_is_refused(tiny, tmp_path
   write_jsonl(paths.step_examples, _examples("ten"))
   tiny.train.warmup_steps, tiny.train.decay_steps = 0, -1
   modes.MODES["train"](tiny, paths)  # steps 2: decays over 2 steps
+  record = os.path.join(paths.workdir, "stages", "train.json")
+  with open(record, encoding="utf-8") as f:
+    written = json.load(f)
+  modes.MODES["train"](tiny, paths)  # the same command: nothing to do
+  # a record written before decay_schedule existed (settings say -1): the same command still matches it
+  old = json.loads(json.dumps(written))
+  del old["inputs"]["decay_schedule"]
+  with open(record, "w", encoding="utf-8") as f:
+    json.dump(old, f)
+  assert modes.MODES["train"](tiny, paths)["steps_run"] == 0
+  with open(record, "w", encoding="utf-8") as f:
+    json.dump(written, f)
   tiny.train.steps = 4
-  with pytest.raises(ValueError, match=r"train.decay_steps: 2 -> 4"):  # the workdir's record
-    modes.MODES["train"](tiny, paths)
+  with pytest.raises(ValueError, match=r"the learning-rate decay: 2 -> 4 steps .*--config.train.decay_steps=2"):
+    modes.MODES["train"](tiny, paths)  # the workdir's record
   os.remove(os.path.join(paths.workdir, "stages", "train.json"))
   with pytest.raises(ValueError, match=r"optimizer.decay_steps: 2 in the checkpoint, 4 now\) \(train.decay_steps=-1"):
     modes.MODES["train"](tiny, paths)  # the checkpoint's own

@@ -104,7 +104,7 @@ def without_neutral(settings: dict | None) -> dict | None:
 
 # Keys added to stage records after workdirs were made with the earlier ones: a record without one is
 # compared without it, so an upgrade does not redo finished stages.
-_LATER_KEYS = ("checkpoint_saved", "data_files", "policy")
+_LATER_KEYS = ("checkpoint_saved", "data_files", "policy", "decay_schedule")
 
 
 def record_matches(workdir: str, name: str, inputs: dict) -> bool:
@@ -139,12 +139,12 @@ def train_inputs(cfg, paths: Paths) -> dict:
   settings = settings_of(cfg, "train", "rollout.task", "model.source", "model.dtype", "model.param_dtype")
   for key in _TRAIN_NEUTRAL:
     settings["train"].pop(key)
-  # the schedule, not its spelling: -1 follows train.steps, which is neutral (raising it extends a run) but
-  # then moves the decay of the steps already taken
-  settings["train"]["decay_steps"] = decay_steps(cfg)
   if cfg.train.mode != "sft":  # the judge rewards rl samples (and unlabelled offline actions)
     settings.update(without_neutral(settings_of(cfg, "judge")))
-  return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings}
+  # The schedule, besides its spelling: train.decay_steps=-1 follows train.steps, which is neutral (raising it
+  # extends a run) but then moves the decay of the steps already taken.
+  return {"step_examples": stamps.file_digest(paths.step_examples), "settings": settings,
+          "decay_schedule": decay_steps(cfg)}
 
 
 def generate_inputs(cfg) -> dict:
