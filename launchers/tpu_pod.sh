@@ -43,6 +43,7 @@ for name in ${SWIRL_JAX_ENV-GEMINI_API_KEY OPENAI_API_KEY HF_TOKEN}; do
   if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}" >> "$envfile"; fi
 done
 remote_env=$remote_dir.env
+case $remote_env in /*) env_src=$remote_env ;; *) env_src=./$remote_env ;; esac  # (`. NAME` searches PATH)
 if [ -s "$envfile" ]; then
   gcloud compute tpus tpu-vm scp --zone "$zone" --worker=all "$envfile" "$tpu:$remote_env"
 fi
@@ -53,7 +54,7 @@ printf -v run_cmd ' %q' python -m swirl_jax.main "--config=$config" "--workdir=$
 # (pip would fail on an older Python with a resolver error about numpy/jax pins: say what is wrong instead)
 # A venv an older Python made (an earlier run's, before this check) is rebuilt. The two pip installs are
 # separate statements: under set -e a failure on the left of && would not stop the run.
-printf -v remote 'set -e; if [ -f %q ]; then . ./%q; rm -f %q; fi
+printf -v remote 'set -e; if [ -f %q ]; then . %q; rm -f %q; fi
 mkdir -p %q; tar -xzf %q -C %q; rm -f %q; cd %q; py=%q
 if [ -d .venv ] && ! .venv/bin/python -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
   rm -rf .venv
@@ -66,7 +67,7 @@ fi
 . .venv/bin/activate
 pip install -q -r requirements.txt
 pip install -q %q
-' "$remote_env" "$remote_env" "$remote_env" "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" \
+' "$remote_env" "$env_src" "$remote_env" "$remote_dir" "$remote_tar" "$remote_dir" "$remote_tar" "$remote_dir" \
   "$python" \
   "jax[tpu]==$jax_version"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote$run_cmd"

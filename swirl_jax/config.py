@@ -320,7 +320,8 @@ def _model_source_errors(cfg, judging: bool) -> list[str]:
     named.append(("model.source", cfg.model.source))
   if cfg.judge.backend == "model" and judging:
     named.append(("judge.model.source", cfg.judge.model.source))
-  if cfg.eval.checkpoint and cfg.mode in ("pipeline", "eval", "export"):
+  # (a pipeline that trains may name the checkpoints it is about to write)
+  if cfg.eval.checkpoint and (cfg.mode in ("eval", "export") or (cfg.mode == "pipeline" and cfg.train.steps == 0)):
     named.append(("eval.checkpoint", cfg.eval.checkpoint))
   return [f"--config.{key}={source!r}: {why}" for key, source in named if (why := source_problem(source))]
 

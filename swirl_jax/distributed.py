@@ -56,11 +56,13 @@ def cluster_in_environment() -> str | None:
       SLURM_NTASKS is not a number.
   """
   env = os.environ
-  try:
-    tasks = int(env.get("SLURM_NTASKS", "1"))
-  except ValueError:
-    raise StartupError(f"SLURM_NTASKS={env['SLURM_NTASKS']!r} is not a number of tasks") from None
-  if "SLURM_JOB_ID" in env and tasks > 1:
+  tasks = 1
+  if "SLURM_JOB_ID" in env:
+    try:
+      tasks = int(env.get("SLURM_NTASKS", "1"))
+    except ValueError:
+      raise StartupError(f"SLURM_NTASKS={env['SLURM_NTASKS']!r} is not a number of tasks") from None
+  if tasks > 1:
     if not all(v in env for v in _SLURM_STEP_VARS):
       raise StartupError(f"{env['SLURM_NTASKS']} SLURM tasks but not under srun: start every task with "
                          "`srun python -m swirl_jax.main ...`, or unset SLURM_NTASKS for a single-process run")

@@ -81,6 +81,8 @@ def test_bad_process_settings_are_named(calls, monkeypatch):
   """--process_id=5 of 2 reached JAX (its own error), SLURM_NTASKS=abc gave int()'s message naming no variable."""
   with pytest.raises(distributed.StartupError, match="--process_id=5 must be below --num_processes=2"):
     distributed.initialize("host:1234", 2, 5)
+  monkeypatch.setenv("SLURM_NTASKS", "")  # outside a SLURM job (no SLURM_JOB_ID) it is not read
+  assert distributed.initialize() is False
   _srun_env(monkeypatch, ntasks=4)
   monkeypatch.setenv("SLURM_NTASKS", "abc")
   with pytest.raises(distributed.StartupError, match="SLURM_NTASKS='abc' is not a number"):

@@ -238,6 +238,21 @@ def test_tpu_pod_passes_the_judge_key_in_a_private_file(tmp_path, fakes):
   subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
                  cwd=tmp_path, env={**env, "GEMINI_API_KEY": secret, "SWIRL_JAX_ENV": "HF_TOKEN"}, check=True)
   assert [c[2][3] for c in recorded()[n + 1:]] == ["scp", "ssh"]  # not asked for: not sent
+  # an absolute remote dir (`. NAME` without a slash would search PATH; `./` before an absolute path breaks)
+  absolute = tmp_path / "abs" / "code"
+  absolute.parent.mkdir()
+  n = len(recorded())
+  subprocess.run(["bash", os.path.join(LAUNCHERS, "tpu_pod.sh"), "t", "z", "configs/quickstart.py", "/w"],
+                 cwd=tmp_path, env={**env, "GEMINI_API_KEY": secret, "SWIRL_JAX_REMOTE_DIR": str(absolute)},
+                 check=True)
+  (_, _, scp), (_, _, scp_env), (_, _, ssh) = recorded()[n:n + 3]
+  shutil.copy(os.path.join(env["FAKE_REC"], f"payload.{n:04d}"), scp[-1].split(":", 1)[1])
+  shutil.copy(os.path.join(env["FAKE_REC"], f"payload.{n + 1:04d}"), scp_env[-1].split(":", 1)[1])
+  subprocess.run(["bash", "-c", ssh[ssh.index("--command") + 1]], cwd=remote_home,
+                 env={**env, "HOME": str(remote_home)}, check=True)
+  m = len(recorded()) - 1
+  assert recorded()[-1][:2] == ("python", str(absolute))
+  assert open(os.path.join(env["FAKE_REC"], f"env.{m}")).read().split("|")[0] == secret
 
 
 def test_tpu_pod_copies_no_venv_link_or_weights(tmp_path, fakes):

@@ -193,3 +193,8 @@ def test_never_raises_and_is_consistent(text, allowed):
   cut = truncate_after_action(text)
   assert truncate_after_action(cut) == cut and text.startswith(cut)
   assert parse_action(cut, allowed) == dataclasses.replace(a, trailing_text=False)
+
+
+def test_a_known_tag_with_a_space_is_told_how_to_write_it():
+  assert parse_action("<answer >4</answer >").error == (
+      "unknown_tag: <answer > is not the tag: write it exactly as <answer>...</answer>")

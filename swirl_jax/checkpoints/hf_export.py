@@ -129,7 +129,7 @@ def export_hf(cfg: ModelConfig, weights: dict[str, np.ndarray], out_dir: str, to
 
 def _save_tokenizer(tokenizer, directory: str) -> None:
   """The tokenizer's files, with Gemma's chat template where it has none (a GGUF's tokenizer may lack one), so
-  that ``apply_chat_template`` on the export writes the prompts the policy was trained on."""
+  that ``apply_chat_template`` on the export writes the chat format the policy was trained in."""
   from swirl_jax.chat import GEMMA_CHAT_TEMPLATE
 
   hf = tokenizer.hf

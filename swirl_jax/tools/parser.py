@@ -163,6 +163,9 @@ def parse_action(text: str, allowed_tools: frozenset[str] = ALL_TOOLS) -> Parsed
       return _malformed(
           "unclosed_tag", f"{open_tag(opens[0])} is not closed with {close_tag(opens[0])}", trailing)
     for m in _TAGLIKE_RE.finditer(turn):  # (a known tag here has a space or attributes: exact ones matched above)
+      if m.group(1) in KNOWN_TAGS:  # written with a space or attributes
+        return _malformed("unknown_tag", f"{m.group(0)[:40]} is not the tag: write it exactly as "
+                          f"{open_tag(m.group(1))}...{close_tag(m.group(1))}", trailing)
       if m.group(1) not in _CONTROL_TAGS:
         return _malformed(
             "unknown_tag",
