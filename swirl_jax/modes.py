@@ -292,7 +292,8 @@ def run_train(cfg, paths: Paths) -> dict:
       loss=LossConfig(baseline=t.baseline or ("none" if t.mode == "offline" else "loo"),
                       normalize_std=t.normalize_std, kl_coef=t.kl_coef),
       optimizer=OptimizerConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-                                decay_steps=decay_steps(cfg), end_lr_ratio=t.end_lr_ratio, weight_decay=t.weight_decay, clip_norm=t.clip_norm),
+                                decay_steps=decay_steps(cfg), end_lr_ratio=t.end_lr_ratio,
+                                weight_decay=t.weight_decay, clip_norm=t.clip_norm),
       sampling=SamplingConfig(temperature=t.temperature, max_new_tokens=t.max_new_tokens),
       checkpoint=CheckpointConfig(directory=os.path.abspath(paths.checkpoints), save_every=t.save_every,
                                   max_to_keep=t.keep_checkpoints))
