@@ -4,8 +4,10 @@ For each question the policy runs the rollout loop (sampling.rollout.Rollout: th
 the shared parser); the configured judge gives each trajectory an outcome verdict (judged accuracy);
 exact match and token F1 of the final answer against the key and its aliases come from
 judges.answers; the report also has the mean number of model steps and tool calls, how trajectories
-ended, and optionally the process pass rate (the judge's verdict on every step of the policy's own
-trajectories, which the paper reports rising with SWiRL).
+ended (``end_reasons``: reason -> trajectories), ``questions_not_run`` (questions whose prompt does not
+fit ``cache_len``: they have no steps and count as wrong in every mean), and optionally the process pass
+rate (the judge's verdict on every step of the policy's own trajectories, which the paper reports rising
+with SWiRL).
 
 A policy is any source ``load_model`` reads, or a training checkpoint directory (training/
 checkpointing.py), whose metadata names the model it started from: that model gives the architecture
@@ -13,8 +15,11 @@ and tokenizer, the checkpoint the parameters (``load_policy``).
 
 With an output directory the rollouts are resumable: each finished trajectory is appended to
 ``DATASET.rollouts.partial.jsonl`` (after a first line holding what they depend on: policy, model
-dtypes, the EvalConfig, the tools and the caller's ``resume_key``), so a rerun after a crash or a
-preemption runs only the missing questions; the file is removed once the report is written.
+dtypes, the EvalConfig's rollout and sampler settings, the tools and the caller's ``resume_key``), so a
+rerun after a crash or a preemption runs only the missing questions; the file is removed once the report
+is written. Settings that cannot change a rollout are left out of that key, so changing them reuses the
+rollouts and only redoes the judging: ``judge_process`` (the judge runs after the rollouts) and, when
+decoding is greedy (temperature 0), ``top_k`` and ``top_p``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from swirl_jax.loading import LoadedModel, load_model
 from swirl_jax.models.sharding import Rules
 from swirl_jax.pipeline.jsonl import JsonlAppender, numbered_records
 from swirl_jax.sampling.decode import Sampler, SamplingConfig, build_stop_table
-from swirl_jax.sampling.rollout import Rollout, RolloutConfig
+from swirl_jax.sampling.rollout import PROMPT_TOO_LONG, Rollout, RolloutConfig
 from swirl_jax.tools.base import Tool
 from swirl_jax.tools.parser import STOP_STRINGS
 from swirl_jax.types import Question, Trajectory, Verdict, dumps, write_jsonl
@@ -61,6 +66,22 @@ class EvalConfig:
   steps_per_call: int = 32
   max_chunk: int = 256
   judge_process: bool = False
+
+
+def effective_sampling(sampling: SamplingConfig) -> SamplingConfig:
+  """``sampling`` as decoding uses it: greedy decoding (temperature 0) ignores top_k and top_p, so they
+  are reset to their no-limit values (and greedy runs that differ only there are the same run)."""
+  if sampling.temperature == 0:
+    return dataclasses.replace(sampling, top_k=0, top_p=1.0)
+  return sampling
+
+
+def rollout_settings(config: EvalConfig) -> dict[str, Any]:
+  """The part of ``config`` the rollouts depend on (their resume key's "config"): all but the judge's
+  settings, with the sampling settings as decoding uses them."""
+  out = dataclasses.asdict(dataclasses.replace(config, sampling=effective_sampling(config.sampling)))
+  del out["judge_process"]  # (judging comes after the rollouts)
+  return out
 
 
 def is_checkpoint_dir(path: str) -> bool:
@@ -117,15 +138,14 @@ def summarize(trajectories: Sequence[Trajectory], outcomes: Sequence[Verdict],
   def mean(key):
     return float(np.mean([r[key] for r in rows])) if rows else 0.0
 
-  ends: dict[str, int] = {}
-  for r in rows:
-    ends[r["end_reason"]] = ends.get(r["end_reason"], 0) + 1
+  ends = collections.Counter(r["end_reason"] for r in rows)
   out = {
       "num_trajectories": n, "num_questions": len({r["question_id"] for r in rows}),
       "judged_accuracy": mean("judged_correct"), "exact_match": mean("exact_match"),
       "token_f1": mean("token_f1"), "mean_steps": mean("steps"), "mean_tool_calls": mean("tool_calls"),
       "mean_malformed_steps": mean("malformed_steps"), "answered_rate": mean("answered"),
       "end_reasons": dict(sorted(ends.items())),
+      "questions_not_run": len({r["question_id"] for r in rows if r["end_reason"] == PROMPT_TOO_LONG}),
   }
   if process is not None:
     labels = [v.label == "GOOD" for vs in process for v in vs]
@@ -164,9 +184,12 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
     raise ValueError(f"evaluate: question ids must be unique in {dataset}; repeated: "
                      f"{sorted(i for i, n in ids.items() if n > 1)[:5]}")
   stops = build_stop_table(tok, STOP_STRINGS, [tok.eos_id, tok.end_of_turn_id])
+  # (the effective settings, which the trajectories' provenance records: rollouts reused across greedy runs
+  # with other top_k / top_p say the same as new ones)
+  sampling = effective_sampling(config.sampling)
   sampler = Sampler.create(model.model, batch=config.batch_size, cache_len=config.cache_len,
-                           sampling=config.sampling, stops=stops, steps_per_call=config.steps_per_call,
-                           max_chunk=max(config.max_chunk, config.sampling.max_new_tokens))
+                           sampling=sampling, stops=stops, steps_per_call=config.steps_per_call,
+                           max_chunk=max(config.max_chunk, sampling.max_new_tokens))
   rollout = Rollout(sampler, nnx.state(model.model), tok, tools, config.rollout,
                     provenance={"model": model.source})
   t0 = time.perf_counter()
@@ -176,7 +199,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
     partial = os.path.join(out_dir, f"{dataset}.rollouts.partial.jsonl")
   key = {"policy": label or model.source, "source": model.source, "provenance": dict(provenance or {}),
          "dtype": model.config.dtype, "param_dtype": model.config.param_dtype,
-         "config": dataclasses.asdict(config), "tools": sorted(tools), **dict(resume_key or {})}
+         "config": rollout_settings(config), "tools": sorted(tools), **dict(resume_key or {})}
   trajs = _resumable_rollouts(rollout, questions, partial, key)
   t1 = time.perf_counter()
   outcomes = judge.judge_outcomes(trajs)
@@ -193,7 +216,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], judge: Judge, to
       "provenance": dict(provenance or {"source": model.source}),
       **summarize(trajs, outcomes, process),
       "rollout_seconds": round(t1 - t0, 3), "judge_seconds": round(time.perf_counter() - t1, 3),
-      "config": {"rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(config.sampling)},
+      "config": {"rollout": dataclasses.asdict(config.rollout), "sampling": dataclasses.asdict(sampling)},
   }
   if out_dir:
     from swirl_jax.evaluation.report import write_report

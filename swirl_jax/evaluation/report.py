@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 import os
 from typing import Any, Collection, Mapping, Sequence
@@ -50,25 +51,32 @@ def _fmt(value: Any, pct: bool) -> str:
   return f"{100 * value:.1f}" if pct else f"{value:.2f}"
 
 
+def _count(value: Any) -> str:
+  return str(value) if isinstance(value, int) else "-"
+
+
 def comparison_table(base: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Mapping[str, Any]],
                      columns: Sequence[tuple[str, str, bool]] = DEFAULT_COLUMNS) -> str:
   """A Markdown table, one row per dataset: each metric as ``base -> trained (+delta)``.
 
-  Fractions are shown in percent (deltas in points). Datasets present on one side only show "-" on the
-  other.
+  Fractions are shown in percent (deltas in points). The delta is the difference of the two numbers as
+  printed, so a row adds up ("33.3 -> 66.7 (+33.4)"). n is the number of trajectories, one number when
+  both sides have the same, else ``base -> trained`` (then the two sides' metrics are means over
+  different trajectories). Datasets present on one side only show "-" on the other.
   """
   head = "| dataset | n | " + " | ".join(title for _, title, _ in columns) + " |"
   rule = "|---|---|" + "---|" * len(columns)
   lines = [head, rule]
   for ds in sorted(set(base) | set(trained)):
     b, t = base.get(ds, {}), trained.get(ds, {})
-    n = t.get("num_trajectories", b.get("num_trajectories", "-"))
+    bn, tn = _count(b.get("num_trajectories")), _count(t.get("num_trajectories"))
+    n = bn if bn == tn else f"{bn} -> {tn}"
     cells = []
     for key, _, pct in columns:
-      bv, tv = b.get(key), t.get(key)
-      cell = f"{_fmt(bv, pct)} -> {_fmt(tv, pct)}"
-      if isinstance(bv, (int, float)) and isinstance(tv, (int, float)):
-        d = (tv - bv) * (100 if pct else 1)
+      bs, ts = _fmt(b.get(key), pct), _fmt(t.get(key), pct)
+      cell = f"{bs} -> {ts}"
+      if "-" not in (bs, ts):
+        d = decimal.Decimal(ts) - decimal.Decimal(bs)  # (exact: 66.7 - 33.3 is 33.4, not 33.400000000000006)
         cell += f" ({d:+.1f})" if pct else f" ({d:+.2f})"
       cells.append(cell)
     lines.append(f"| {ds} | {n} | " + " | ".join(cells) + " |")

@@ -33,6 +33,9 @@ from swirl_jax.tools.parser import format_observation, parse_action
 from swirl_jax.types import Question, Step, ToolCall, Trajectory
 
 TASK_TOOLS = {"math": frozenset({"calculator"}), "search": frozenset({"search"})}
+# The end reason of a trajectory never run: its prompt does not fit the cache. Fixed, so that reasons can be
+# counted; the lengths are in provenance["end_detail"].
+PROMPT_TOO_LONG = "prompt too long"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +140,8 @@ class Rollout:
         if len(toks) + s.sampling.max_new_tokens > s.cache_len:
           # recorded (no steps, no answer) rather than raised: one long question must not stop the batch,
           # nor every resumed run that reaches it again
-          unfit.append(self._finish(_Row(q, k, [], [], len(toks), time.perf_counter()), None,
-                                    f"prompt too long: {len(toks)} tokens + sampling.max_new_tokens="
+          unfit.append(self._finish(_Row(q, k, [], [], len(toks), time.perf_counter()), None, PROMPT_TOO_LONG,
+                                    f"{len(toks)} tokens + sampling.max_new_tokens="
                                     f"{s.sampling.max_new_tokens} > cache_len={s.cache_len}"))
           continue
         r = free.pop(0)
@@ -237,11 +240,14 @@ class Rollout:
     row.turn_start_len = length + len(cont)
     return None
 
-  def _finish(self, row: _Row, answer: str | None, reason: str | None = None) -> Trajectory:
+  def _finish(self, row: _Row, answer: str | None, reason: str | None = None,
+              detail: str | None = None) -> Trajectory:
     prov = dict(self.provenance, task=self.cfg.task, budget=self.cfg.budget, num_demos=self.cfg.num_demos,
                 seed=trajectory_seed(self.cfg.seed, row.question.id, row.sample_index),
                 sampling=dataclasses.asdict(self.sampler.sampling))
     if reason:
       prov["end_reason"] = reason
+    if detail:
+      prov["end_detail"] = detail
     return Trajectory(question=row.question, sample_index=row.sample_index, steps=tuple(row.steps),
                       final_answer=answer, provenance=prov)
