@@ -144,3 +144,39 @@ def test_numbers_may_have_an_exponent(text, value):
 def test_exponent_numbers_in_text_and_answers():
   assert answers.exact_match("1e3", "1000") and not answers.exact_match("1e3", "13")
   assert answers.parse_number("5 eggs") == 5 and answers.parse_number("5e") == 5  # "e" with no digits: a unit
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("1990s", "1990"), ("1990", "1990s"), ("80s", "80"), ("the 1960s", "1960")])
+def test_a_decade_is_not_its_first_year(pred, gold):
+  """The "s" of "1990s" is no unit word ("18 eggs" = 18, but the 1990s are not 1990): as in the official
+  HotPotQA script, EM 0 and F1 0 (one token each, "1990s" vs "1990")."""
+  assert answers.parse_number(pred if pred.endswith("s") else gold) is None
+  assert not answers.exact_match(pred, gold) and answers.token_f1(pred, gold) == 0.0
+  assert answers.exact_match(pred, pred) and answers.token_f1(pred, [gold, pred]) == 1.0
+
+
+@pytest.mark.parametrize("pred, gold, f1", [
+    ("noanswer x", "noanswer", 0.0), ("noanswer", "noanswer x", 0.0),  # (shared token: 0.67 by overlap)
+    ("noanswer", "noanswer", 1.0), ("No answer.", "noanswer", 0.0), ("yes indeed", "yes", 0.0),
+    ("Paris France", "Paris", 2 * (1 / 2) * 1 / (1 / 2 + 1)),  # (other answers: token overlap, 2/3)
+])
+def test_token_f1_scores_yes_no_and_noanswer_only_when_equal(pred, gold, f1):
+  """HotPotQA's official F1 scores a prediction or gold of yes / no / noanswer 0 unless they are equal."""
+  assert answers.token_f1(pred, gold) == pytest.approx(f1)
+
+
+def test_typographic_punctuation_is_deleted_unlike_the_official_scripts():
+  """The documented deviation: ‘’“”–—… are deleted like ASCII punctuation (the official scripts keep them,
+  so “Thriller” against Thriller scores EM 0 and F1 0 there)."""
+  assert answers.normalize_text("“Thriller” — Jean–Pierre’s…") == "thriller jeanpierres"
+  assert answers.exact_match("“Thriller”", "Thriller") and answers.token_f1("“Thriller”", "Thriller") == 1.0
+  assert answers.exact_match("Jean–Pierre", "JeanPierre")
+
+
+def test_dashes_between_digits_are_one_hyphen():
+  """Keeping the punctuation between digits made a key's en dash differ from a model's hyphen: "1990–91"
+  against "1990-91" (a season) and "2–1" against "2-1" (a score) scored EM 0 and F1 0."""
+  for key, pred in (("1990–91", "1990-91"), ("2–1", "2-1"), ("1990—91", "1990‐91")):
+    assert answers.exact_match(pred, key) and answers.token_f1(pred, key) == 1.0
+  assert not answers.exact_match("1990-91", "1990-92")

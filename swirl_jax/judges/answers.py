@@ -12,9 +12,10 @@ Two layers:
   group of three digits: "1,5" is not a number (and not 15). Such answers are compared by value, so
   GSM8K-style keys match however the model writes the number. The tolerance only absorbs floating-point
   noise (0.30000000000000004 = 0.3); 1000001 is not 1000000. The unit word is any single alphabetic word
-  (a fixed unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150) and ordinal
-  suffixes ("12th"). Singular and plural are the same unit ("6.8 inch" = "6.8 inches", "1 foot" =
-  "1 feet"); different unit words are different answers ("5 May" is not "5 June"). Two or more
+  (a fixed unit list would miss "18 eggs"), except magnitudes ("150 million" is not 150), ordinal
+  suffixes ("12th") and a plural "s" ("1990s" is a decade, not 1990: as in the official scripts, "1990s"
+  against "1990" has EM 0 and F1 0). Singular and plural are the same unit ("6.8 inch" = "6.8 inches",
+  "1 foot" = "1 feet"); different unit words are different answers ("5 May" is not "5 June"). Two or more
   trailing words are text, so "2014 FIFA World Cup" stays a text answer.
 
 ``numbers_equal(prediction, gold)`` is directional: a unit word on the gold must be on the prediction
@@ -34,6 +35,11 @@ where digits are involved, since deleting punctuation glues digits together ("1.
 * otherwise the text is normalised without gluing digits: punctuation between two digits and a minus sign
   before a digit are kept (a thousands comma before three digits is dropped), so "1,5" is not "15",
   "version 1.5" is not "version 15", and "1,000 red apples" is "1000 red apples".
+
+One deviation involves no digits: the official scripts delete only ASCII punctuation (Python's
+``string.punctuation``), while here the typographic quotes, dashes and ellipsis ‘’“”–—… are deleted too,
+since models write them where the keys have ASCII ones or none: “Thriller” = "Thriller" = Thriller and
+"Jean–Pierre" = "JeanPierre" (the official scripts give “Thriller” against Thriller EM 0 and F1 0).
 """
 
 from __future__ import annotations
@@ -68,11 +74,15 @@ _AMOUNT_IN_TEXT_RE = re.compile(
 # Numbers inside free text (observations): thousands groups, decimals and a leading sign.
 _NUMBER_IN_TEXT_RE = re.compile(rf"(?<![\w.])[-−]?(?:{_NUM})(?![\d])")
 YES_NO = frozenset({"yes", "no"})
+# Answers that HotPotQA's official F1 scores 0 unless the other side is the same answer, not by shared
+# tokens ("noanswer x" against "noanswer" is 0, not 0.67).
+_F1_EXACT_ONLY = YES_NO | {"noanswer"}
 
 
-# Words after a number that change what it means: magnitudes and ordinal suffixes are not units.
+# Words after a number that change what it means: magnitudes, ordinal suffixes and the plural "s" of a
+# decade ("1990s", "80s") are not units.
 _NOT_UNITS = frozenset({"hundred", "thousand", "million", "billion", "trillion", "k", "m", "bn",
-                        "st", "nd", "rd", "th"})
+                        "st", "nd", "rd", "th", "s"})
 
 
 def normalize_text(text: str) -> str:
@@ -85,13 +95,15 @@ def normalize_text(text: str) -> str:
 # Punctuation that ``_normalize_keeping_numbers`` keeps: between two digits ("1.5", "1,5", "3/4") and a
 # minus sign before a digit ("-5").
 _KEPT_PUNCT_RE = re.compile(r"(?<=\d)[^\w\s](?=\d)|(?<![\w.,])-(?=\.?\d)")
+# Every dash is a hyphen there, so "1990–91" (a key's en dash) is "1990-91" (a model's hyphen).
+_DASHES = str.maketrans({c: "-" for c in "−‐‑‒–—"})
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
 def _normalize_keeping_numbers(text: str) -> str:
   """``normalize_text`` that never glues digits together: punctuation inside a number and a minus sign
   before one stay ("1.5", "1,5", "-5" are not "15", "15", "5"); a thousands comma goes ("1,000" -> "1000")."""
-  text = _THOUSANDS_COMMA_RE.sub("", text.lower().replace("−", "-"))
+  text = _THOUSANDS_COMMA_RE.sub("", text.lower().translate(_DASHES))
   kept = {m.start() for m in _KEPT_PUNCT_RE.finditer(text)}
   text = "".join(ch for i, ch in enumerate(text) if i in kept or ch not in _PUNCT)
   text = _ARTICLES_RE.sub(" ", text)
@@ -258,7 +270,7 @@ def _number_tokens(number: _Number) -> list[str]:
 def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
   """SQuAD/HotPotQA token F1 of the prediction against the best gold answer.
 
-  As in HotPotQA's official script, yes/no answers score 0 unless they match exactly; equal numbers score
+  As in HotPotQA's official script, yes/no/noanswer answers score 0 unless they match exactly; equal numbers score
   1 ("$10" against "10.00"), and two unequal numbers are their value and unit word ("1984 Olympics"
   against "1988 Olympics": 0.5; "1.5" against "15": 0). In text, numbers are words like any other, with
   their digits kept apart (see the module docstring).
@@ -274,7 +286,7 @@ def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
       best = max(best, _f1(_number_tokens(pred_number), _number_tokens(gold_number)))
       continue
     gold_norm = _normalize_keeping_numbers(g)
-    if (pred in YES_NO or gold_norm in YES_NO) and pred != gold_norm:
+    if (pred in _F1_EXACT_ONLY or gold_norm in _F1_EXACT_ONLY) and pred != gold_norm:
       continue
     best = max(best, _f1(pred.split(), gold_norm.split()))
   return best
