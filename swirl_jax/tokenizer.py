@@ -44,8 +44,12 @@ class Tokenizer:
     from transformers import AutoTokenizer
 
     path = os.path.abspath(path)
-    return cls(AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path)),
-               source=path)
+    try:
+      hf = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    except (ValueError, KeyError) as e:  # transformers' converter names neither the file nor what is missing
+      raise ValueError(f"{path}: cannot read the tokenizer the GGUF file should embed "
+                       f"(tokenizer.ggml.*): {e}") from None
+    return cls(hf, source=path)
 
   @property
   def vocab_size(self) -> int:

@@ -154,3 +154,20 @@ def test_a_type_gguf_cannot_dequantize_is_named_up_front(tmp_path):
   with pytest.raises(ValueError, match=r"q81.gguf: tensor blk.0.ffn_down.weight has type Q8_1, which the gguf "
                                        r"package cannot dequantize"):
     read_gguf(str(tmp_path / "q81.gguf"))
+
+
+def test_a_gguf_without_a_tokenizer_is_named(tmp_path):
+  """transformers' converter said 'Cannot build a tokenizer from a GGUF file stating tokenizer None', naming
+  no file."""
+  import gguf
+
+  from swirl_jax.tokenizer import Tokenizer
+
+  w = gguf.GGUFWriter(str(tmp_path / "bare.gguf"), "gemma3")
+  w.add_block_count(1)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  with pytest.raises(ValueError, match=r"bare.gguf: cannot read the tokenizer the GGUF file should embed"):
+    Tokenizer.from_gguf(str(tmp_path / "bare.gguf"))
