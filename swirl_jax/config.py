@@ -8,7 +8,6 @@ line (``--config.sampling.temperature=0.7``).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Iterator
 
@@ -344,7 +343,8 @@ def _mesh_errors(cfg) -> list[str]:
   shards: found now, not when the model loads (a mesh) or after generation and labelling (a train batch)."""
   import jax
 
-  from swirl_jax.models.sharding import MESH_AXES, ShardingError
+  from swirl_jax.models.sharding import ShardingError, make_mesh
+  from swirl_jax.training.train_step import batch_shards
 
   mesh = mesh_config(cfg)
   training = cfg.mode == "train" or (cfg.mode == "pipeline" and cfg.train.steps > 0)
@@ -357,9 +357,8 @@ def _mesh_errors(cfg) -> list[str]:
       return [f"--config.mesh.data / fsdp / tensor: {e}"]
   if not training:
     return []
-  shape = dict(zip(MESH_AXES, mesh.shape(jax.device_count()) if jax.device_count() > 1 else (1, 1, 1)))
-  entry = rules(cfg).spec(("batch",))[0]
-  shards = math.prod(shape[a] for a in (() if entry is None else (entry,) if isinstance(entry, str) else entry))
+  # (the training mesh as modes._mesh makes it: none on one device)
+  shards = batch_shards(make_mesh(mesh, jax.devices()), rules(cfg)) if jax.device_count() > 1 else 1
   t = cfg.train
   per_state = 1 if t.mode != "rl" or t.share_prefix else t.group_size
   seqs = t.states_per_step * per_state

@@ -350,7 +350,7 @@ def run_eval(cfg, paths: Paths) -> dict:
               **({"data_files": data_files} if data_files else {})}
     record = f"eval-{label}"
     recorded = stamps.read(paths.workdir, record)
-    fresh = record_matches(paths.workdir, record, inputs)
+    fresh = inputs_match(recorded, inputs, paths.workdir, record)
     # An interrupted run of these inputs names the datasets it finished: their reports stand.
     partial = recorded if isinstance(recorded, dict) and isinstance(recorded.get("in_progress"), dict) else {}
     finished = set(partial.get("done", [])) if inputs_match(partial.get("in_progress"), inputs, paths.workdir,

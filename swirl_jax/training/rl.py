@@ -372,19 +372,23 @@ def _check_same_data(directory: str, step: int, meta: dict, cfg: TrainConfig, ex
                      "settings, or train into a new checkpoint directory")
 
 
+def _changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
+  """"FIELD: SAVED in the checkpoint, NOW now" for each field of the dataclass ``now`` that ``saved`` (its dict
+  in a checkpoint's metadata; None for a checkpoint without one) holds with another value."""
+  if not isinstance(saved, dict):
+    return []
+  now = json.loads(json.dumps(dataclasses.asdict(now)))  # (as the checkpoint's JSON holds it)
+  return [f"{prefix}{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in sorted(now)
+          if k in saved and saved[k] != now[k]]
+
+
 def _check_same_updates(directory: str, step: int, meta: dict, cfg: TrainConfig, loss: LossConfig,
                         optimizer: OptimizerConfig, sampling: SamplingConfig) -> None:
   """Refuses to resume under another optimizer, loss or (rl) sampling: the run would continue as another
   experiment under the first one's name (the pipeline's stage record catches this too, but not for a
   workdir without one, nor for a library caller)."""
   groups = {"optimizer": optimizer, "loss": loss, **({"sampling": sampling} if cfg.mode == "rl" else {})}
-  changed = []
-  for group, now in groups.items():
-    saved = meta.get(group)
-    now = json.loads(json.dumps(dataclasses.asdict(now)))  # (as the checkpoint's JSON holds it)
-    if isinstance(saved, dict):
-      changed += [f"{group}.{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in sorted(now)
-                  if k in saved and saved[k] != now[k]]
+  changed = [c for group, now in groups.items() for c in _changes(meta.get(group), now, f"{group}.")]
   if changed:
     hint = (" (train.decay_steps=-1 derives the decay from train.steps: pass the checkpoint's decay_steps to "
             "extend the run on its schedule)" if any(c.startswith("optimizer.decay_steps") for c in changed) else "")
@@ -396,10 +400,7 @@ def _explain_restore_failure(directory: str, step: int, optimizer: OptimizerConf
   """Raises a ValueError naming the optimizer settings that differ from the checkpoint's, when they do:
   they change the optimizer state's structure (clip_norm on or off, ...), and Orbax's own message only
   says that two trees differ."""
-  saved = read_meta(directory, step)[1].get("optimizer") or {}
-  now = dataclasses.asdict(optimizer)
-  changed = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in sorted(now)
-             if k in saved and saved[k] != now[k]]
+  changed = _changes(read_meta(directory, step)[1].get("optimizer"), optimizer)
   if changed:
     raise ValueError(f"checkpoint {directory} step {step} was saved with other optimizer settings "
                      f"({'; '.join(changed)}), and its optimizer state does not fit them: resume with the "
